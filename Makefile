@@ -1,0 +1,44 @@
+# chainsignal - two commands do all the set-up: `make demo` and `make test`.
+# torch is installed first, pinned (a CPU wheel); an unpinned torch would pull GBs of CUDA wheels.
+# pip only: uv and poetry ignore the local torch wheel.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help env demo test lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "Node.js/npm is required for the local Ethereum node (anvil)"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+env: $(VENV)/.installed node_modules/.installed  ## create .venv and node_modules if missing
+
+demo: env  ## run the whole DAG offline on the embedded default, then print the MLflow UI command
+	$(VENV)/bin/chainsignal demo
+
+test: env  ## run the test suite
+	$(PY) -m pytest
+
+lock: env  ## record the installed versions into constraints.txt
+	@{ echo "# Tested versions: \`make\` installs with \`pip install -c constraints.txt\`. Regenerate with \`make lock\`."; \
+	  $(PIP) freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt
+
+clean:  ## remove the demo's data (var/); keeps .venv and node_modules
+	rm -rf var

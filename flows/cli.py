@@ -1,0 +1,178 @@
+"""The ``chainsignal`` command: run each flow locally (an ephemeral Prefect API starts on demand).
+
+Flows are imported inside each command so ``chainsignal --help`` stays fast and training
+libraries load only for the commands that train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import date, datetime
+from importlib import metadata
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="chainsignal",
+    help="Daily on-chain, market and social data -> a LoRA fine-tuned language-model signal.\n\n"
+    "Settings come from chainsignal.toml and CHAINSIGNAL_* environment variables "
+    "(see `chainsignal settings`). Start with `chainsignal demo`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+STACK = ("prefect", "mlflow", "polars", "pandas", "web3", "transformers", "peft", "torch", "datasets", "snscrape")
+Day = Annotated[Optional[datetime], typer.Option(formats=["%Y-%m-%d"], help="UTC day, YYYY-MM-DD.")]
+
+
+def _day(value: datetime | None) -> date | None:
+    return value.date() if value else None
+
+
+def _version(value: bool) -> None:
+    if value:
+        versions = []
+        for pkg in STACK:
+            try:
+                versions.append(f"{pkg} {metadata.version(pkg)}")
+            except metadata.PackageNotFoundError:
+                versions.append(f"{pkg} (missing)")
+        typer.echo(f"chainsignal {metadata.version('chainsignal')} (python {sys.version.split()[0]})")
+        typer.echo("  " + ", ".join(versions))
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print versions and exit.")] = False,
+) -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _print(obj: dict) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@app.command()
+def ingest(
+    start: Day = None,
+    end: Day = None,
+    only: Annotated[str, typer.Option(help="all | chain | prices | tweets")] = "all",
+    overwrite: Annotated[bool, typer.Option(help="Rebuild complete days (atomically) instead of skipping them.")] = False,
+    rpc_url: Annotated[Optional[str], typer.Option(help="Override rpc.url for this run.")] = None,
+) -> None:
+    """Ingest chain, prices and tweets for UTC days START..END (default: yesterday)."""
+    if only == "all":
+        from flows.daily_ingest import daily_ingest
+
+        _print(daily_ingest(_day(start), _day(end), overwrite, rpc_url))
+    elif only == "chain":
+        from flows.ingest_chain import ingest_chain
+
+        _print(ingest_chain(_day(start), _day(end), overwrite, rpc_url))
+    elif only == "prices":
+        from flows.ingest_prices import ingest_prices
+
+        _print(ingest_prices(_day(start), _day(end), overwrite))
+    elif only == "tweets":
+        from flows.scrape_tweets import scrape_tweets
+
+        _print(scrape_tweets(_day(start), _day(end), overwrite))
+    else:
+        raise typer.BadParameter("--only must be one of all, chain, prices, tweets")
+
+
+@app.command("build-dataset")
+def build_dataset_cmd(
+    start: Day = None,
+    end: Day = None,
+    target_asset: Annotated[Optional[str], typer.Option(help="Asset whose next-day move is the label (default ETH).")] = None,
+) -> None:
+    """Build features, labels, splits and Alpaca records from the lake (a new dataset version)."""
+    from flows.build_dataset import build_dataset
+
+    manifest = build_dataset(_day(start), _day(end), target_asset)
+    _print({k: v for k, v in manifest.items() if k not in ("settings", "numeric_features")})
+
+
+@app.command()
+def train(
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset fingerprint (default: the latest build).")] = None,
+    base_model: Annotated[Optional[str], typer.Option(help="Hub id, local path, or tiny-llama.")] = None,
+    epochs: Annotated[Optional[float], typer.Option()] = None,
+    lora_r: Annotated[Optional[int], typer.Option()] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option()] = None,
+    learning_rate: Annotated[Optional[float], typer.Option()] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    micro_batch_size: Annotated[Optional[int], typer.Option()] = None,
+    cutoff_len: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    evaluate: Annotated[bool, typer.Option(help="Run the evaluate flow on the new run.")] = True,
+) -> None:
+    """Train LoRA adapters (train-lora flow), log them to MLflow, then evaluate."""
+    from flows.train_lora import train_lora
+
+    _print(train_lora(dataset, base_model, lora_r, lora_alpha, None, batch_size, micro_batch_size, epochs,
+                      learning_rate, cutoff_len, seed, evaluate))
+
+
+@app.command("evaluate")
+def evaluate_cmd(run_id: Annotated[Optional[str], typer.Option(help="MLflow run id (default: the latest LoRA run).")] = None) -> None:
+    """Score a run's adapter against the baselines and log the verdict."""
+    from flows.evaluate import evaluate
+
+    _print(evaluate(run_id))
+
+
+@app.command()
+def daily(start: Day = None, end: Day = None, rpc_url: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """The scheduled DAG once: daily-ingest then build-dataset."""
+    from flows.daily import daily as daily_flow
+
+    _print(daily_flow(_day(start), _day(end), False, rpc_url))
+
+
+@app.command()
+def demo() -> None:
+    """Run the whole DAG offline on the embedded default (local anvil node, bundled samples, tiny model)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from flows.demo import run_demo
+
+    run_demo()
+
+
+@app.command()
+def settings() -> None:
+    """Print the resolved settings (secrets hidden)."""
+    from tasks.settings import load_settings
+
+    _print(load_settings().public_dict())
+
+
+def main() -> None:
+    """Entry point: one-line errors for the failures a user can fix."""
+    from tasks.clients.prices import PriceSourceError
+    from tasks.clients.rpc import RpcError
+    from tasks.clients.social import SourceError
+    from tasks.settings import SettingsError
+
+    try:
+        app()
+    except (SettingsError, RpcError, SourceError, PriceSourceError, FileNotFoundError, LookupError) as exc:
+        typer.echo(f"chainsignal: error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - anything else: still one line, details in the Prefect run
+        from tasks.chain.localnode import LocalNodeError
+
+        if isinstance(exc, LocalNodeError):
+            typer.echo(f"chainsignal: error: {exc}", err=True)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

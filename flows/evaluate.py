@@ -1,0 +1,65 @@
+"""evaluate: score a training run's adapter against honest baselines on the same splits.
+
+Downloads the adapter from the run's MLflow artifacts (so what is evaluated is what was logged),
+scores validation and test by label likelihood, compares with majority / persistence /
+logistic-regression baselines, logs metrics, the comparison table, plots and a one-line verdict
+to the run, and logs each baseline as its own run for the MLflow compare view.
+
+Run locally:  chainsignal evaluate            (the latest LoRA run)
+              chainsignal evaluate --run-id <id>
+"""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import settings_for, workspace
+from tasks.evaluate import evaluate_adapter
+from tasks.logs import get_logger
+from tasks.runs import publish_summary, started
+from tasks.tracking import MlflowTracker
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(run_id: str | None = None) -> dict:
+    t0 = started()
+    log = get_logger()
+    settings = settings_for()
+    ws = workspace(settings)
+    tracker = MlflowTracker.from_settings(settings, ws.mlflow_artifacts_dir())
+    run = tracker.client.get_run(run_id) if run_id else tracker.latest_run()
+    if run is None:
+        raise LookupError("no LoRA run to evaluate in this MLflow experiment: run `chainsignal train` first")
+    run_id = run.info.run_id
+    tags = run.data.tags
+    ds_dir = ws.dataset_dir(tags["task"], tags["dataset_fingerprint"])
+    work = ws.reset_dir(ws.run_dir(run_id) / "eval")
+    adapter = tracker.download(run_id, "adapter", work)
+    base = str(tracker.download(run_id, "base_model", work)) if tags.get("base_model_logged") == "true" else run.data.params["train.base_model"]
+    run_eval = task(evaluate_adapter, name="evaluate-adapter", cache_policy=NO_CACHE)
+    report = run_eval(adapter, base, ds_dir, cutoff_len=int(run.data.params["train.cutoff_len"]),
+                      seed=int(run.data.params["dataset.seed"]), plots_dir=work / "plots")
+    for warning in report["warnings"]:
+        log.warning(warning)
+    with tracker.run(run_id=run_id):
+        tracker.log_metrics(report["metrics"])
+        tracker.log_table(report["table"], "evaluation/comparison.json")
+        tracker.log_dict(report["predictions"], "evaluation/predictions.json")
+        for plot in report["plots"]:
+            tracker.log_artifact(plot, "plots")
+        tracker.set_tags({"verdict": report["verdict"], "best_baseline": report["best_baseline"],
+                          "collapse_warning": "; ".join(report["warnings"]) or "none"})
+        tracker.set_description(report["verdict"])
+    for name, metrics in report["baselines"].items():
+        with tracker.run(run_name=f"baseline-{name}", tags={
+            "model_kind": "baseline", "baseline": name, "task": tags["task"],
+            "dataset_fingerprint": tags["dataset_fingerprint"], "compared_with_run": run_id,
+        }):
+            tracker.log_params({"baseline": name, "dataset.fingerprint": tags["dataset_fingerprint"]})
+            tracker.log_metrics(metrics)
+    summary = {"flow": "evaluate", "run_id": run_id, "verdict": report["verdict"],
+               **{k: round(v, 4) for k, v in report["metrics"].items() if k.startswith(("test_", "validation_"))},
+               "seconds": round(started() - t0, 2)}
+    publish_summary(summary, "evaluate summary")
+    return summary

@@ -1,0 +1,31 @@
+"""ingest-prices: daily OHLCV candles for the configured assets, into ``lake/prices``.
+
+Run locally:  chainsignal ingest --only prices --start 2021-01-01 --end 2021-01-07
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow
+
+from flows.common import settings_for, workspace
+from tasks.clients.prices import CsvPriceSource
+from tasks.prices import fetch_prices, write_price_days
+from tasks.runs import publish_summary, resolve_days, started, summarize
+
+
+@flow(name="ingest-prices", log_prints=True)
+def ingest_prices(start: date | None = None, end: date | None = None, overwrite: bool = False) -> dict:
+    t0 = started()
+    settings = settings_for()
+    lake = workspace(settings).lake
+    days = resolve_days(start, end)
+    todo = [d for d in days if overwrite or not lake.is_complete("prices", d)]
+    source = CsvPriceSource(settings.prices.file_dir)
+    candles = fetch_prices(source, settings.prices.assets, todo[0], todo[-1]) if todo else None
+    reports = write_price_days(candles, lake, days, settings.prices.assets, source.name, overwrite) if todo else [
+        {"day": d.isoformat(), "status": "skipped"} for d in days]
+    summary = summarize("ingest-prices", reports, t0, source=source.name, assets=",".join(settings.prices.assets))
+    publish_summary(summary, "ingest-prices summary", reports)
+    return summary

@@ -1,0 +1,97 @@
+"""A UTC day -> its block range, by binary search on block timestamps (cached on disk)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+
+from tasks.clients.rpc import ChainRpc
+from tasks.storage import read_json, write_json
+
+
+@dataclass(frozen=True)
+class DayBlocks:
+    day: date
+    first_block: int  # first block with timestamp >= 00:00 UTC of day
+    last_block: int  # last block with timestamp < 00:00 UTC of the next day; < first when none
+
+    @property
+    def n_blocks(self) -> int:
+        return max(0, self.last_block - self.first_block + 1)
+
+
+def day_start_ts(day: date) -> int:
+    return int(datetime.combine(day, time(0), tzinfo=timezone.utc).timestamp())
+
+
+class BlockClock:
+    """Block timestamps from a node, memoised; finds the block range of a UTC day."""
+
+    def __init__(self, rpc: ChainRpc, cache_file: Path | None = None):
+        self.rpc = rpc
+        self._ts: dict[int, int] = {}
+        self.cache_file = cache_file
+        self._ranges: dict[str, list[int]] = {}
+        if cache_file and cache_file.is_file():
+            try:
+                self._ranges = read_json(cache_file)
+            except (json.JSONDecodeError, OSError):
+                self._ranges = {}  # a corrupt cache is only a cache
+
+    def latest(self) -> tuple[int, int]:
+        block = self.rpc.call("eth_getBlockByNumber", ["latest", False])
+        number, ts = int(block["number"], 16), int(block["timestamp"], 16)
+        self._ts[number] = ts
+        return number, ts
+
+    def timestamp(self, number: int) -> int:
+        if number not in self._ts:
+            block = self.rpc.call("eth_getBlockByNumber", [hex(number), False])
+            if block is None:
+                raise LookupError(f"block {number} not found on the node")
+            self._ts[number] = int(block["timestamp"], 16)
+        return self._ts[number]
+
+    def first_block_at_or_after(self, ts: int, hi: int, lo: int = 0) -> int:
+        """Smallest block number in [lo, hi+1] whose timestamp >= ts (hi+1 when none is)."""
+        top = hi + 1
+        while lo < top:
+            mid = (lo + top) // 2
+            if self.timestamp(mid) >= ts:
+                top = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def day_range(self, day: date, latest_number: int, latest_ts: int, finality_blocks: int) -> DayBlocks | None:
+        """The day's blocks, or None when the day is not over (or not final) on this node."""
+        key = day.isoformat()
+        if key in self._ranges:
+            first, last = self._ranges[key]
+            return DayBlocks(day, first, last)
+        end_ts = day_start_ts(day + timedelta(days=1))
+        if latest_ts < end_ts:
+            return None
+        prev = self._ranges.get((day - timedelta(days=1)).isoformat())
+        # Consecutive days share a boundary: the day starts right after the previous one ends.
+        first = prev[1] + 1 if prev else self.first_block_at_or_after(day_start_ts(day), latest_number)
+        last = self.first_block_at_or_after(end_ts, latest_number, lo=first) - 1
+        if latest_number - last < finality_blocks:
+            return None
+        self._ranges[key] = [first, last]
+        if self.cache_file:
+            write_json(self.cache_file, self._ranges)
+        return DayBlocks(day, first, last)
+
+
+def block_chunks(first: int, last: int, blocks_per_file: int) -> list[tuple[int, int]]:
+    """Cut [first, last] into fixed chunks aligned to multiples of blocks_per_file."""
+    chunks = []
+    start = first
+    while start <= last:
+        end = min(last, (start // blocks_per_file + 1) * blocks_per_file - 1)
+        chunks.append((start, end))
+        start = end + 1
+    return chunks

@@ -1,0 +1,205 @@
+"""The embedded default chain: a local anvil node seeded with SYNTHETIC traffic.
+
+anvil comes from the npm package ``@foundry-rs/anvil`` (``npm ci`` in the repo root installs it;
+its platform package ships the binary). The node starts offline with mining off; the seeder
+sends transactions with explicit nonces and mines block by block at chosen timestamps, so the
+chain covers real calendar days aligned with the bundled price and tweet samples. Legacy and
+EIP-1559 transactions come from separate senders (mixing both on one sender can leave nonce
+gaps). Everything it produces is synthetic and is labelled so wherever it is reported.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+from tasks.chain.blockrange import day_start_ts
+from tasks.logs import get_logger
+from tasks.settings import REPO_ROOT
+
+# Init code that deploys a 10-byte runtime returning 42: a real contract creation.
+_INIT_CODE = "0x600a600c600039600a6000f3602a60005260206000f3"
+_SELECTORS = ["0xa9059cbb", "0x095ea7b3", "0x23b872dd", "0x7ff36ab5", "0x38ed1739"]  # ERC-20 / router
+CHAIN_ID = 31337
+
+
+class LocalNodeError(RuntimeError):
+    pass
+
+
+def find_anvil(configured: Path | None = None) -> Path:
+    if configured:
+        if not Path(configured).is_file():
+            raise LocalNodeError(f"demo.anvil_bin: no file at {configured}")
+        return Path(configured)
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower(), "amd64")
+    system = platform.system().lower()
+    candidate = REPO_ROOT / "node_modules" / "@foundry-rs" / f"anvil-{system}-{arch}" / "bin" / "anvil"
+    if candidate.is_file():
+        return candidate
+    found = shutil.which("anvil")
+    if found:
+        return Path(found)
+    raise LocalNodeError("anvil not found: run `npm ci` in the repo root (needs Node.js), or set demo.anvil_bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalNode:
+    url: str
+    process: subprocess.Popen
+    genesis_ts: int
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_anvil(genesis_ts: int, accounts: int, anvil_bin: Path | None = None, port: int | None = None) -> LocalNode:
+    binary = find_anvil(anvil_bin)
+    port = port or free_port()
+    cmd = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--timestamp", str(genesis_ts),
+           "--no-mining", "--accounts", str(accounts), "--balance", "10000000",
+           "--chain-id", str(CHAIN_ID), "--silent"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    import requests
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = (proc.stderr.read() or b"").decode(errors="replace").strip().splitlines()
+            raise LocalNodeError(f"anvil exited at start: {err[-1] if err else proc.returncode}")
+        try:
+            requests.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}, timeout=1)
+            return LocalNode(url, proc, genesis_ts)
+        except requests.RequestException:
+            time.sleep(0.05)
+    proc.kill()
+    raise LocalNodeError(f"anvil did not answer on {url} within 20 s")
+
+
+@dataclass(frozen=True)
+class SeedReport:
+    days: int
+    blocks: int
+    transactions: int
+    contract_creations: int
+    legacy: int
+    eip1559: int
+    seconds: float
+
+
+def seed_chain(url: str, start: date, end: date, *, accounts: int, blocks_per_day: int,
+               mean_txs_per_day: int, seed: int, finality_blocks: int) -> SeedReport:
+    """Fill the node with synthetic traffic over [start, end] (UTC days), block by block."""
+    from web3 import Web3
+
+    log = get_logger()
+    t0 = time.perf_counter()
+    rng = random.Random(seed)
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 60}))
+    dev = list(w3.eth.accounts)[:accounts]
+    half = len(dev) // 2
+    eip1559_senders, legacy_senders = dev[:half], dev[half:]
+    # Receivers: the dev accounts plus a pool of fresh addresses that appear over time.
+    pool = [Web3.to_checksum_address("0x" + rng.randbytes(20).hex()) for _ in range(accounts * 25)]
+    nonces = {a: 0 for a in dev}
+    n_days = (end - start).days + 1
+    counts = {"blocks": 0, "transactions": 0, "contract_creations": 0, "legacy": 0, "eip1559": 0}
+    level = 1.0
+    for d in range(n_days):
+        day = start + timedelta(days=d)
+        level = min(3.0, max(0.3, level * math.exp(rng.gauss(0, 0.15))))  # slow random drift
+        weekly = 0.8 if day.weekday() >= 5 else 1.0
+        n_tx = max(1, int(rng.gauss(mean_txs_per_day * level * weekly, mean_txs_per_day * 0.2)))
+        seen = pool[: min(len(pool), 20 + d * len(pool) // n_days)]  # new addresses keep arriving
+        per_block = [0] * blocks_per_day
+        for _ in range(n_tx):
+            per_block[rng.randrange(blocks_per_day)] += 1
+        for b, k in enumerate(per_block):
+            ts = day_start_ts(day) + int((b + rng.uniform(0.05, 0.95)) * 86400 / blocks_per_day)
+            # web3 does not batch eth_sendTransaction; its provider sends a raw batch.
+            sends = [("eth_sendTransaction", [_to_rpc(_synthetic_tx(rng, eip1559_senders, legacy_senders, dev,
+                                                                    seen, nonces, counts))]) for _ in range(k)]
+            if sends:
+                errors = [r["error"] for r in w3.provider.make_batch_request(sends) if "error" in r]
+                if errors:
+                    raise LocalNodeError(f"anvil refused a seeded transaction: {errors[0]}")
+            w3.provider.make_request("evm_mine", [{"timestamp": ts, "blocks": 1}])
+            counts["blocks"] += 1
+            counts["transactions"] += k
+        if d % 15 == 0:
+            log.info("seeded %s: %d txs so far (synthetic)", day, counts["transactions"])
+    # Close the last day and bury it under enough blocks to count as final.
+    w3.provider.make_request("evm_setNextBlockTimestamp", [day_start_ts(end + timedelta(days=1)) + 60])
+    w3.provider.make_request("anvil_mine", [hex(finality_blocks + 2), hex(12)])
+    counts["blocks"] += finality_blocks + 2
+    return SeedReport(days=n_days, seconds=round(time.perf_counter() - t0, 2), **counts)
+
+
+def _to_rpc(tx: dict) -> dict:
+    return {k: (hex(v) if isinstance(v, int) else v) for k, v in tx.items()}
+
+
+def _synthetic_tx(rng, eip1559_senders, legacy_senders, dev, seen, nonces, counts) -> dict:
+    legacy = rng.random() < 0.3
+    sender = rng.choice(legacy_senders if legacy else eip1559_senders)
+    tx: dict = {"from": sender, "nonce": nonces[sender]}
+    nonces[sender] += 1
+    r = rng.random()
+    if r < 0.04:
+        tx.update({"data": _INIT_CODE, "gas": 120_000, "value": 0})
+        counts["contract_creations"] += 1
+    elif r < 0.30:
+        to = rng.choice(seen)
+        arg = rng.randbytes(64).hex()
+        tx.update({"to": to, "data": rng.choice(_SELECTORS) + arg, "gas": 80_000, "value": 0})
+    else:
+        to = rng.choice(seen + dev)
+        eth = min(5000.0, math.exp(rng.gauss(-1.0, 2.0)))  # heavy-tailed: some above 2^64 wei
+        tx.update({"to": to, "value": int(eth * 10**18), "gas": 21_000})
+    if legacy:
+        tx["gasPrice"] = rng.randint(20, 120) * 10**9
+        counts["legacy"] += 1
+    else:
+        tx["maxFeePerGas"] = 150 * 10**9
+        tx["maxPriorityFeePerGas"] = rng.randint(1, 4) * 10**9
+        counts["eip1559"] += 1
+    return tx
+
+
+@contextmanager
+def seeded_local_node(start: date, end: date, *, accounts: int, blocks_per_day: int, mean_txs_per_day: int,
+                      seed: int, finality_blocks: int, anvil_bin: Path | None = None) -> Iterator[tuple[LocalNode, SeedReport]]:
+    """Start anvil just before ``start`` and seed it; stop it on exit."""
+    node = start_anvil(day_start_ts(start) - 3600, accounts, anvil_bin)
+    try:
+        report = seed_chain(node.url, start, end, accounts=accounts, blocks_per_day=blocks_per_day,
+                            mean_txs_per_day=mean_txs_per_day, seed=seed, finality_blocks=finality_blocks)
+        yield node, report
+    finally:
+        node.stop()
+
+
+__all__ = ["LocalNode", "LocalNodeError", "SeedReport", "find_anvil", "seed_chain", "seeded_local_node",
+           "start_anvil", "CHAIN_ID"]

@@ -1,0 +1,237 @@
+"""Evaluation: label-likelihood scoring, honest baselines, metrics and plots.
+
+A causal model is never asked to write free text here: each candidate label is scored by the
+log-likelihood of its tokens given the prompt (built by the same prompter as in training), and
+the best one wins. Baselines see the same splits: majority class (of train), persistence
+(tomorrow's move = today's) and a logistic regression on the same numeric features.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from tasks.schemas import LABELS
+
+COLLAPSE_SHARE = 0.9  # warn when one class takes at least this share of predictions
+
+
+@dataclass(frozen=True)
+class Scores:
+    accuracy: float
+    macro_f1: float
+    mcc: float
+    n: int
+    predicted_share: dict[str, float]
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_accuracy": self.accuracy, f"{prefix}_macro_f1": self.macro_f1, f"{prefix}_mcc": self.mcc}
+
+
+def score(y_true: Sequence[str], y_pred: Sequence[str]) -> Scores:
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    counts = Counter(y_pred)
+    return Scores(
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        macro_f1=float(f1_score(y_true, y_pred, labels=list(LABELS), average="macro", zero_division=0)),
+        mcc=float(matthews_corrcoef(y_true, y_pred)) if len(set(y_true) | set(y_pred)) > 1 else 0.0,
+        n=len(y_true),
+        predicted_share={lab: counts.get(lab, 0) / max(1, len(y_pred)) for lab in LABELS},
+    )
+
+
+def collapse_warning(name: str, s: Scores) -> str | None:
+    top = max(s.predicted_share, key=s.predicted_share.get)
+    if s.predicted_share[top] >= COLLAPSE_SHARE:
+        return f"{name} predicts {top} for {s.predicted_share[top]:.0%} of days: it has collapsed to (almost) a constant"
+    return None
+
+
+# ----------------------------------------------------------------------------- LoRA scoring
+def label_loglik(model, tokenizer, prompter, records: Sequence[dict[str, Any]], cutoff_len: int,
+                 batch_size: int = 8) -> np.ndarray:
+    """(n_records, n_labels) summed log-probabilities of each label's tokens given the prompt."""
+    import torch
+
+    from tasks.train import collate, encode_pair
+
+    device = next(model.parameters()).device
+    seqs = []
+    for r in records:
+        prompt = prompter.prompt(r["instruction"], r["input"])
+        for lab in prompter.labels:
+            p_ids, r_ids = encode_pair(tokenizer, prompt, prompter.response(lab), cutoff_len)
+            seqs.append({"input_ids": p_ids + r_ids, "labels": [-100] * len(p_ids) + r_ids})
+    out = np.zeros(len(seqs))
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            batch = collate(seqs[i:i + batch_size], tokenizer.pad_token_id, device)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = batch["labels"][:, 1:]
+            mask = target != -100
+            picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            out[i:i + len(picked)] = (picked * mask).sum(-1).cpu().numpy()
+    return out.reshape(len(records), len(prompter.labels))
+
+
+def predict_labels(loglik: np.ndarray, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Best label per row and the class probabilities (softmax over the label log-likelihoods)."""
+    z = loglik - loglik.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    return [labels[i] for i in loglik.argmax(axis=1)], probs
+
+
+# ----------------------------------------------------------------------------- baselines
+def baseline_predictions(features: pl.DataFrame, numeric_cols: list[str], split: str, seed: int) -> dict[str, list[str]]:
+    """Majority, persistence and logistic-regression predictions for the rows of ``split``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train = features.filter(pl.col("split") == "train")
+    target = features.filter(pl.col("split") == split)
+    majority = Counter(train["label"].to_list()).most_common(1)[0][0]
+    preds = {"majority": [majority] * target.height}
+    preds["persistence"] = [t if t is not None else majority for t in target["today_label"].to_list()]
+    medians = train.select(pl.col(numeric_cols).median()).row(0, named=True)
+
+    def matrix(df: pl.DataFrame) -> np.ndarray:
+        filled = df.select([pl.col(c).cast(pl.Float64).fill_nan(None).fill_null(medians[c] if medians[c] is not None else 0.0)
+                            for c in numeric_cols])
+        return filled.to_numpy()
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5, random_state=seed))
+    clf.fit(matrix(train), train["label"].to_list())
+    preds["logistic"] = [str(x) for x in clf.predict(matrix(target))]
+    return preds
+
+
+# ----------------------------------------------------------------------------- plots
+def plot_confusion(y_true: Sequence[str], y_pred: Sequence[str], title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(y_true, y_pred, labels=list(LABELS))
+    fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=110)
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(LABELS)), LABELS, rotation=30)
+    ax.set_yticks(range(len(LABELS)), LABELS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title, fontsize=9)
+    for i in range(len(LABELS)):
+        for j in range(len(LABELS)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_model_comparison(table: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["model"] for r in table]
+    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=110)
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, [r["validation_macro_f1"] for r in table], 0.4, label="validation")
+    ax.bar(x + 0.2, [r["test_macro_f1"] for r in table], 0.4, label="test")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("macro-F1")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("LoRA vs baselines (same splits)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- the evaluation task
+def load_split(dataset_dir: Path, split: str) -> list[dict[str, Any]]:
+    import json
+
+    path = Path(dataset_dir) / f"{split}.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, cutoff_len: int, seed: int,
+                     plots_dir: Path, device: str = "auto") -> dict[str, Any]:
+    """Score the LoRA model and the baselines on validation and test; metrics, plots, verdict.
+
+    The best baseline is chosen on validation; the verdict compares test macro-F1 against it.
+    """
+    from peft import PeftModel
+
+    from tasks.prompter import Prompter
+    from tasks.train import load_base_model, pick_device
+
+    dev = pick_device(device)
+    tokenizer, base = load_base_model(base_model, dev)
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).to(dev)
+    prompter = Prompter.load()
+    features = pl.read_parquet(Path(dataset_dir) / "features.parquet")
+    import json
+
+    numeric = json.loads((Path(dataset_dir) / "manifest.json").read_text())["numeric_features"]
+    results: dict[str, dict[str, Scores]] = {}
+    lora_preds: dict[str, list[str]] = {}
+    truth: dict[str, list[str]] = {}
+    probs_out: dict[str, list[list[float]]] = {}
+    for split in ("validation", "test"):
+        records = load_split(dataset_dir, split)
+        truth[split] = [r["output"] for r in records]
+        ll = label_loglik(model, tokenizer, prompter, records, cutoff_len)
+        lora_preds[split], probs = predict_labels(ll, prompter.labels)
+        probs_out[split] = probs.round(4).tolist()
+        results.setdefault("lora", {})[split] = score(truth[split], lora_preds[split])
+        sub = features.filter(pl.col("split") == split).sort("date")
+        if sub["label"].to_list() != truth[split]:
+            raise ValueError(f"{dataset_dir}: records and features disagree on the {split} labels")
+        for name, preds in baseline_predictions(features, numeric, split, seed).items():
+            results.setdefault(name, {})[split] = score(truth[split], preds)
+    metrics: dict[str, float] = {}
+    for name, per_split in results.items():
+        prefix = "" if name == "lora" else f"baseline_{name}_"
+        for split, s in per_split.items():
+            metrics.update({f"{prefix}{k}": v for k, v in s.as_metrics(split).items()})
+    baselines = [n for n in results if n != "lora"]
+    best = max(baselines, key=lambda n: results[n]["validation"].macro_f1)
+    lora_f1, best_f1 = results["lora"]["test"].macro_f1, results[best]["test"].macro_f1
+    verdict = (
+        f"LoRA {'beats' if lora_f1 > best_f1 else 'does not beat'} the best baseline ({best}, chosen on validation) "
+        f"on test: macro-F1 {lora_f1:.3f} vs {best_f1:.3f} over {results['lora']['test'].n} days"
+    )
+    table = [
+        {"model": n, **{f"{sp}_{k}": round(getattr(results[n][sp], k), 4) for sp in ("validation", "test")
+                        for k in ("accuracy", "macro_f1", "mcc")}}
+        for n in results
+    ]
+    warnings = [w for w in (collapse_warning(f"{n} ({sp})", results[n][sp]) for n in ("lora",) for sp in ("validation", "test")) if w]
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plots = [
+        plot_confusion(truth["test"], lora_preds["test"], "LoRA, test split", plots_dir / "confusion_lora_test.png"),
+        plot_model_comparison(table, plots_dir / "macro_f1_vs_baselines.png"),
+    ]
+    return {
+        "metrics": metrics, "table": table, "plots": plots, "warnings": warnings, "verdict": verdict,
+        "best_baseline": best, "baselines": {n: {**results[n]["validation"].as_metrics("validation"),
+                                                  **results[n]["test"].as_metrics("test")} for n in baselines},
+        "predictions": {sp: {"truth": truth[sp], "lora": lora_preds[sp], "probs": probs_out[sp]} for sp in truth},
+    }

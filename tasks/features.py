@@ -1,0 +1,159 @@
+"""Pure transforms: lake frames -> one row of features per UTC day.
+
+Every function takes and returns ``pl.LazyFrame``, does no IO and reads no clock. Point in time:
+the features of day t only use rows timestamped before 00:00 UTC of day t+1 (a daily candle of
+day t closes at that instant). Gaps stay gaps: returns are computed on a full calendar, so a
+missing day gives a null, never a return over two days.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+
+GWEI = 1e9
+
+
+def calendar(start: date, end: date) -> pl.LazyFrame:
+    return pl.LazyFrame({"date": pl.date_range(start, end, "1d", eager=True)})
+
+
+# ----------------------------------------------------------------------------- chain
+def chain_daily_activity(transactions: pl.LazyFrame) -> pl.LazyFrame:
+    """Per day: counts, value, fee market and concentration of the day's transactions."""
+    txs = transactions.with_columns(pl.col("block_timestamp").dt.date().alias("date"))
+    per_sender = txs.group_by("date", "from_address").agg(pl.len().alias("n"))
+    concentration = per_sender.group_by("date").agg(
+        (pl.col("n").top_k(10).sum() / pl.col("n").sum()).alias("top10_sender_share")
+    )
+    daily = txs.group_by("date").agg(
+        pl.len().alias("tx_count"),
+        pl.col("from_address").n_unique().alias("unique_senders"),
+        pl.col("to_address").drop_nulls().n_unique().alias("unique_receivers"),
+        pl.col("value_eth").sum().alias("value_eth_total"),
+        pl.col("value_eth").median().alias("value_eth_median"),
+        (pl.col("transaction_type") == 2).mean().alias("eip1559_share"),
+        pl.col("to_address").is_null().sum().alias("contract_creations"),
+        (pl.col("gas_price_wei").quantile(0.5) / GWEI).alias("gas_price_gwei_p50"),
+        (pl.col("gas_price_wei").quantile(0.9) / GWEI).alias("gas_price_gwei_p90"),
+    )
+    return daily.join(concentration, on="date", how="left")
+
+
+def chain_new_addresses(transactions: pl.LazyFrame) -> pl.LazyFrame:
+    """Per day: addresses (sender or receiver) never seen on an earlier day of the history."""
+    txs = transactions.with_columns(pl.col("block_timestamp").dt.date().alias("date"))
+    addresses = pl.concat(
+        [
+            txs.select("date", pl.col("from_address").alias("address")),
+            txs.select("date", pl.col("to_address").alias("address")).drop_nulls(),
+        ]
+    )
+    first_seen = addresses.group_by("address").agg(pl.col("date").min())
+    return first_seen.group_by("date").agg(pl.len().alias("new_addresses"))
+
+
+def chain_features(transactions: pl.LazyFrame, chain_days: list[date]) -> pl.LazyFrame:
+    """Chain features for the days whose chain partitions are complete (others stay null)."""
+    done = pl.LazyFrame({"date": pl.Series(chain_days, dtype=pl.Date)})
+    return (
+        done.join(chain_daily_activity(transactions), on="date", how="left")
+        .join(chain_new_addresses(transactions), on="date", how="left")
+        .with_columns(pl.col("tx_count", "contract_creations", "new_addresses").fill_null(0))
+    )
+
+
+# ----------------------------------------------------------------------------- prices
+def price_features(prices: pl.LazyFrame, start: date, end: date, assets: list[str]) -> pl.LazyFrame:
+    """Per day and asset: close, 1/3/7-day returns, 7-day realized volatility, volume change."""
+    out = calendar(start, end)
+    for asset in assets:
+        a = asset.lower()
+        p = prices.filter(pl.col("asset") == asset).select("date", "close_usd", "volume_base")
+        ret1 = pl.col("close_usd") / pl.col("close_usd").shift(1) - 1
+        out = out.join(p, on="date", how="left").sort("date").with_columns(
+            pl.col("close_usd").alias(f"{a}_close_usd"),
+            ret1.alias(f"{a}_ret_1d"),
+            (pl.col("close_usd") / pl.col("close_usd").shift(3) - 1).alias(f"{a}_ret_3d"),
+            (pl.col("close_usd") / pl.col("close_usd").shift(7) - 1).alias(f"{a}_ret_7d"),
+            ret1.rolling_std(7, min_samples=7).alias(f"{a}_vol_7d"),
+            (pl.col("volume_base") / pl.col("volume_base").shift(1) - 1).alias(f"{a}_volume_change_1d"),
+        ).drop("close_usd", "volume_base")
+    return out
+
+
+def label_next_day_return(features: pl.LazyFrame, target: str) -> pl.LazyFrame:
+    """The target's return from day t's close to day t+1's close (null across a gap)."""
+    close = pl.col(f"{target.lower()}_close_usd")
+    return features.sort("date").with_columns((close.shift(-1) / close - 1).alias("next_day_return"))
+
+
+# ----------------------------------------------------------------------------- social
+def social_features(sentiment: pl.LazyFrame, posts: pl.LazyFrame, social_days: list[date], top_posts: int) -> pl.LazyFrame:
+    """Per day: volume, mean sentiment, label shares, per-author shares and the latest posts.
+
+    Days whose social partition is complete but empty get post_count 0 and null sentiment (no
+    posts is not neutral sentiment); days never collected stay null throughout.
+    """
+    s = sentiment.with_columns(pl.col("created_at").dt.date().alias("date"))
+    per_author = (
+        s.group_by("date", "author_username")
+        .agg(pl.col("compound").mean().alias("author_mean"))
+        .with_columns(
+            pl.when(pl.col("author_mean") >= 0.05).then(pl.lit("POSITIVE"))
+            .when(pl.col("author_mean") <= -0.05).then(pl.lit("NEGATIVE"))
+            .otherwise(pl.lit("NEUTRAL")).alias("author_label")
+        )
+        .group_by("date")
+        .agg(
+            pl.len().alias("unique_authors"),
+            (pl.col("author_label") == "POSITIVE").mean().alias("author_positive_share"),
+            (pl.col("author_label") == "NEGATIVE").mean().alias("author_negative_share"),
+        )
+    )
+    daily = s.group_by("date").agg(
+        pl.len().alias("post_count"),
+        pl.col("compound").mean().alias("sentiment_mean"),
+        (pl.col("label") == "POSITIVE").mean().alias("post_positive_share"),
+        (pl.col("label") == "NEGATIVE").mean().alias("post_negative_share"),
+    )
+    latest = (
+        posts.with_columns(pl.col("created_at").dt.date().alias("date"))
+        .sort("created_at", descending=True)
+        .group_by("date", maintain_order=True)
+        .agg(pl.col("text").head(top_posts).alias("top_posts"))
+    )
+    done = pl.LazyFrame({"date": pl.Series(social_days, dtype=pl.Date)})
+    return (
+        done.join(daily, on="date", how="left")
+        .join(per_author, on="date", how="left")
+        .join(latest, on="date", how="left")
+        .with_columns(pl.col("post_count", "unique_authors").fill_null(0))
+    )
+
+
+def daily_features(
+    prices: pl.LazyFrame,
+    transactions: pl.LazyFrame,
+    sentiment: pl.LazyFrame,
+    posts: pl.LazyFrame,
+    *,
+    start: date,
+    end: date,
+    assets: list[str],
+    target: str,
+    chain_days: list[date],
+    social_days: list[date],
+    top_posts: int,
+) -> pl.LazyFrame:
+    """One row per day with a target price: every feature plus next_day_return (the label source)."""
+    target_close = f"{target.lower()}_close_usd"
+    return (
+        price_features(prices, start, end, assets)
+        .pipe(label_next_day_return, target)
+        .join(chain_features(transactions, chain_days), on="date", how="left")
+        .join(social_features(sentiment, posts, social_days, top_posts), on="date", how="left")
+        .filter(pl.col(target_close).is_not_null())
+        .sort("date")
+    )

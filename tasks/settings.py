@@ -1,0 +1,276 @@
+"""The one settings object: every knob of chainsignal, in one place.
+
+Precedence (lowest to highest): the defaults below < a TOML file (``chainsignal.toml`` in the
+working directory, or the path in ``CHAINSIGNAL_CONFIG``) < ``CHAINSIGNAL_*`` environment
+variables (nested with ``__``, e.g. ``CHAINSIGNAL_RPC__URL``) < the few flow parameters.
+
+This is the only module that reads ``os.environ``. Secrets are ``SecretStr``: they print as
+``**********`` and are left out of :meth:`Settings.public_dict`, which is what gets logged, saved
+next to manifests and written to MLflow as params.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+ENV_PREFIX = "CHAINSIGNAL_"
+CONFIG_ENV = "CHAINSIGNAL_CONFIG"
+DEFAULT_CONFIG_FILE = "chainsignal.toml"
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message is one line naming the setting."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ----------------------------------------------------------------------------- chain (JSON-RPC)
+class RpcSettings(_Section):
+    chain: str = "ethereum"  # name used in lake file names
+    # Endpoint URL. An Infura-style URL may carry the key as "{api_key}", e.g.
+    # https://mainnet.infura.io/v3/{api_key}; the key itself goes in rpc.api_key (env
+    # CHAINSIGNAL_RPC__API_KEY) and is only substituted at request time, never logged.
+    url: str = "http://127.0.0.1:8545"
+    api_key: SecretStr | None = None
+    requests_per_second: float = Field(default=20.0, gt=0)  # HTTP requests (one batch = one)
+    blocks_per_batch: int = Field(default=50, ge=1, le=1000)  # eth_getBlockByNumber calls per batch
+    blocks_per_file: int = Field(default=1000, ge=1)  # one parquet file = one unit of retry
+    timeout_s: float = Field(default=30.0, gt=0)  # per HTTP request
+    max_retries: int = Field(default=6, ge=0)  # per request, on 429 / 5xx / -32005 / timeouts
+    backoff_initial_s: float = Field(default=0.5, ge=0)  # doubled on every retry
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    finality_blocks: int = Field(default=64, ge=0)  # a day is ingested only once this deep
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+# ----------------------------------------------------------------------------- prices
+class PriceSettings(_Section):
+    source: Literal["file"] = "file"  # "file": CSV candles (bundled sample, or your export)
+    assets: tuple[str, ...] = ("ETH", "BTC")  # tickers; AAVE is one entry away where you have it
+    file_dir: Path = SAMPLE_DIR / "prices"  # <asset lowercase>_usd_daily.csv files
+
+    @field_validator("assets")
+    @classmethod
+    def _upper(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("needs at least one asset")
+        return tuple(a.upper() for a in v)
+
+
+# ----------------------------------------------------------------------------- social
+class TweetSettings(_Section):
+    # Sources tried for each day, in order; every source's posts are kept (deduplicated by
+    # (source, id)). "file": a CSV export (bundled sample); "snscrape": live X/Twitter search
+    # (X blocks logged-out scraping since 2023: the day is then recorded as blocked).
+    sources: tuple[Literal["file", "snscrape"], ...] = ("file",)
+    query: str = "ethereum"  # hashtag or word, as in the study's "#tag" search
+    file_path: Path = SAMPLE_DIR / "tweets" / "ethereum_tweets.csv"
+    max_posts_per_day: int = Field(default=1000, ge=1)
+
+
+# ----------------------------------------------------------------------------- storage
+class StorageSettings(_Section):
+    data_dir: Path = Path("var")  # lake, datasets, models and the MLflow store live under here
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.data_dir / "lake"
+
+
+# ----------------------------------------------------------------------------- dataset
+class DatasetSettings(_Section):
+    name: str = "direction"  # the task: day's features -> next day's move of target_asset
+    target_asset: str = "ETH"
+    start_date: date | None = None  # default: first day with prices in the lake
+    end_date: date | None = None  # default: last day with prices in the lake
+    validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)  # of labelled days
+    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    embargo_days: int = Field(default=1, ge=1)  # days dropped between splits (>= label horizon)
+    label_quantiles: tuple[float, float] = (1 / 3, 2 / 3)  # train-split return quantiles -> dead band
+    fixed_thresholds: tuple[float, float] | None = None  # (neg, pos) returns; overrides quantiles
+    top_posts: int = Field(default=2, ge=0)  # most recent posts rendered into a day's input
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _check(self) -> "DatasetSettings":
+        lo, hi = self.label_quantiles
+        if not 0 < lo < hi < 1:
+            raise ValueError("label_quantiles must satisfy 0 < low < high < 1")
+        if self.validation_fraction + self.test_fraction >= 0.8:
+            raise ValueError("validation_fraction + test_fraction must leave >= 20% to train")
+        return self
+
+
+# ----------------------------------------------------------------------------- training
+class TrainSettings(_Section):
+    # model
+    base_model: str = "tiny-llama"  # hub id, local path, or "tiny-llama" (built offline on the fly)
+    # LoRA
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    # batch and schedule
+    batch_size: int = Field(default=16, ge=1)  # examples per optimizer step
+    micro_batch_size: int = Field(default=8, ge=1)  # examples per forward pass
+    epochs: float = Field(default=3.0, gt=0)
+    learning_rate: float = Field(default=3e-3, gt=0)
+    warmup_steps: int = Field(default=2, ge=0)
+    cutoff_len: int = Field(default=256, ge=16)  # tokens; longer prompts are truncated
+    train_on_inputs: bool = False  # False: loss only on the response tokens
+    log_every_steps: int = Field(default=1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 42
+    # tiny offline model (used when base_model == "tiny-llama")
+    tiny_hidden_size: int = 64
+    tiny_layers: int = 2
+    tiny_heads: int = 4
+    tiny_vocab_size: int = 2000
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainSettings":
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError("batch_size must be a multiple of micro_batch_size")
+        return self
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+
+# ----------------------------------------------------------------------------- tracking
+class TrackingSettings(_Section):
+    tracking_uri: str | None = None  # default: sqlite:///<data_dir>/mlflow.db
+    experiment: str = "chainsignal"
+    registered_model: str = "chainsignal-lora"
+
+
+# ----------------------------------------------------------------------------- demo
+class DemoSettings(_Section):
+    # The embedded default: a local anvil node seeded with SYNTHETIC traffic over these days,
+    # aligned with the bundled (real) price and tweet samples.
+    start_date: date = date(2020, 12, 8)
+    end_date: date = date(2021, 3, 7)
+    anvil_bin: Path | None = None  # default: node_modules/@foundry-rs/anvil-*/bin/anvil
+    accounts: int = Field(default=40, ge=4)
+    blocks_per_day: int = Field(default=6, ge=1)
+    mean_txs_per_day: int = Field(default=40, ge=1)
+    seed: int = 7
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    rpc: RpcSettings = RpcSettings()
+    prices: PriceSettings = PriceSettings()
+    tweets: TweetSettings = TweetSettings()
+    storage: StorageSettings = StorageSettings()
+    dataset: DatasetSettings = DatasetSettings()
+    train: TrainSettings = TrainSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    demo: DemoSettings = DemoSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.tracking_uri or f"sqlite:///{self.storage.data_dir.resolve() / 'mlflow.db'}"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every setting, secrets left out, JSON-friendly: what gets logged and saved."""
+        raw = self.model_dump(mode="json")
+        raw["rpc"].pop("api_key", None)
+        raw["rpc"]["api_key_set"] = self.rpc.api_key is not None
+        raw["derived"] = {
+            "tracking_uri": self.tracking_uri,
+            "gradient_accumulation_steps": self.train.gradient_accumulation_steps,
+        }
+        return raw
+
+    def flat_params(self) -> dict[str, str]:
+        """``section.key -> value`` strings, for MLflow params."""
+        out: dict[str, str] = {}
+        for section, values in self.public_dict().items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        return out
+
+    def hash(self, *sections: str) -> str:
+        """Short stable hash of the named sections (all when none are named)."""
+        data = self.public_dict()
+        if sections:
+            data = {k: data[k] for k in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "settings"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"bad setting {where}: {first['msg']} (got {first.get('input')!r}){more}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Resolve settings from defaults, TOML, env and ``overrides`` (nested dicts per section).
+
+    Raises :class:`SettingsError` with a one-line message naming the bad setting.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise SettingsError(_one_line(err)) from None
+    except (ValueError, OSError) as err:  # malformed TOML, unreadable file
+        raise SettingsError(f"cannot read settings: {str(err).splitlines()[0]}") from None
+
+
+def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    """A copy of ``settings`` with some fields of some sections replaced (validated again)."""
+    data = settings.model_dump()
+    for section, values in sections.items():
+        data[section] = {**data[section], **{k: v for k, v in values.items() if v is not None}}
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        raise SettingsError(_one_line(err)) from None

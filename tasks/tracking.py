@@ -1,0 +1,134 @@
+"""Tracker: the thin MLflow client every flow goes through.
+
+Pitfalls handled here (seen with MLflow 3.17 on this stack):
+- with a sqlite store, artifacts land in ``./mlruns`` of the working directory unless the
+  experiment pins its artifact location: we pin it under ``<data_dir>/mlartifacts``;
+- ``mlflow.transformers.log_model`` on a PEFT model with a non-hub base reloads it wrong, and
+  ``register_model`` on a plain artifact folder fails in MLflow 3: adapters are logged with
+  ``log_artifacts`` and registered with ``create_model_version(source=<artifact uri>)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tasks.settings import REPO_ROOT
+
+MAX_PARAM_LEN = 6000
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class MlflowTracker:
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path, registered_model: str):
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment
+        self.artifact_root = Path(artifact_root).resolve()
+        self.registered_model = registered_model
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            self.artifact_root.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=(self.artifact_root / experiment).as_uri()
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+
+    @classmethod
+    def from_settings(cls, settings: Any, artifact_root: Path) -> "MlflowTracker":
+        return cls(settings.tracking_uri, settings.tracking.experiment, artifact_root, settings.tracking.registered_model)
+
+    # ------------------------------------------------------------------ runs
+    @contextmanager
+    def run(self, run_name: str | None = None, run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[str]:
+        """Start (or resume, with ``run_id``) a run; yields its id; ends it on exit."""
+        os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+        with mlflow.start_run(run_id=run_id, run_name=run_name, experiment_id=None if run_id else self.experiment_id,
+                              tags=tags) as active:
+            yield active.info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        clean = {k: (str(v) if len(str(v)) <= MAX_PARAM_LEN else str(v)[:MAX_PARAM_LEN - 3] + "...") for k, v in params.items()}
+        items = list(clean.items())
+        for i in range(0, len(items), 90):
+            mlflow.log_params(dict(items[i:i + 90]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
+        """Log to the active run, or to ``run_id`` explicitly (safe from any thread)."""
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        if run_id is None:
+            mlflow.log_metrics(clean, step=step)
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, step or 0) for k, v in clean.items()])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def set_description(self, text: str) -> None:
+        mlflow.set_tag("mlflow.note.content", text)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        mlflow.log_dict(json.loads(json.dumps(obj, default=str)), artifact_file)
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str) -> str:
+        mlflow.log_artifacts(str(local_dir), artifact_path)
+        return f"{mlflow.get_artifact_uri()}/{artifact_path}"
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path)
+
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        import pandas as pd
+
+        mlflow.log_table(pd.DataFrame(rows), artifact_file)
+
+    def log_dataset(self, features_path: Path, manifest: dict[str, Any]) -> None:
+        """The dataset version as an MLflow input of the run (``mlflow.data``)."""
+        import polars as pl
+
+        frame = pl.read_parquet(features_path).drop("top_posts", strict=False)
+        ds = mlflow.data.from_polars(frame, source=str(features_path), name=f"{manifest['task']}-{manifest['fingerprint']}")
+        mlflow.log_input(ds, context="training")
+
+    # ------------------------------------------------------------------ registry
+    def register_adapter(self, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
+        """Register the run's adapter folder as a new version of the registered model."""
+        try:
+            self.client.create_registered_model(self.registered_model)
+        except mlflow.exceptions.MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        mv = self.client.create_model_version(self.registered_model, source=source, run_id=run_id, tags=tags)
+        return str(mv.version)
+
+    def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst),
+                                                        tracking_uri=self.tracking_uri))
+
+    def latest_run(self, filter_string: str = "tags.model_kind = 'lora'") -> Any | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string, order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
