@@ -38,7 +38,7 @@ def run_demo() -> dict:
               f"in {seeded.seconds:.1f}s")
         ingest = daily_ingest(d.start_date, d.end_date, rpc_url=node.url)
     manifest = build_dataset(d.start_date, d.end_date)
-    result = train_lora(dataset=manifest["fingerprint"])
+    result = train_lora(dataset=manifest["fingerprint"], epochs=d.train_epochs)
     ev = result.get("evaluation", {})
     db = settings.tracking_uri
     print()

@@ -149,6 +149,9 @@ class TrainSettings(_Section):
     tiny_layers: int = 2
     tiny_heads: int = 4
     tiny_vocab_size: int = 2000
+    # Weight init std. Larger than Llama's 0.02 so a frozen random lm_head can still express
+    # confident predictions once LoRA steers the hidden states (at 0.02 logits stay ~uniform).
+    tiny_init_std: float = Field(default=0.2, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainSettings":
@@ -179,6 +182,7 @@ class DemoSettings(_Section):
     blocks_per_day: int = Field(default=6, ge=1)
     mean_txs_per_day: int = Field(default=40, ge=1)
     seed: int = 7
+    train_epochs: float = Field(default=10.0, gt=0)  # the demo's dataset is tiny: more passes
 
 
 class Settings(BaseSettings):

@@ -15,7 +15,7 @@ SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_t
 
 
 def build_tiny_llama(out_dir: Path, corpus: Iterable[str], *, vocab_size: int, hidden_size: int, layers: int,
-                     heads: int, seed: int, max_positions: int = 1024) -> Path:
+                     heads: int, seed: int, init_std: float = 0.02, max_positions: int = 1024) -> Path:
     """Train a byte-level BPE tokenizer on ``corpus``, make a random LlamaForCausalLM, save both."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -48,12 +48,13 @@ def build_tiny_llama(out_dir: Path, corpus: Iterable[str], *, vocab_size: int, h
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=init_std,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out_dir)
     (out_dir / "chainsignal_model.json").write_text(json.dumps({
         "kind": "tiny-llama", "built": "offline, random init", "vocab_size": len(tokenizer),
-        "hidden_size": hidden_size, "layers": layers, "heads": heads, "seed": seed,
+        "hidden_size": hidden_size, "layers": layers, "heads": heads, "seed": seed, "init_std": init_std,
     }, indent=2))
     return out_dir
 
@@ -65,8 +66,8 @@ def resolve_base_model(train_cfg, model_dir_for, corpus: list[str]) -> tuple[str
     if train_cfg.base_model != "tiny-llama":
         return train_cfg.base_model, False
     key = hashlib.sha256(json.dumps([train_cfg.tiny_vocab_size, train_cfg.tiny_hidden_size, train_cfg.tiny_layers,
-                                     train_cfg.tiny_heads, train_cfg.seed, *corpus]).encode()).hexdigest()[:12]
+                                     train_cfg.tiny_heads, train_cfg.tiny_init_std, train_cfg.seed, *corpus]).encode()).hexdigest()[:12]
     path = build_tiny_llama(model_dir_for(f"tiny-llama-{key}"), corpus, vocab_size=train_cfg.tiny_vocab_size,
                             hidden_size=train_cfg.tiny_hidden_size, layers=train_cfg.tiny_layers,
-                            heads=train_cfg.tiny_heads, seed=train_cfg.seed)
+                            heads=train_cfg.tiny_heads, seed=train_cfg.seed, init_std=train_cfg.tiny_init_std)
     return str(path), True

@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from tasks.settings import SettingsError, load_settings, with_overrides
+
+
+def test_defaults_are_the_embedded_default(data_dir):
+    s = load_settings()
+    assert s.storage.data_dir == data_dir
+    assert s.tracking_uri == f"sqlite:///{data_dir.resolve() / 'mlflow.db'}"
+    assert s.prices.file_dir.is_dir() and s.tweets.file_path.is_file()
+    assert s.train.gradient_accumulation_steps == s.train.batch_size // s.train.micro_batch_size
+
+
+def test_env_overrides_nested_fields(monkeypatch):
+    monkeypatch.setenv("CHAINSIGNAL_TRAIN__LORA_R", "16")
+    monkeypatch.setenv("CHAINSIGNAL_PRICES__ASSETS", '["eth", "aave"]')
+    s = load_settings()
+    assert s.train.lora_r == 16
+    assert s.prices.assets == ("ETH", "AAVE")
+
+
+def test_toml_file_is_read_and_env_wins(tmp_path, monkeypatch):
+    (tmp_path / "chainsignal.toml").write_text('[train]\nlora_r = 4\nepochs = 2\n[dataset]\ntarget_asset = "AAVE"\n')
+    monkeypatch.setenv("CHAINSIGNAL_TRAIN__EPOCHS", "7")
+    s = load_settings()
+    assert (s.train.lora_r, s.train.epochs, s.dataset.target_asset) == (4, 7.0, "AAVE")
+
+
+@pytest.mark.parametrize(
+    "env, setting",
+    [
+        ({"CHAINSIGNAL_TRAIN__LORA_R": "-1"}, "train.lora_r"),
+        ({"CHAINSIGNAL_RPC__URL": "ftp://node"}, "rpc.url"),
+        ({"CHAINSIGNAL_TRAIN__BATCH_SIZE": "10", "CHAINSIGNAL_TRAIN__MICRO_BATCH_SIZE": "4"}, "train"),
+        ({"CHAINSIGNAL_DATASET__EMBARGO_DAYS": "zero"}, "dataset.embargo_days"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_setting(monkeypatch, env, setting):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    msg = str(err.value)
+    assert "\n" not in msg and f"bad setting {setting}" in msg
+
+
+def test_malformed_toml_is_one_line(tmp_path):
+    (tmp_path / "chainsignal.toml").write_text("[train\nlora_r = ")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "\n" not in str(err.value)
+
+
+def test_secret_never_in_public_views(monkeypatch):
+    monkeypatch.setenv("CHAINSIGNAL_RPC__API_KEY", "sk-very-secret-123")
+    s = load_settings()
+    assert s.rpc.api_key.get_secret_value() == "sk-very-secret-123"
+    assert "sk-very-secret-123" not in repr(s)
+    assert "sk-very-secret-123" not in str(s.public_dict())
+    assert "sk-very-secret-123" not in str(s.flat_params())
+    assert s.public_dict()["rpc"]["api_key_set"] is True
+
+
+def test_overrides_validate_and_hash_changes():
+    s = load_settings()
+    t = with_overrides(s, train={"lora_r": 32, "epochs": None})
+    assert t.train.lora_r == 32 and t.train.epochs == s.train.epochs
+    assert t.hash("train") != s.hash("train") and t.hash("dataset") == s.hash("dataset")
+    with pytest.raises(SettingsError, match="train.lora_r"):
+        with_overrides(s, train={"lora_r": 0})
+
+
+def test_settings_are_frozen():
+    s = load_settings()
+    with pytest.raises(Exception):
+        s.train.lora_r = 3  # type: ignore[misc]
+    assert isinstance(s.storage.data_dir, Path)

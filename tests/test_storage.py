@@ -1,0 +1,76 @@
+from datetime import date, datetime, timezone
+from decimal import Decimal
+
+import polars as pl
+import pytest
+
+from tasks.schemas import PRICES, TRANSACTIONS, SchemaError
+from tasks.storage import Lake, block_chunk_name
+
+DAY = date(2021, 1, 5)
+
+
+def prices(n: int = 2) -> pl.DataFrame:
+    return pl.DataFrame({
+        "date": [DAY] * n, "asset": ["ETH", "BTC"][:n], "open_usd": [1.0] * n, "high_usd": [2.0] * n,
+        "low_usd": [0.5] * n, "close_usd": [1.5] * n, "volume_base": [10.0] * n, "source": ["t"] * n,
+    }, schema=PRICES)
+
+
+def test_chunk_names_sort_by_block():
+    names = [block_chunk_name("ethereum", "transactions", a, b) for a, b in [(999, 1000), (10, 20), (1000, 1999)]]
+    assert sorted(names) == [names[1], names[0], names[2]]
+    assert names[1] == "ethereum__transactions__0000000010_0000000020.parquet"
+
+
+def test_partition_is_complete_only_after_commit(tmp_path):
+    lake = Lake(tmp_path)
+    part = lake.open_partition("prices", DAY)
+    part.write(prices(), "file__prices.parquet")
+    assert not lake.is_complete("prices", DAY)
+    assert lake.scan("prices").collect().height == 0  # incomplete days are invisible
+    part.commit({"rows": 2})
+    assert lake.is_complete("prices", DAY)
+    assert lake.scan("prices").collect().height == 2
+    assert lake.completed_days("prices") == [DAY]
+    assert not list(part.dir.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_schema_drift_fails_loudly(tmp_path):
+    part = Lake(tmp_path).open_partition("prices", DAY)
+    with pytest.raises(SchemaError, match="missing columns"):
+        part.write(prices().drop("volume_base"), "x.parquet")
+    with pytest.raises(SchemaError, match="wrong dtypes"):
+        part.write(prices().with_columns(pl.col("close_usd").cast(pl.Float32)), "x.parquet")
+    assert not part.has("x.parquet")
+
+
+def test_overwrite_swaps_the_whole_partition(tmp_path):
+    lake = Lake(tmp_path)
+    first = lake.open_partition("prices", DAY)
+    first.write(prices(2), "old__prices.parquet")
+    first.commit({"rows": 2})
+    staged = lake.open_partition("prices", DAY, overwrite=True)
+    staged.write(prices(1), "new__prices.parquet")
+    assert lake.scan("prices").collect().height == 2  # readers still see the old day
+    staged.commit({"rows": 1})
+    files = sorted(p.name for p in lake.partition_dir("prices", DAY).iterdir())
+    assert files == ["_manifest.json", "new__prices.parquet"]
+    assert lake.scan("prices").collect().height == 1
+    assert not any((tmp_path / "prices" / ".trash").glob("*"))
+
+
+def test_wei_values_above_2_64_round_trip(tmp_path):
+    big = Decimal(2**70 + 12345)
+    row = {
+        "block_number": 1, "block_timestamp": datetime(2021, 1, 5, tzinfo=timezone.utc), "transaction_index": 0,
+        "transaction_hash": "0xab", "nonce": 0, "from_address": "0x1", "to_address": None, "value_wei": big,
+        "value_eth": float(big) / 1e18, "gas_limit": 21000, "gas_price_wei": 1, "max_fee_per_gas_wei": None,
+        "max_priority_fee_per_gas_wei": None, "transaction_type": 0, "input_selector": None, "input_bytes": 0,
+        "chain_id": 1,
+    }
+    lake = Lake(tmp_path)
+    part = lake.open_partition("transactions", DAY)
+    part.write(pl.DataFrame([row], schema=TRANSACTIONS), "t.parquet")
+    part.commit({})
+    assert lake.scan("transactions").collect()["value_wei"][0] == big
