@@ -1,0 +1,47 @@
+"""The console script as a user runs it (subprocesses)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent / "chainsignal"
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})})
+
+
+def test_help_lists_every_command():
+    out = run("--help")
+    assert out.returncode == 0
+    for cmd in ("ingest", "build-dataset", "train", "evaluate", "daily", "demo", "settings"):
+        assert cmd in out.stdout
+
+
+def test_version_prints_the_stack():
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.startswith("chainsignal 0.1.0")
+    for pkg in ("prefect", "mlflow", "polars", "transformers", "peft", "torch"):
+        assert f"{pkg} " in out.stdout
+
+
+def test_bad_setting_is_one_line_error():
+    out = run("settings", env={"CHAINSIGNAL_TRAIN__LORA_R": "-3"})
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "bad setting train.lora_r" in out.stderr
+
+
+def test_settings_hides_the_key():
+    out = run("settings", env={"CHAINSIGNAL_RPC__API_KEY": "abc-secret-987"})
+    assert out.returncode == 0 and "abc-secret-987" not in out.stdout and '"api_key_set": true' in out.stdout
+
+
+def test_unreachable_endpoint_is_one_line_and_writes_nothing(tmp_path):
+    out = run("ingest", "--only", "chain", "--start", "2021-01-01", "--rpc-url", "http://127.0.0.1:9",
+              env={"CHAINSIGNAL_RPC__MAX_RETRIES": "1", "CHAINSIGNAL_RPC__BACKOFF_INITIAL_S": "0.01",
+                   "CHAINSIGNAL_STORAGE__DATA_DIR": str(tmp_path / "d")})
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("chainsignal: error:")]
+    assert len(errors) == 1 and "cannot connect" in errors[0]
+    assert not (tmp_path / "d" / "lake" / "transactions").exists() or not any((tmp_path / "d" / "lake" / "transactions").rglob("*.parquet"))

@@ -1,0 +1,64 @@
+"""The whole DAG for real through Prefect: daily-ingest -> build-dataset -> train-lora -> evaluate.
+
+Local anvil node (synthetic traffic), the bundled real price and tweet samples, a tiny model
+built on the fly, MLflow on sqlite. Then the adapter is pulled back from MLflow and reloaded
+with peft: it must give the same logits as the adapter the run saved.
+"""
+
+import pytest
+import torch
+
+from flows.build_dataset import build_dataset
+from flows.daily_ingest import daily_ingest
+from flows.train_lora import train_lora
+from tasks.settings import load_settings
+from tasks.tracking import MlflowTracker
+from tests.conftest import CHAIN_END, CHAIN_START
+
+pytestmark = pytest.mark.slow
+
+
+def test_daily_ingest_build_train_evaluate(seeded_node, data_dir, tmp_path):
+    from peft import PeftModel
+
+    from tasks.train import load_base_model
+
+    node, _ = seeded_node
+    ingest = daily_ingest(CHAIN_START, CHAIN_END, rpc_url=node.url)
+    assert ingest["chain"]["partitions_done"] == ingest["prices"]["partitions_done"] == (CHAIN_END - CHAIN_START).days + 1
+    manifest = build_dataset()
+    result = train_lora(epochs=2, micro_batch_size=8, batch_size=16)
+    assert result["evaluation"]["verdict"].startswith("LoRA")
+
+    settings = load_settings()
+    tracker = MlflowTracker.from_settings(settings, data_dir / "mlartifacts")
+    run = tracker.client.get_run(result["run_id"])
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert params["train.lora_r"] == "8" and params["dataset.fingerprint"] == manifest["fingerprint"]
+    assert "rpc.api_key" not in params and params["rpc.api_key_set"] == "False"
+    for key in ("test_accuracy", "test_macro_f1", "validation_macro_f1", "baseline_majority_test_accuracy",
+                "baseline_majority_test_macro_f1", "baseline_persistence_test_macro_f1", "trainable_share"):
+        assert key in metrics, key
+    assert len(tracker.client.get_metric_history(run.info.run_id, "train_loss")) == result["steps"]
+    assert tags["chain_data"] == "synthetic local chain" and tags["verdict"] == result["evaluation"]["verdict"]
+    assert run.inputs.dataset_inputs[0].dataset.name == f"direction-{manifest['fingerprint']}"
+    artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
+    assert {"adapter", "base_model", "plots", "evaluation", "settings.json"} <= artifacts
+    baselines = tracker.client.search_runs([tracker.experiment_id], "tags.model_kind = 'baseline'")
+    assert {r.data.tags["baseline"] for r in baselines} == {"majority", "persistence", "logistic"}
+    versions = tracker.client.search_model_versions(f"name = '{settings.tracking.registered_model}'")
+    assert [v.run_id for v in versions] == [run.info.run_id]
+
+    # Round trip: adapter and base model from MLflow -> peft -> same logits as the run's own copy.
+    adapter = tracker.download(run.info.run_id, "adapter", tmp_path / "dl")
+    base_dir = tracker.download(run.info.run_id, "base_model", tmp_path / "dl")
+    tok, base = load_base_model(str(base_dir), torch.device("cpu"))
+    reloaded = PeftModel.from_pretrained(base, str(adapter)).eval()
+    _, base2 = load_base_model(str(base_dir), torch.device("cpu"))
+    original = PeftModel.from_pretrained(base2, str(data_dir / "runs" / run.info.run_id / "adapter")).eval()
+    ids = tok("### Response:\nPOSITIVE", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, original(ids).logits, atol=1e-6)
+    # The adapter is not a no-op: LoRA weights moved away from their zero init.
+    b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
+    assert b and any(float(p.abs().sum()) > 0 for p in b)

@@ -1,0 +1,40 @@
+from datetime import date, timedelta
+
+import polars as pl
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from tasks.evaluate import baseline_predictions, collapse_warning, plot_confusion, score
+
+Y_TRUE = ["POSITIVE", "NEUTRAL", "NEGATIVE", "POSITIVE", "NEGATIVE", "NEUTRAL", "POSITIVE"]
+Y_PRED = ["POSITIVE", "NEGATIVE", "NEGATIVE", "NEUTRAL", "NEGATIVE", "NEUTRAL", "POSITIVE"]
+
+
+def test_metrics_match_scikit_learn():
+    s = score(Y_TRUE, Y_PRED)
+    assert s.accuracy == pytest.approx(accuracy_score(Y_TRUE, Y_PRED))
+    assert s.macro_f1 == pytest.approx(f1_score(Y_TRUE, Y_PRED, average="macro"))
+    assert s.mcc == pytest.approx(matthews_corrcoef(Y_TRUE, Y_PRED))
+
+
+def test_collapse_warning_fires_on_a_constant_predictor_only():
+    assert "collapsed" in collapse_warning("m", score(Y_TRUE, ["NEUTRAL"] * len(Y_TRUE)))
+    assert collapse_warning("m", score(Y_TRUE, Y_PRED)) is None
+
+
+def test_baselines_use_only_what_is_known():
+    days = [date(2021, 1, 1) + timedelta(days=i) for i in range(9)]
+    labels = ["POSITIVE", "POSITIVE", "NEGATIVE", "POSITIVE", "NEUTRAL", "NEGATIVE", "NEGATIVE", "POSITIVE", "NEUTRAL"]
+    frame = pl.DataFrame({
+        "date": days, "label": labels, "split": ["train"] * 6 + ["test"] * 3,
+        "today_label": [None, *labels[:-1]], "x": [1.0, 2.0, -1.0, 2.5, 0.1, -2.0, -1.5, 3.0, None],
+    })
+    preds = baseline_predictions(frame, ["x"], "test", seed=0)
+    assert preds["majority"] == ["POSITIVE"] * 3
+    assert preds["persistence"] == labels[5:8]  # yesterday's realized move
+    assert len(preds["logistic"]) == 3 and set(preds["logistic"]) <= {"POSITIVE", "NEUTRAL", "NEGATIVE"}
+
+
+def test_confusion_plot_is_a_png(tmp_path):
+    path = plot_confusion(Y_TRUE, Y_PRED, "t", tmp_path / "cm.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

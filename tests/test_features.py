@@ -1,0 +1,58 @@
+from datetime import date, datetime, timedelta, timezone
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from tasks.features import chain_daily_activity, chain_new_addresses, price_features, social_features
+from tasks.schemas import PRICES
+
+D0 = date(2021, 1, 1)
+
+
+def candles(closes: dict[int, float], asset: str = "ETH") -> pl.LazyFrame:
+    days = sorted(closes)
+    return pl.LazyFrame({
+        "date": [D0 + timedelta(days=d) for d in days], "asset": [asset] * len(days),
+        "open_usd": [closes[d] for d in days], "high_usd": [closes[d] for d in days],
+        "low_usd": [closes[d] for d in days], "close_usd": [closes[d] for d in days],
+        "volume_base": [100.0] * len(days), "source": ["t"] * len(days),
+    }, schema=PRICES)
+
+
+def test_returns_are_null_across_a_gap_never_spanning_it():
+    # day 2 missing: day 3's 1-day return must be null, not the 2-day move.
+    out = price_features(candles({0: 100.0, 1: 110.0, 3: 121.0, 4: 133.1}), D0, D0 + timedelta(days=4), ["ETH"]).collect()
+    expected = pl.DataFrame({"date": [D0 + timedelta(days=i) for i in range(5)],
+                             "eth_ret_1d": [None, 0.1, None, None, 0.1]})
+    assert_frame_equal(out.select("date", "eth_ret_1d"), expected, check_exact=False, abs_tol=1e-12)
+
+
+def tx(day: int, sender: str, receiver: str | None, eth: float, typ: int = 2, gwei: int = 30) -> dict:
+    return {"block_timestamp": datetime(2021, 1, 1 + day, 12, tzinfo=timezone.utc), "from_address": sender,
+            "to_address": receiver, "value_eth": eth, "transaction_type": typ, "gas_price_wei": gwei * 10**9}
+
+
+def test_chain_daily_activity_counts():
+    frame = pl.LazyFrame([tx(0, "a", "b", 1.0), tx(0, "a", "c", 3.0, typ=0), tx(0, "d", None, 0.0), tx(1, "b", "a", 2.0)])
+    out = chain_daily_activity(frame).sort("date").collect()
+    first = out.row(0, named=True)
+    assert first["tx_count"] == 3 and first["unique_senders"] == 2 and first["unique_receivers"] == 2
+    assert first["contract_creations"] == 1 and first["value_eth_total"] == pytest.approx(4.0)
+    assert first["eip1559_share"] == pytest.approx(2 / 3) and first["top10_sender_share"] == pytest.approx(1.0)
+
+
+def test_new_addresses_counts_first_sightings_only():
+    frame = pl.LazyFrame([tx(0, "a", "b", 1.0), tx(1, "a", "c", 1.0), tx(2, "c", "d", 1.0)])
+    out = chain_new_addresses(frame).sort("date").collect()
+    assert out["new_addresses"].to_list() == [2, 1, 1]  # {a,b}, {c}, {d}
+
+
+def test_days_without_posts_have_missing_sentiment_not_zero():
+    sentiment = pl.LazyFrame({"post_id": ["1"], "source": ["file"], "created_at": [datetime(2021, 1, 1, 5, tzinfo=timezone.utc)],
+                              "author_username": ["x"], "compound": [0.6], "label": ["POSITIVE"]})
+    posts = pl.LazyFrame({"created_at": [datetime(2021, 1, 1, 5, tzinfo=timezone.utc)], "text": ["great"]})
+    out = social_features(sentiment, posts, [D0, D0 + timedelta(days=1)], top_posts=2).sort("date").collect()
+    assert out["post_count"].to_list() == [1, 0]
+    assert out["sentiment_mean"].to_list() == [pytest.approx(0.6), None]
+    assert out["top_posts"].to_list() == [["great"], None]
