@@ -44,10 +44,11 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            self.artifact_root.mkdir(parents=True, exist_ok=True)
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=(self.artifact_root / experiment).as_uri()
-            )
+            location = None  # a tracking server decides where artifacts go (its --artifacts-destination)
+            if not tracking_uri.startswith(("http://", "https://", "databricks")):
+                self.artifact_root.mkdir(parents=True, exist_ok=True)
+                location = (self.artifact_root / experiment).as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
 

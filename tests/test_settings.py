@@ -77,3 +77,12 @@ def test_settings_are_frozen():
     with pytest.raises(Exception):
         s.train.lora_r = 3  # type: ignore[misc]
     assert isinstance(s.storage.data_dir, Path)
+
+
+def test_readme_documents_every_setting():
+    from tasks.settings import REPO_ROOT, Settings
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    for section, field in Settings.model_fields.items():
+        for name in field.annotation.model_fields:
+            assert f"`{section}.{name}`" in readme, f"{section}.{name} missing from the README settings table"

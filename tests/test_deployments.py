@@ -1,0 +1,47 @@
+"""deployments/prefect.yaml and docker/ are validated here (no docker engine runs on CI)."""
+
+import importlib
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_deployment_points_at_a_flow_of_the_same_name():
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    names = set()
+    for dep in spec["deployments"]:
+        path, func = dep["entrypoint"].split(":")
+        assert (ROOT / path).is_file(), path
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, func)
+        assert flow.name == dep["name"], (flow.name, dep["name"])  # deployment is <flow>/<name>
+        assert dep["work_pool"]["name"] in {"cpu", "gpu"}
+        names.add(dep["name"])
+    assert {"daily", "train-lora", "evaluate"} <= names
+    daily = next(d for d in spec["deployments"] if d["name"] == "daily")
+    assert daily["schedules"][0]["cron"] == "0 6 * * *" and daily["schedules"][0]["timezone"] == "UTC"
+    train = next(d for d in spec["deployments"] if d["name"] == "train-lora")
+    assert train["work_pool"]["name"] == "gpu"
+
+
+def test_no_secret_is_written_in_deployment_or_compose_files():
+    for path in [ROOT / "deployments" / "prefect.yaml", ROOT / "docker" / "compose.yaml"]:
+        text = path.read_text()
+        assert not re.search(r"(?i)api_key:\s*['\"]?[0-9a-f]{16,}", text)
+        assert not re.search(r"infura\.io/v3/[0-9a-f]{16,}", text)
+
+
+def test_docker_files_copy_only_what_exists():
+    for dockerfile in (ROOT / "docker").glob("Dockerfile.*"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY "):
+                for src in line.split()[1:-1]:
+                    assert (ROOT / src).exists(), f"{dockerfile.name}: {src}"
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    assert {"prefect", "mlflow", "worker-cpu", "worker-gpu"} <= set(compose["services"])
+    for svc in compose["services"].values():
+        if "build" in svc:
+            assert (ROOT / "docker" / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
