@@ -47,6 +47,27 @@ def score(y_true: Sequence[str], y_pred: Sequence[str]) -> Scores:
     )
 
 
+def bootstrap_f1_difference(y_true: Sequence[str], pred_a: Sequence[str], pred_b: Sequence[str], *,
+                            resamples: int = 2000, seed: int = 42, level: float = 0.95) -> tuple[float, float, float]:
+    """Paired bootstrap of macro-F1(a) - macro-F1(b) over the same days: (point, low, high)."""
+    from sklearn.metrics import f1_score
+
+    labels = list(LABELS)
+    t, a, b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
+
+    def f1(y, p):
+        return f1_score(y, p, labels=labels, average="macro", zero_division=0)
+
+    point = f1(t, a) - f1(t, b)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(resamples)
+    for i in range(resamples):
+        idx = rng.integers(0, len(t), len(t))
+        diffs[i] = f1(t[idx], a[idx]) - f1(t[idx], b[idx])
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(point), float(lo), float(hi)
+
+
 def collapse_warning(name: str, s: Scores) -> str | None:
     top = max(s.predicted_share, key=s.predicted_share.get)
     if s.predicted_share[top] >= COLLAPSE_SHARE:
@@ -194,6 +215,7 @@ def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, c
     lora_preds: dict[str, list[str]] = {}
     truth: dict[str, list[str]] = {}
     probs_out: dict[str, list[list[float]]] = {}
+    test_baselines: dict[str, list[str]] = {}
     for split in ("validation", "test"):
         records = load_split(dataset_dir, split)
         truth[split] = [r["output"] for r in records]
@@ -206,6 +228,8 @@ def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, c
             raise ValueError(f"{dataset_dir}: records and features disagree on the {split} labels")
         for name, preds in baseline_predictions(features, numeric, split, seed).items():
             results.setdefault(name, {})[split] = score(truth[split], preds)
+            if split == "test":
+                test_baselines[name] = preds
     metrics: dict[str, float] = {}
     for name, per_split in results.items():
         prefix = "" if name == "lora" else f"baseline_{name}_"
@@ -214,9 +238,13 @@ def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, c
     baselines = [n for n in results if n != "lora"]
     best = max(baselines, key=lambda n: results[n]["validation"].macro_f1)
     lora_f1, best_f1 = results["lora"]["test"].macro_f1, results[best]["test"].macro_f1
+    diff, lo, hi = bootstrap_f1_difference(truth["test"], lora_preds["test"], test_baselines[best], seed=seed)
+    metrics.update({"test_macro_f1_minus_best_baseline": diff, "test_macro_f1_diff_ci95_low": lo,
+                    "test_macro_f1_diff_ci95_high": hi})
     verdict = (
-        f"LoRA {'beats' if lora_f1 > best_f1 else 'does not beat'} the best baseline ({best}, chosen on validation) "
-        f"on test: macro-F1 {lora_f1:.3f} vs {best_f1:.3f} over {results['lora']['test'].n} days"
+        f"LoRA {'beats' if lo > 0 else 'does not beat'} the best baseline ({best}, chosen on validation) on "
+        f"{results['lora']['test'].n} test days: macro-F1 {lora_f1:.3f} vs {best_f1:.3f}, "
+        f"difference 95% CI [{lo:+.3f}, {hi:+.3f}]" + ("" if lo > 0 else " includes 0")
     )
     table = [
         {"model": n, **{f"{sp}_{k}": round(getattr(results[n][sp], k), 4) for sp in ("validation", "test")

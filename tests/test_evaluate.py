@@ -38,3 +38,22 @@ def test_baselines_use_only_what_is_known():
 def test_confusion_plot_is_a_png(tmp_path):
     path = plot_confusion(Y_TRUE, Y_PRED, "t", tmp_path / "cm.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bootstrap_interval_covers_a_known_difference():
+    import numpy as np
+
+    from tasks.evaluate import bootstrap_f1_difference
+
+    rng = np.random.default_rng(0)
+    labels = np.array(["NEGATIVE", "NEUTRAL", "POSITIVE"])
+    truth = rng.choice(labels, 400)
+    good = np.where(rng.random(400) < 0.8, truth, rng.choice(labels, 400))  # ~85% right
+    bad = rng.choice(labels, 400)  # chance
+    point, lo, hi = bootstrap_f1_difference(truth, good, bad, resamples=500, seed=1)
+    assert lo <= point <= hi and lo > 0.3  # a large real difference: interval well above 0
+    point, lo, hi = bootstrap_f1_difference(truth, good, good, resamples=200, seed=1)
+    assert point == lo == hi == 0.0  # no difference: degenerate interval at 0
+    same_quality = np.where(rng.random(400) < 0.8, truth, rng.choice(labels, 400))
+    _, lo, hi = bootstrap_f1_difference(truth, good, same_quality, resamples=500, seed=1)
+    assert lo < 0 < hi  # equally good models: the interval straddles 0

@@ -56,3 +56,29 @@ def test_price_and_tweet_flows_are_idempotent(data_dir):
     assert posts.height == t1["rows_written"] and posts.select(pl.struct("source", "post_id").is_unique().all()).item()
     sentiment = lake.scan("sentiment").collect()
     assert sentiment.height == posts.height and sentiment["compound"].is_between(-1, 1).all()
+
+
+def test_snscrape_block_becomes_a_recorded_blocked_day(monkeypatch, data_dir):
+    """X refuses logged-out search: snscrape raises ScraperException. X itself cannot run here,
+    so only its answer is stood in for; the source, the task and the lake are real."""
+    import snscrape.base
+    import snscrape.modules.twitter as sntwitter
+
+    from tasks.clients.social import SnscrapePostSource, SourceBlockedError
+    from tasks.tweets import scrape_posts_day
+
+    def refuse(self):
+        raise snscrape.base.ScraperException("4 requests to https://twitter.com/search failed, giving up: blocked (404)")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(sntwitter.TwitterSearchScraper, "get_items", refuse)
+    with pytest.raises(SourceBlockedError) as err:
+        SnscrapePostSource().fetch_posts("ethereum", date(2021, 1, 4), 10)
+    assert "blocked" in str(err.value) and "\n" not in str(err.value)
+    from tasks.clients.social import FilePostSource
+
+    lake = Lake(data_dir / "lake")
+    sources = [SnscrapePostSource(), FilePostSource(SAMPLE_DIR / "tweets" / "ethereum_tweets.csv")]
+    report = scrape_posts_day.fn(sources, lake, date(2021, 1, 4), "ethereum", 100)
+    assert report["status"] == "done" and report["sources"]["snscrape"].startswith("blocked")
+    assert lake.manifest("posts", date(2021, 1, 4))["sources"]["file"] == "ok"
