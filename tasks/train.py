@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from tasks.logs import get_logger
+from tasks.packing import collate_packed, packed_loss
 from tasks.prompter import Prompter
 
 IGNORE_INDEX = -100
@@ -63,16 +64,54 @@ def pick_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_base_model(name_or_path: str, device: torch.device, dtype: torch.dtype | None = None):
-    """Tokenizer and causal LM from a local path or a hub id (cached copy when HF_HUB_OFFLINE=1)."""
+def pick_train_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``train.precision``: auto = bf16 where the device supports it, else fp32."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("train.precision is 'bf16' but this GPU does not support bfloat16; use 'auto' or 'fp32'")
+        return torch.bfloat16
+    return pick_dtype(device)
+
+
+def load_base_model(name_or_path: str, device: torch.device, dtype: torch.dtype | None = None, *,
+                    attention: str | None = None, qlora: bool = False):
+    """Tokenizer and causal LM from a local path or a hub id (cached copy when HF_HUB_OFFLINE=1).
+
+    ``attention`` picks the attention implementation (eager, sdpa, flex_attention); ``qlora``
+    loads the frozen base in 4-bit NF4 through bitsandbytes (CUDA only).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.pad_token_id is None:  # Llama tokenizers ship without one
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or pick_dtype(device))
-    model.to(device)
+    dtype = dtype or pick_dtype(device)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attention:
+        kwargs["attn_implementation"] = attention
+    if qlora:
+        kwargs["quantization_config"] = qlora_config(device, dtype)
+        kwargs["device_map"] = {"": device.index or 0}
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if not qlora:
+        model.to(device)
     return tokenizer, model
+
+
+def qlora_config(device: torch.device, compute_dtype: torch.dtype):
+    """4-bit NF4 quantization of the frozen base (QLoRA); one-line errors when it cannot run here."""
+    if device.type != "cuda":
+        raise ValueError("train.qlora needs a CUDA device (bitsandbytes 4-bit); set train.qlora=false on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ValueError("train.qlora needs the bitsandbytes package: pip install bitsandbytes") from exc
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
 
 
 def encode_pair(tokenizer, prompt: str, response: str, cutoff_len: int, add_eos: bool = True) -> tuple[list[int], list[int]]:
@@ -136,6 +175,61 @@ def count_params(model) -> tuple[int, int]:
     return trainable, total
 
 
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def init_distributed(enabled: bool, device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device). ``train.distributed`` joins the process group that
+    torchrun (or ``accelerate launch``) set up; a group already initialised by the caller is used as is."""
+    if not enabled:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # env:// rendezvous from the launcher
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if device.type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def compile_decoder_layers(model) -> int:
+    """Regional ``torch.compile``: each decoder layer is compiled (one graph reused by all layers),
+    mask building and the loss stay eager. Returns how many layers were compiled."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
+def run_key(cfg: Any, base_model: str, examples: Sequence[dict[str, list[int]]], world: int) -> str:
+    """What a checkpoint must match to be resumed: every setting, the base model, the data, the world size."""
+    import hashlib
+
+    knobs = cfg.model_dump() if hasattr(cfg, "model_dump") else dict(vars(cfg))
+    knobs = {k: v for k, v in knobs.items() if k not in ("log_every_steps", "checkpoint_every_steps")}
+    blob = json.dumps([knobs, base_model, world, [e["input_ids"] for e in examples], [e["labels"] for e in examples]],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def save_checkpoint(ckpt_dir: Path, state: dict[str, Any]) -> Path:
+    """Write the resumable state atomically (temporary name, then rename)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp, final = ckpt_dir / (CHECKPOINT_FILE + ".tmp"), ckpt_dir / CHECKPOINT_FILE
+    torch.save(state, tmp)
+    tmp.replace(final)
+    return final
+
+
+def load_checkpoint(ckpt_dir: Path | None, key: str) -> dict[str, Any] | None:
+    if ckpt_dir is None or not (ckpt_dir / CHECKPOINT_FILE).is_file():
+        return None
+    state = torch.load(ckpt_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    return state if state.get("run_key") == key else None
+
+
 def train_lora_adapter(
     cfg: Any,
     base_model: str,
@@ -143,10 +237,15 @@ def train_lora_adapter(
     val_records: Sequence[dict[str, Any]],
     out_dir: Path,
     log_metrics: MetricsFn | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> TrainResult:
     """Fine-tune LoRA adapters on ``train_records``; save adapter + tokenizer to ``out_dir``.
 
     ``cfg`` is a :class:`tasks.settings.TrainSettings` (or anything with the same fields).
+    Fast path: ``cfg.packing`` (one packed row per micro-batch, document-masked),
+    ``cfg.attention``, ``cfg.compile``. With ``checkpoint_dir`` and ``cfg.checkpoint_every_steps``
+    the run saves its state every N steps and a rerun with the same settings and data resumes
+    from the last checkpoint (the checkpoint is removed once the adapter is saved).
     """
     from peft import LoraConfig, get_peft_model
     from transformers import get_linear_schedule_with_warmup
@@ -156,10 +255,25 @@ def train_lora_adapter(
     t_start = time.perf_counter()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    tokenizer, model = load_base_model(base_model, device)
-    if getattr(cfg, "gradient_checkpointing", False):
-        model.gradient_checkpointing_enable()
+    rank, world, device = init_distributed(getattr(cfg, "distributed", False), pick_device(cfg.device))
+    is_main = rank == 0
+    if cfg.batch_size % (cfg.micro_batch_size * world):
+        raise ValueError(f"train.batch_size {cfg.batch_size} must be a multiple of micro_batch_size x processes "
+                         f"({cfg.micro_batch_size} x {world})")
+    packing = getattr(cfg, "packing", False)
+    attention = getattr(cfg, "attention", None)
+    qlora = getattr(cfg, "qlora", False)
+    dtype = pick_train_dtype(getattr(cfg, "precision", "auto"), device)
+    tokenizer, model = load_base_model(base_model, device, dtype, attention=attention, qlora=qlora)
+    grad_ckpt = getattr(cfg, "gradient_checkpointing", False)
+    if qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # training: a KV cache would also switch packed document masking off
     model = get_peft_model(model, LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
@@ -168,73 +282,129 @@ def train_lora_adapter(
     prompter = Prompter.load()
     train_ex = tokenize_records(tokenizer, prompter, train_records, cfg.cutoff_len, cfg.train_on_inputs)
     val_ex = tokenize_records(tokenizer, prompter, val_records, cfg.cutoff_len, cfg.train_on_inputs)
-    accum = cfg.batch_size // cfg.micro_batch_size
+    accum = cfg.batch_size // (cfg.micro_batch_size * world)
     steps_per_epoch = max(1, math.ceil(len(train_ex) / cfg.batch_size))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total_steps - 1), total_steps)
+    unwrapped = model
+    if getattr(cfg, "compile", False):
+        compile_decoder_layers(unwrapped)
+    if world > 1 or getattr(cfg, "distributed", False):
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     mean_len = sum(len(e["input_ids"]) for e in train_ex) / max(1, len(train_ex))
-    log.info(
-        "train: %d examples (%.0f tokens each on average), %d steps of %d (micro %d x accum %d), device %s, "
-        "trainable %d / %d params (%.3f%%)", len(train_ex), mean_len, total_steps, cfg.batch_size,
-        cfg.micro_batch_size, accum, device, trainable, total, 100 * trainable / total,
-    )
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    model.train()
+    if is_main:
+        log.info(
+            "train: %d examples (%.0f tokens each on average), %d steps of %d (micro %d x accum %d x %d processes), "
+            "device %s %s, attention %s, packing %s, compile %s, trainable %d / %d params (%.3f%%)", len(train_ex),
+            mean_len, total_steps, cfg.batch_size, cfg.micro_batch_size, accum, world, device, dtype, attention,
+            packing, getattr(cfg, "compile", False), trainable, total, 100 * trainable / total,
+        )
+    every = getattr(cfg, "checkpoint_every_steps", 0)
+    key = run_key(cfg, base_model, train_ex, world)
     gen = random.Random(cfg.seed)
     order: list[int] = []
     step, tokens_seen, last_loss = 0, 0, float("nan")
+    state = load_checkpoint(checkpoint_dir, key) if every else None
+    if state is not None:
+        named = dict(unwrapped.named_parameters())
+        with torch.no_grad():
+            for name, value in state["lora"].items():
+                named[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, tokens_seen, order = state["step"], state["tokens_seen"], list(state["order"])
+        gen.setstate(state["order_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if is_main:
+            log.info("resumed from checkpoint at step %d/%d (%s)", step, total_steps, checkpoint_dir)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
     t_train = time.perf_counter()
+    steps_this_run = 0
+    per_step = cfg.micro_batch_size * world
     while step < total_steps:
         t_step = time.perf_counter()
         step_tokens, step_loss = 0, 0.0
-        for _ in range(accum):
-            if len(order) < cfg.micro_batch_size:
+        for micro in range(accum):
+            if len(order) < per_step:
                 fresh = list(range(len(train_ex)))
                 gen.shuffle(fresh)
                 order += fresh
-            idx, order = order[:cfg.micro_batch_size], order[cfg.micro_batch_size:]
-            batch = collate([train_ex[i] for i in idx], tokenizer.pad_token_id, device)
-            loss = model(**batch).loss / accum
-            loss.backward()
-            step_loss += loss.item()
-            step_tokens += int(batch["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            idx, order = order[:per_step], order[per_step:]
+            mine = [train_ex[i] for i in idx[rank * cfg.micro_batch_size:(rank + 1) * cfg.micro_batch_size]]
+            sync = world == 1 or micro == accum - 1
+            ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else _null()
+            with ctx:
+                if packing:
+                    batch = collate_packed(mine, device)
+                    loss, _ = packed_loss(model, batch)
+                    step_tokens += batch["input_ids"].shape[1]
+                else:
+                    batch = collate(mine, tokenizer.pad_token_id, device)
+                    loss = model(**batch, use_cache=False).loss
+                    step_tokens += int(batch["attention_mask"].sum())
+                (loss / accum).backward()
+            step_loss += loss.item() / accum
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        steps_this_run += 1
         tokens_seen += step_tokens
         last_loss = step_loss
         dt = time.perf_counter() - t_step
         if not math.isfinite(last_loss):
             raise FloatingPointError(f"train loss became {last_loss} at step {step}; lower train.learning_rate")
-        if step % cfg.log_every_steps == 0 or step == total_steps:
+        if every and checkpoint_dir is not None and is_main and step % every == 0 and step < total_steps:
+            save_checkpoint(checkpoint_dir, {
+                "run_key": key, "step": step, "tokens_seen": tokens_seen, "order": order, "order_rng": gen.getstate(),
+                "torch_rng": torch.get_rng_state(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "lora": {n: p.detach().cpu().clone() for n, p in unwrapped.named_parameters() if p.requires_grad},
+            })
+        if is_main and (step % cfg.log_every_steps == 0 or step == total_steps):
             metrics = {"train_loss": last_loss, "learning_rate": scheduler.get_last_lr()[0],
                        "tokens_per_s": step_tokens / dt, "step_time_s": dt}
             log_metrics(metrics, step)
             log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s %.2fs", step, total_steps, last_loss,
                      metrics["learning_rate"], metrics["tokens_per_s"], dt)
     train_seconds = time.perf_counter() - t_train
-    val_loss = evaluate_loss(model, val_ex, tokenizer.pad_token_id, cfg.micro_batch_size, device) if val_ex else None
-    if val_loss is not None:
+    val_loss = None
+    if is_main and val_ex:
+        val_loss = evaluate_loss(unwrapped, val_ex, tokenizer.pad_token_id, cfg.micro_batch_size, device)
         log_metrics({"val_loss": val_loss}, step)
         log.info("validation loss %.4f", val_loss)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb()
     result = TrainResult(
         adapter_dir=str(out_dir), steps=step, epochs=step / steps_per_epoch, examples=len(train_ex),
         train_loss_last=last_loss, val_loss=val_loss, tokens_seen=tokens_seen,
-        tokens_per_s=tokens_seen / max(train_seconds, 1e-9), trainable_params=trainable, total_params=total,
-        trainable_share=trainable / total, peak_memory_mb=peak, seconds=time.perf_counter() - t_start,
-        device=str(device),
+        tokens_per_s=tokens_seen / max(train_seconds, 1e-9) if steps_this_run else 0.0, trainable_params=trainable,
+        total_params=total, trainable_share=trainable / total, peak_memory_mb=peak,
+        seconds=time.perf_counter() - t_start, device=str(device),
     )
-    (out_dir / "chainsignal_train.json").write_text(json.dumps({"base_model": base_model, **result.as_dict()}, indent=2))
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        unwrapped.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        (out_dir / "chainsignal_train.json").write_text(json.dumps({"base_model": base_model, **result.as_dict()}, indent=2))
+        if checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_FILE).is_file():
+            (checkpoint_dir / CHECKPOINT_FILE).unlink()  # finished: the next run starts fresh
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     return result
 
+
+def _null():
+    from contextlib import nullcontext
+
+    return nullcontext()
 
 def _rss_mb() -> float:
     import resource

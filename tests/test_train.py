@@ -66,3 +66,79 @@ def test_training_learns_and_saves_a_loadable_adapter(tiny_model, tmp_path):
     preds, probs = predict_labels(label_loglik(model, tok, PROMPTER, records(6), 96), PROMPTER.labels)
     assert preds == ["POSITIVE"] * 6  # label-likelihood scoring picks the label the model prefers
     assert probs.shape == (6, 3) and abs(probs.sum(axis=1) - 1).max() < 1e-6
+
+
+def small_cfg(**over):
+    return with_overrides(load_settings(), train={"epochs": 2, "batch_size": 4, "micro_batch_size": 2,
+                                                  "learning_rate": 5e-3, "cutoff_len": 96, "device": "cpu", **over}).train
+
+
+def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_packed_training_matches_padded_training(tiny_model, tmp_path):
+    # Same examples, same order, same seed: the fast layout must train the same adapter.
+    train, val = records(8), records(3)
+    padded = train_lora_adapter(small_cfg(lora_dropout=0.0), str(tiny_model), train, val, tmp_path / "padded")
+    packed = train_lora_adapter(small_cfg(lora_dropout=0.0, packing=True), str(tiny_model), train, val, tmp_path / "packed")
+    assert packed.steps == padded.steps and abs(packed.train_loss_last - padded.train_loss_last) < 1e-4
+    a, b = adapter_weights(tmp_path / "padded"), adapter_weights(tmp_path / "packed")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert packed.tokens_seen == padded.tokens_seen  # real tokens only, in both layouts
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_a_crashed_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
+    train, val = records(8), records(3)
+    cfg = small_cfg(epochs=3, checkpoint_every_steps=2, packing=True)  # 6 steps, dropout on (RNG state resumes too)
+    whole = train_lora_adapter(cfg, str(tiny_model), train, val, tmp_path / "whole")
+
+    def crash_after_step_3(metrics, step):
+        if step == 3:
+            raise Crash("simulated crash")
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        train_lora_adapter(cfg, str(tiny_model), train, val, tmp_path / "resumed", crash_after_step_3, checkpoint_dir=ckpt)
+    assert (ckpt / "checkpoint.pt").is_file() and not (tmp_path / "resumed").exists()
+    steps_logged = []
+    resumed = train_lora_adapter(cfg, str(tiny_model), train, val, tmp_path / "resumed",
+                                 lambda m, s: steps_logged.append(s), checkpoint_dir=ckpt)
+    assert steps_logged[0] == 3  # steps 1-2 came from the checkpoint, step 3 was redone
+    assert resumed.steps == whole.steps == 6
+    a, b = adapter_weights(tmp_path / "whole"), adapter_weights(tmp_path / "resumed")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not (ckpt / "checkpoint.pt").exists()  # a finished run leaves nothing to resume
+    # Different settings never resume someone else's checkpoint.
+    with pytest.raises(Crash):
+        train_lora_adapter(cfg, str(tiny_model), train, val, tmp_path / "x", crash_after_step_3, checkpoint_dir=ckpt)
+    other = []
+    train_lora_adapter(small_cfg(epochs=3, checkpoint_every_steps=2, packing=True, lora_r=4), str(tiny_model), train, val,
+                       tmp_path / "y", lambda m, s: other.append(s), checkpoint_dir=ckpt)
+    assert other[0] == 1
+
+
+def test_distributed_path_runs_with_one_process(tiny_model, tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        seen = []
+        result = train_lora_adapter(small_cfg(distributed=True), str(tiny_model), records(8), records(3),
+                                    tmp_path / "adapter", lambda m, s: seen.append(s))
+    finally:
+        dist.destroy_process_group()
+    assert result.steps == 4 and seen[-1] == 4 and result.val_loss is not None
+    assert "module." not in " ".join(adapter_weights(tmp_path / "adapter"))  # saved unwrapped, loadable by peft
+
+
+def test_qlora_off_cuda_is_a_one_line_error(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match=r"^train.qlora needs a CUDA device") as err:
+        train_lora_adapter(small_cfg(qlora=True), str(tiny_model), records(4), [], tmp_path / "a")
+    assert "\n" not in str(err.value)

@@ -1,0 +1,75 @@
+"""Sequence packing with document masking: the fast path's batch layout.
+
+A micro-batch of tokenized examples becomes ONE row: the examples are concatenated, and
+``position_ids`` restart at 0 at each example. With no ``attention_mask`` and no KV cache
+(``use_cache=False``), transformers turns those restarts into a block-diagonal causal mask
+(``masking_utils.find_packed_sequence_indices``), so each example attends only to itself - for
+the eager, sdpa and flex_attention implementations alike. With the cache on the mask is silently
+*not* applied (measured in issue #7: packed vs alone logits off by 2.05), so every forward on
+this path passes ``use_cache=False``.
+
+The first token of each example carries no label: in the padded reference it is never
+predicted either, so packed and padded batches have the same loss terms. No padding is
+computed; "real tokens" and "computed tokens" are the same number here.
+
+torch only (no transformers, prefect or mlflow import): the GPU bench imports this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def collate_packed(batch: Sequence[dict[str, list[int]]], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Concatenate ``batch`` into a single row with per-example ``position_ids`` (shape ``[1, sum(len)]``)."""
+    if not batch:
+        raise ValueError("collate_packed got an empty micro-batch")
+    ids: list[int] = []
+    pos: list[int] = []
+    labels: list[int] = []
+    for ex in batch:
+        n = len(ex["input_ids"])
+        if n == 0 or len(ex["labels"]) != n:
+            raise ValueError("every packed example needs input_ids and labels of the same, non-zero length")
+        ids += ex["input_ids"]
+        pos += range(n)
+        labels += [IGNORE_INDEX] + list(ex["labels"][1:])  # never predict across the example boundary
+    as_row = lambda xs: torch.tensor(xs, dtype=torch.long).unsqueeze(0).to(device)  # noqa: E731
+    return {"input_ids": as_row(ids), "position_ids": as_row(pos), "labels": as_row(labels)}
+
+
+def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """Which example each token belongs to (0, 0, 0, 1, 1, ...), from the position restarts."""
+    starts = (position_ids == 0).long()
+    return starts.cumsum(-1) - 1
+
+
+def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep mask over positions whose NEXT token has a label, those next-token labels).
+
+    Passing the mask as ``logits_to_keep`` projects only these hidden states onto the vocabulary:
+    with the loss on the response only, most positions of a prompt-heavy row are skipped.
+    """
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep, labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+
+
+def packed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over the labelled tokens of a packed row, and their count.
+
+    Same value as the model's own loss on the padded batch of the same examples; logits are
+    computed only where a label follows (``logits_to_keep`` as a boolean mask).
+    """
+    keep, targets = label_positions(batch["labels"])
+    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False)
+    logits = out.logits.reshape(-1, out.logits.shape[-1])
+    if logits.shape[0] != targets.shape[0]:
+        raise RuntimeError(f"model returned {logits.shape[0]} logits for {targets.shape[0]} labels: "
+                           "this model does not support a boolean logits_to_keep")
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="mean")
+    return loss, int(targets.numel())
