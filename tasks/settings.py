@@ -144,6 +144,15 @@ class TrainSettings(_Section):
     log_every_steps: int = Field(default=1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 42
+    # speed and memory (the padded eager path is the alpaca-lora reference; see bench/bench_train_gpu.py)
+    attention: Literal["eager", "sdpa", "flex_attention"] = "sdpa"  # attention kernel of the base model
+    packing: bool = False  # one document-masked packed row per micro-batch instead of padding
+    compile: bool = False  # torch.compile each decoder layer (GPU; first steps pay the compile)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the device supports it
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    qlora: bool = False  # 4-bit NF4 frozen base through bitsandbytes (CUDA only)
+    distributed: bool = False  # join the torchrun/accelerate process group, DDP-wrap, log on rank 0
+    checkpoint_every_steps: int = Field(default=0, ge=0)  # optimizer steps between resumable checkpoints; 0 = off
     # tiny offline model (used when base_model == "tiny-llama")
     tiny_hidden_size: int = 64
     tiny_layers: int = 2
@@ -217,15 +226,6 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
 
-    # speed and memory (the padded eager path is the alpaca-lora reference; see bench/bench_train_gpu.py)
-    attention: Literal["eager", "sdpa", "flex_attention"] = "sdpa"  # attention kernel of the base model
-    packing: bool = False  # one document-masked packed row per micro-batch instead of padding
-    compile: bool = False  # torch.compile each decoder layer (GPU; first steps pay the compile)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the device supports it
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    qlora: bool = False  # 4-bit NF4 frozen base through bitsandbytes (CUDA only)
-    distributed: bool = False  # join the torchrun/accelerate process group, DDP-wrap, log on rank 0
-    checkpoint_every_steps: int = Field(default=0, ge=0)  # optimizer steps between resumable checkpoints; 0 = off
     # ------------------------------------------------------------------ derived values
     @property
     def tracking_uri(self) -> str:
