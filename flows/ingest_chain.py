@@ -1,7 +1,10 @@
-"""ingest-chain: Ethereum blocks and transactions for UTC days, into the lake.
+"""ingest-chain: Ethereum blocks and transactions (and, with rpc.receipts, receipts) for UTC days.
 
-Produces ``lake/transactions`` and ``lake/blocks`` partitions (one per day, files per block chunk).
-Resumable and idempotent: complete days and existing chunks are skipped; ``overwrite`` rebuilds.
+Produces ``lake/transactions`` and ``lake/blocks`` (and ``lake/receipts``) partitions: one per
+day, files per block chunk. Resumable and idempotent: complete days and existing chunks are
+skipped; ``overwrite`` rebuilds. Credits are paced and counted per request; when the provider's
+quota (HTTP 402) or ``rpc.daily_credit_budget`` is spent, the run stops cleanly, the summary says
+at which day and block, and the next run resumes there.
 
 Run locally:  chainsignal ingest --only chain --start 2021-01-01 --end 2021-01-07
 """
@@ -14,7 +17,7 @@ from prefect import flow
 
 from flows.common import settings_for, workspace
 from tasks.chain.blockrange import BlockClock
-from tasks.chain.job import ingest_chain_day_task
+from tasks.chain.job import DayReport, ingest_chain_day_task
 from tasks.clients.rpc import HttpJsonRpc
 from tasks.runs import publish_summary, resolve_days, started, summarize
 
@@ -25,19 +28,34 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
     t0 = started()
     settings = settings_for(rpc={"url": rpc_url} if rpc_url else None)
     ws = workspace(settings)
-    rpc = HttpJsonRpc.from_settings(settings.rpc)
+    rpc = HttpJsonRpc.from_settings(settings.rpc, ws.cache_path(f"{settings.rpc.chain}_credits_by_utc_day.json"))
     clock = BlockClock(rpc, ws.block_ranges_cache(settings.rpc.chain))
     chain_id = int(rpc.call("eth_chainId", []), 16)
     latest = clock.latest()
-    reports = [
-        ingest_chain_day_task(
+    reports: list[dict] = []
+    stopped = None
+    for day in resolve_days(start, end):
+        if stopped:  # quota or budget spent: do not knock again today
+            reports.append(DayReport(day.isoformat(), "stopped", error=f"not started: {stopped['error']}").as_dict())
+            continue
+        report = ingest_chain_day_task(
             rpc, ws.lake, clock, day, chain=settings.rpc.chain, chain_id=chain_id, latest=latest,
             blocks_per_file=settings.rpc.blocks_per_file, blocks_per_batch=settings.rpc.blocks_per_batch,
-            finality_blocks=settings.rpc.finality_blocks, overwrite=overwrite,
+            finality_blocks=settings.rpc.finality_blocks, overwrite=overwrite, receipts=settings.rpc.receipts,
         ).as_dict()
-        for day in resolve_days(start, end)
-    ]
-    summary = summarize("ingest-chain", reports, t0, endpoint=rpc.url, chain_id=chain_id,
-                        requests=rpc.stats["requests"], retries=rpc.stats["retries"])
+        reports.append(report)
+        if report["status"] == "stopped":
+            stopped = report
+    fetched_blocks = sum(r["blocks_fetched"] for r in reports)
+    fetched_txs = sum(r["transactions_fetched"] for r in reports)
+    seconds = max(1e-9, sum(r["seconds"] for r in reports))
+    summary = summarize(
+        "ingest-chain", reports, t0, endpoint=rpc.url, chain_id=chain_id,
+        blocks_fetched=fetched_blocks, transactions_fetched=fetched_txs,
+        blocks_per_s=round(fetched_blocks / seconds, 1), txs_per_s=round(fetched_txs / seconds, 1),
+        requests=rpc.stats["requests"], credits=rpc.stats["credits"], retries=rpc.stats["retries"],
+        batch_size_now=rpc.sizer.current, credits_spent_today_utc=rpc.ledger.spent_today(),
+        stopped_at=f"{stopped['day']} block {stopped['stopped_at_block']}" if stopped else None,
+    )
     publish_summary(summary, "ingest-chain summary", reports)
     return summary

@@ -89,9 +89,29 @@ SENTIMENT = pl.Schema(
     }
 )
 
+# One row per transaction receipt (eth_getBlockReceipts, behind rpc.receipts); joins
+# transactions on transaction_hash (or block_number + transaction_index).
+RECEIPTS = pl.Schema(
+    {
+        "block_number": pl.Int64,
+        "transaction_index": pl.Int32,
+        "transaction_hash": pl.String,
+        "status": pl.Int8,  # 1 success, 0 reverted; null before Byzantium (state root instead)
+        "gas_used": pl.Int64,  # gas units used by this transaction
+        "cumulative_gas_used": pl.Int64,  # gas units used in the block up to and including it
+        "effective_gas_price_wei": pl.Int64,  # wei per gas unit actually paid
+        "fee_wei": WEI,  # gas_used * effective_gas_price_wei (blob fee not included)
+        "blob_gas_used": pl.Int64,  # type-3 only
+        "blob_gas_price_wei": pl.Int64,  # type-3 only
+        "contract_address": pl.String,  # created contract, lowercase hex; null otherwise
+        "log_count": pl.Int32,
+    }
+)
+
 SCHEMAS: dict[str, pl.Schema] = {
     "blocks": BLOCKS,
     "transactions": TRANSACTIONS,
+    "receipts": RECEIPTS,
     "prices": PRICES,
     "posts": POSTS,
     "sentiment": SENTIMENT,

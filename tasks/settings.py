@@ -57,6 +57,25 @@ class RpcSettings(_Section):
     backoff_initial_s: float = Field(default=0.5, ge=0)  # doubled on every retry
     backoff_max_s: float = Field(default=30.0, ge=0)
     finality_blocks: int = Field(default=64, ge=0)  # a day is ingested only once this deep
+    # Credit pacing (Infura-style plans; source: MetaMask/Infura credit-cost and pricing pages).
+    # Every call inside a batch is charged; unlisted methods cost default_method_credits.
+    method_credits: dict[str, int] = {
+        "eth_getBlockByNumber": 80, "eth_getBlockReceipts": 1000, "eth_getLogs": 255,
+        "eth_blockNumber": 80, "eth_chainId": 80,
+    }  # credits per call
+    default_method_credits: int = Field(default=80, ge=0)  # credits per call of an unlisted method
+    credits_per_second: float | None = Field(default=None, gt=0)  # plan's cap; None = no credit pacing (local node); Infura free: 500
+    daily_credit_budget: int | None = Field(default=None, gt=0)  # credits per UTC day this app may spend; None = unlimited; Infura free plan: 3,000,000
+    receipts: bool = False  # also fetch eth_getBlockReceipts into lake/receipts (1,000 credits a block on Infura)
+    batch_grow_after_batches: int = Field(default=10, ge=1)  # quiet batches before a shrunk batch size doubles back
+    backoff_jitter: float = Field(default=0.5, ge=0, le=1)  # fraction of each backoff drawn at random
+    concurrency_limit: str | None = None  # Prefect global concurrency limit name shared by workers (credit slots); None = off
+
+    @model_validator(mode="after")
+    def _limit_needs_rate(self) -> "RpcSettings":
+        if self.concurrency_limit and self.credits_per_second is None:
+            raise ValueError("concurrency_limit needs credits_per_second (the limit's slot decay)")
+        return self
 
     @field_validator("url")
     @classmethod

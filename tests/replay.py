@@ -1,9 +1,17 @@
 """A real local HTTP server (stdlib, own thread, port 0) replaying recorded JSON-RPC responses.
 
-Responses come from ``web3_response.<method>_<param>_<param>.json`` files (ethereum-etl's
-naming). Faults are queued and consumed one per HTTP request, in order, before normal replay:
-``429`` (with Retry-After), ``500``/``502``/``503``, ``rpc-32005`` (JSON-RPC limit error),
-``timeout`` (sleep past the client's timeout), ``truncated`` (half a body), ``401``, ``402``.
+Responses come from ``web3_response.<method>_<param>_<param>.json`` files (ethereum-etl's naming)
+and from execution-apis ``.io`` transcripts (``>> request`` / ``<< response`` lines). With
+``upstream`` set, calls that are not recorded are forwarded to that node (a real anvil), so the
+same faults can be put in front of a live node.
+
+Faults are queued and consumed one per HTTP request, in order, before normal replay:
+``429`` (Retry-After 0.05 s), ``429-33200`` (Infura body -33200, no Retry-After),
+``429-32005`` (body -32005 with ``data.backoff_seconds``), ``500``/``502``/``503``, ``401``,
+``402``, ``rpc-32005`` (first item of the answer is a JSON-RPC limit error with backoff_seconds),
+``rpc-32603`` (every other item fails with an internal error), ``null`` (the first item's result
+is null), ``timeout`` (sleep past the client's timeout), ``truncated`` (half a body),
+``malformed`` (a body that is not JSON), ``reset`` (the connection is closed with no answer).
 """
 
 from __future__ import annotations
@@ -11,28 +19,58 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+BACKOFF_S = 0.05  # what the injected -32005 / -33200 bodies ask for
+
 
 def _key(method: str, params: list) -> str:
-    return "_".join([method, *[str(p) for p in params]]).lower()
+    return "_".join([method, *[json.dumps(p) if isinstance(p, (dict, list)) else str(p) for p in params]]).lower()
+
+
+def read_transcript(path: Path) -> list[tuple[dict, dict]]:
+    """(request, response) pairs of an execution-apis ``.io`` file."""
+    pairs, request = [], None
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(">> "):
+            request = json.loads(line[3:])
+        elif line.startswith("<< ") and request is not None:
+            pairs.append((request, json.loads(line[3:])))
+            request = None
+    return pairs
 
 
 class ReplayServer:
-    def __init__(self, *dirs: Path, timeout_sleep_s: float = 1.5):
+    def __init__(self, *dirs: Path, timeout_sleep_s: float = 1.5, upstream: str | None = None):
         self.responses: dict[str, dict] = {}
         for d in dirs:
             for f in Path(d).glob("web3_response.*.json"):
                 self.responses[f.name.removeprefix("web3_response.").removesuffix(".json").lower()] = json.loads(f.read_text())
+            for f in Path(d).rglob("*.io"):
+                for req, resp in read_transcript(f):
+                    self.responses[_key(req["method"], req["params"])] = resp
         self.faults: list[str] = []
-        self.requests: list[object] = []
+        self.requests: list[dict] = []
         self.timeout_sleep_s = timeout_sleep_s
+        self.upstream = upstream
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args):  # quiet
                 pass
+
+            def _send(self, status: int, payload: bytes, headers: dict | None = None):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -41,40 +79,71 @@ class ReplayServer:
                 if fault == "timeout":
                     time.sleep(server.timeout_sleep_s)
                     fault = None
-                if fault and fault.isdigit():
-                    payload = json.dumps({"error": f"injected {fault}"}).encode()
-                    self.send_response(int(fault))
-                    if fault == "429":
-                        self.send_header("Retry-After", "0.05")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                if fault == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
                     return
-                answer = server.answer(body, rpc_fault=fault == "rpc-32005")
+                if fault == "429-33200":
+                    err = {"jsonrpc": "2.0", "id": None, "error": {"code": -33200, "message": "Too Many Requests",
+                                                                   "data": {"backoff_seconds": BACKOFF_S}}}
+                    return self._send(429, json.dumps(err).encode())
+                if fault == "429-32005":
+                    err = {"jsonrpc": "2.0", "id": None, "error": {"code": -32005, "message": "project ID request rate exceeded",
+                                                                   "data": {"backoff_seconds": BACKOFF_S}}}
+                    return self._send(429, json.dumps(err).encode())
+                if fault and fault.isdigit():
+                    headers = {"Retry-After": "0.05"} if fault == "429" else {}
+                    return self._send(int(fault), json.dumps({"error": f"injected {fault}"}).encode(), headers)
+                if fault == "malformed":
+                    return self._send(200, b"<html>502 Bad Gateway</html>")
+                answer = server.answer(body, fault)
                 payload = json.dumps(answer).encode()
                 if fault == "truncated":
                     payload = payload[: len(payload) // 2]
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self._send(200, payload)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def answer(self, body, rpc_fault: bool = False):
-        if isinstance(body, list):
-            out = [self.answer(item) for item in body]
-            if rpc_fault and out:  # the first item of the batch hits the provider's limit
-                out[0] = {"jsonrpc": "2.0", "id": body[0]["id"], "error": {"code": -32005, "message": "limit exceeded"}}
-            return out
-        if rpc_fault:
-            return {"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32005, "message": "daily request count exceeded"}}
-        recorded = self.responses.get(_key(body["method"], body["params"]))
-        if recorded is None:
-            return {"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32601, "message": "not recorded"}}
-        return {**recorded, "id": body["id"]}
+    def _forward(self, body):
+        req = urllib.request.Request(self.upstream, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def _one(self, item: dict) -> dict:
+        recorded = self.responses.get(_key(item["method"], item["params"]))
+        if recorded is not None:
+            return {**recorded, "id": item["id"]}
+        if self.upstream:
+            return self._forward(item)
+        return {"jsonrpc": "2.0", "id": item["id"], "error": {"code": -32601, "message": "not recorded"}}
+
+    def answer(self, body, fault: str | None = None):
+        items = body if isinstance(body, list) else [body]
+        if self.upstream and not any(_key(i["method"], i["params"]) in self.responses for i in items):
+            out = self._forward(items)  # one upstream batch, not one request per item
+            out = sorted(out, key=lambda r: [i["id"] for i in items].index(r["id"]))
+        else:
+            out = [self._one(i) for i in items]
+        if fault == "rpc-32005" and out:
+            out[0] = {"jsonrpc": "2.0", "id": items[0]["id"], "error": {
+                "code": -32005, "message": "daily request count exceeded, request rate limited",
+                "data": {"backoff_seconds": BACKOFF_S}}}
+        if fault == "rpc-32603":
+            for k in range(0, len(out), 2):
+                out[k] = {"jsonrpc": "2.0", "id": items[k]["id"], "error": {"code": -32603, "message": "internal error"}}
+        if fault == "null" and out:
+            out[0] = {"jsonrpc": "2.0", "id": items[0]["id"], "result": None}
+        return out if isinstance(body, list) else out[0]
+
+    def calls_of(self, method: str) -> int:
+        n = 0
+        for r in self.requests:
+            items = r["body"] if isinstance(r["body"], list) else [r["body"]]
+            n += sum(1 for i in items if i["method"] == method)
+        return n
 
     @property
     def url(self) -> str:

@@ -3,15 +3,27 @@
 import pytest
 
 from tasks.chain.job import fetch_blocks
-from tasks.clients.rpc import HttpJsonRpc, RateLimiter, RpcAuthError, RpcError, RpcQuotaError, RpcUnreachableError
+import time
+
+from tasks.clients.rpc import (
+    CreditLedger,
+    HttpJsonRpc,
+    RateLimiter,
+    RpcAuthError,
+    RpcBudgetError,
+    RpcError,
+    RpcQuotaError,
+    RpcUnreachableError,
+)
 from tests.conftest import RPC_DATA
-from tests.replay import ReplayServer
+from tests.replay import BACKOFF_S, ReplayServer
 
 CASES = [RPC_DATA / "blocks_with_transactions", RPC_DATA / "block_with_logs"]
 
 
 def client(url: str, **kw) -> HttpJsonRpc:
-    opts = dict(requests_per_second=500, timeout_s=0.5, max_retries=3, backoff_initial_s=0.01, backoff_max_s=0.05)
+    opts = dict(requests_per_second=500, timeout_s=0.5, max_retries=3, backoff_initial_s=0.01, backoff_max_s=0.2,
+                method_credits={"eth_getBlockByNumber": 80})
     return HttpJsonRpc(url, **{**opts, **kw})
 
 
@@ -28,7 +40,8 @@ def test_batch_returns_results_in_call_order(replay):
     assert len(replay.requests) == 1 and isinstance(replay.requests[0]["body"], list)
 
 
-@pytest.mark.parametrize("fault", ["429", "500", "502", "503", "timeout", "truncated", "rpc-32005"])
+@pytest.mark.parametrize("fault", ["429", "429-33200", "429-32005", "500", "502", "503", "timeout", "truncated",
+                                   "malformed", "reset", "rpc-32005", "rpc-32603", "null"])
 def test_transient_faults_are_retried(replay, fault):
     replay.faults = [fault, fault]
     rpc = client(replay.url)
@@ -86,3 +99,114 @@ def test_rate_limiter_paces_requests():
     for _ in range(11):
         limiter.acquire()
     assert time.perf_counter() - t0 >= 0.18  # 10 waits of 1/50 s
+
+
+def test_only_failed_items_of_a_batch_are_sent_again(replay):
+    replay.faults = ["rpc-32603"]  # the first of the two items fails
+    rpc = client(replay.url)
+    blocks = fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=2)
+    assert [b["number"] for b in blocks] == ["0xb872", "0xb873"]
+    assert [len(r["body"]) for r in replay.requests] == [2, 1]
+    assert replay.requests[1]["body"][0]["params"][0] == "0xb872"
+
+
+def test_null_block_is_retried_then_fails_with_one_line(replay):
+    replay.faults = ["null"] * 3
+    with pytest.raises(RpcError) as err:
+        fetch_blocks(client(replay.url, max_retries=2), 0xB872, 0xB872, blocks_per_batch=1)
+    assert "\n" not in str(err.value) and "null result" in str(err.value)
+    assert len(replay.requests) == 3
+
+
+@pytest.mark.parametrize("fault", ["429-33200", "429-32005", "rpc-32005"])
+def test_provider_backoff_seconds_is_honoured(replay, fault):
+    replay.faults = [fault]
+    rpc = client(replay.url, backoff_initial_s=0.0, backoff_jitter=0.0)  # our own backoff would be 0 s
+    t0 = time.perf_counter()
+    fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=2)
+    assert time.perf_counter() - t0 >= BACKOFF_S
+
+
+def test_retry_after_header_is_honoured(replay):
+    replay.faults = ["429"]  # Retry-After: 0.05
+    rpc = client(replay.url, backoff_initial_s=0.0, backoff_jitter=0.0)
+    t0 = time.perf_counter()
+    rpc.call("eth_getBlockByNumber", ["0xb872", True])
+    assert time.perf_counter() - t0 >= 0.05
+
+
+def test_quota_402_inside_a_batch_stops_without_retry(replay):
+    replay.faults = ["402"]
+    with pytest.raises(RpcQuotaError):
+        fetch_blocks(client(replay.url), 0xB872, 0xB873, blocks_per_batch=2)
+    assert len(replay.requests) == 1
+
+
+def test_backoff_is_exponential_with_jitter(replay):
+    replay.faults = ["500"] * 3
+    rpc = client(replay.url, backoff_initial_s=0.04, backoff_max_s=1.0, backoff_jitter=0.5)
+    t0 = time.perf_counter()
+    rpc.call("eth_getBlockByNumber", ["0xb872", True])
+    waited = time.perf_counter() - t0
+    assert 0.5 * (0.04 + 0.08 + 0.16) <= waited < 0.04 + 0.08 + 0.16 + 0.5  # each wait in [0.5, 1] x 2^n
+
+
+def test_every_call_in_a_batch_is_charged_by_method(replay):
+    rpc = client(replay.url, method_credits={"eth_getBlockByNumber": 80, "eth_chainId": 5})
+    fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=2)
+    assert rpc.stats["credits"] == 160 and rpc.stats["requests"] == 1
+    replay.faults = ["500"]
+    fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=2)
+    assert rpc.stats["credits"] == 160 + 2 * 160  # a retried request is charged again
+
+
+def test_credit_bucket_paces_batches_by_their_cost(replay):
+    rpc = client(replay.url, credits_per_second=1600)  # 10 batches of 160 credits a second
+    t0 = time.perf_counter()
+    for _ in range(20):
+        fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=2)
+    # 3,200 credits, the first 1,600 from the full bucket: at least 1 s of pacing
+    assert time.perf_counter() - t0 >= 0.95
+    assert rpc.stats["credits"] == 3200
+
+
+def test_batch_size_stays_within_one_second_of_credits():
+    rpc = client("http://127.0.0.1:9", credits_per_second=500,
+                 method_credits={"eth_getBlockByNumber": 80, "eth_getBlockReceipts": 1000})
+    assert rpc.batch_size("eth_getBlockByNumber", 50) == 6  # 480 credits
+    assert rpc.batch_size("eth_getBlockReceipts", 50) == 1
+    assert client("http://127.0.0.1:9").batch_size("eth_getBlockByNumber", 50) == 50
+
+
+def test_batch_size_shrinks_on_errors_and_grows_back(replay):
+    rpc = client(replay.url, max_batch=2, grow_after_batches=2)
+    replay.faults = ["503"]
+    fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=2)
+    assert rpc.sizer.current == 1
+    fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=2)  # two quiet batches of one block
+    assert rpc.sizer.current == 2
+    assert [len(r["body"]) for r in replay.requests] == [2, 2, 1, 1]
+
+
+def test_daily_credit_budget_stops_before_sending_and_persists(replay, tmp_path):
+    ledger_file = tmp_path / "credits.json"
+    rpc = client(replay.url, ledger=CreditLedger(400, ledger_file, today=lambda: "2024-05-01"))
+    fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=2)
+    fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=2)
+    with pytest.raises(RpcBudgetError) as err:
+        fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=2)
+    assert isinstance(err.value, RpcQuotaError) and "\n" not in str(err.value) and "320 of 400" in str(err.value)
+    assert len(replay.requests) == 2  # the refused batch never left
+    again = client(replay.url, ledger=CreditLedger(400, ledger_file, today=lambda: "2024-05-01"))
+    with pytest.raises(RpcBudgetError):  # a new run the same UTC day sees what was spent
+        fetch_blocks(again, 0xB872, 0xB873, blocks_per_batch=2)
+    tomorrow = client(replay.url, ledger=CreditLedger(400, ledger_file, today=lambda: "2024-05-02"))
+    assert tomorrow.call("eth_getBlockByNumber", ["0xb872", True])["number"] == "0xb872"
+
+
+def test_rate_limiter_lets_an_oversized_request_through_in_debt():
+    limiter = RateLimiter(rate=100)  # bucket of 100 units
+    assert limiter.acquire(250) == 0.0  # full bucket: goes, leaves 150 of debt
+    t0 = time.perf_counter()
+    limiter.acquire(1)
+    assert time.perf_counter() - t0 >= 1.4  # the debt is paid back at 100 units/s

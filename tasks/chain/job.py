@@ -17,8 +17,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.chain.blockrange import BlockClock, block_chunks
-from tasks.chain.mappers import map_blocks_frame
-from tasks.clients.rpc import ChainRpc
+from tasks.chain.mappers import map_blocks_frame, map_receipts_frame
+from tasks.clients.rpc import ChainRpc, RpcQuotaError
 from tasks.logs import get_logger
 from tasks.storage import Lake, block_chunk_name
 
@@ -26,14 +26,22 @@ from tasks.storage import Lake, block_chunk_name
 @dataclass
 class DayReport:
     day: str
-    status: str  # done | skipped | not_final | failed
+    status: str  # done | skipped | not_final | stopped | failed
     first_block: int | None = None
     last_block: int | None = None
     blocks: int = 0
     transactions: int = 0
     chunks_written: int = 0
     chunks_skipped: int = 0
+    blocks_fetched: int = 0  # in this run (skipped chunks not counted)
+    transactions_fetched: int = 0
+    requests: int = 0  # HTTP requests of this day, range search and retries included
+    credits: int = 0  # credits charged for them
+    retries: int = 0
+    blocks_per_s: float = 0.0
+    txs_per_s: float = 0.0
     seconds: float = 0.0
+    stopped_at_block: int | None = None  # first block not yet in the lake when the day stopped
     error: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -41,17 +49,31 @@ class DayReport:
         return asdict(self)
 
 
-def fetch_blocks(rpc: ChainRpc, first: int, last: int, blocks_per_batch: int) -> list[dict]:
-    """Full-transaction blocks first..last, in batches of blocks_per_batch calls."""
-    out: list[dict] = []
-    for start in range(first, last + 1, blocks_per_batch):
-        numbers = range(start, min(last, start + blocks_per_batch - 1) + 1)
-        blocks = rpc.batch([("eth_getBlockByNumber", [hex(n), True]) for n in numbers])
-        missing = [n for n, b in zip(numbers, blocks) if b is None]
-        if missing:
-            raise LookupError(f"node returned no block for {missing[:3]}...")
-        out.extend(blocks)
+def _batched(rpc: ChainRpc, method: str, first: int, last: int, wanted: int, params) -> list:
+    """``method`` for every block first..last, in batches sized by the client (adaptive, credits)."""
+    out: list = []
+    n = first
+    while n <= last:
+        size = rpc.batch_size(method, wanted) if hasattr(rpc, "batch_size") else wanted
+        numbers = range(n, min(last, n + size - 1) + 1)
+        # A null block (or receipts list) is retried: nodes behind a load balancer lag.
+        out.extend(rpc.batch([(method, params(b)) for b in numbers], retry_null=True))
+        n = numbers[-1] + 1
     return out
+
+
+def fetch_blocks(rpc: ChainRpc, first: int, last: int, blocks_per_batch: int) -> list[dict]:
+    """Full-transaction blocks first..last (eth_getBlockByNumber(n, true)), batched."""
+    return _batched(rpc, "eth_getBlockByNumber", first, last, blocks_per_batch, lambda b: [hex(b), True])
+
+
+def fetch_block_receipts(rpc: ChainRpc, first: int, last: int, blocks_per_batch: int) -> list[list[dict]]:
+    """Receipts of every transaction of blocks first..last (eth_getBlockReceipts), batched."""
+    return _batched(rpc, "eth_getBlockReceipts", first, last, blocks_per_batch, lambda b: [hex(b)])
+
+
+def _stat(rpc: ChainRpc, key: str) -> float:
+    return getattr(rpc, "stats", {}).get(key, 0)
 
 
 def ingest_chain_day(
@@ -67,39 +89,76 @@ def ingest_chain_day(
     blocks_per_batch: int,
     finality_blocks: int,
     overwrite: bool = False,
+    receipts: bool = False,
 ) -> DayReport:
     log = get_logger()
     t0 = time.perf_counter()
-    if not overwrite and lake.is_complete("transactions", day) and lake.is_complete("blocks", day):
+    datasets = ("transactions", "receipts", "blocks") if receipts else ("transactions", "blocks")
+    if not overwrite and all(lake.is_complete(d, day) for d in datasets):
         m = lake.manifest("transactions", day) or {}
         return DayReport(day.isoformat(), "skipped", m.get("first_block"), m.get("last_block"),
                          m.get("blocks", 0), m.get("rows", 0))
-    rng = clock.day_range(day, latest[0], latest[1], finality_blocks)
+    base = {k: _stat(rpc, k) for k in ("requests", "credits", "retries")}
+    report = DayReport(day.isoformat(), "done")
+
+    def close(status: str) -> DayReport:
+        report.status = status
+        report.seconds = round(time.perf_counter() - t0, 3)
+        for k, v in base.items():
+            setattr(report, k, int(_stat(rpc, k) - v))
+        if report.seconds > 0:
+            report.blocks_per_s = round(report.blocks_fetched / report.seconds, 1)
+            report.txs_per_s = round(report.transactions_fetched / report.seconds, 1)
+        return report
+
+    try:
+        rng = clock.day_range(day, latest[0], latest[1], finality_blocks)
+    except RpcQuotaError as err:
+        report.error = str(err)
+        return close("stopped")
     if rng is None:
-        return DayReport(day.isoformat(), "not_final", error="day not over or not final on the node yet")
-    report = DayReport(day.isoformat(), "done", rng.first_block, rng.last_block)
-    txs_part = lake.open_partition("transactions", day, overwrite)
-    blocks_part = lake.open_partition("blocks", day, overwrite)
+        report.error = "day not over or not final on the node yet"
+        return close("not_final")
+    report.first_block, report.last_block = rng.first_block, rng.last_block
+    parts = {d: lake.open_partition(d, day, overwrite) for d in datasets}
     for first, last in block_chunks(rng.first_block, rng.last_block, blocks_per_file):
-        tx_name = block_chunk_name(chain, "transactions", first, last)
-        bl_name = block_chunk_name(chain, "blocks", first, last)
-        if txs_part.has(tx_name) and blocks_part.has(bl_name):
+        names = {d: block_chunk_name(chain, d, first, last) for d in datasets}
+        if all(parts[d].has(names[d]) for d in datasets):
             report.chunks_skipped += 1
             continue
-        raw = fetch_blocks(rpc, first, last, blocks_per_batch)
+        try:
+            raw = fetch_blocks(rpc, first, last, blocks_per_batch)
+            raw_receipts = fetch_block_receipts(rpc, first, last, blocks_per_batch) if receipts else None
+        except RpcQuotaError as err:
+            # Nothing of this chunk is written; the finished chunks stay and the next run resumes.
+            report.stopped_at_block, report.error = first, str(err)
+            log.warning("%s stopped at block %d: %s", day, first, err)
+            return close("stopped")
         blocks_df, txs_df = map_blocks_frame(raw, chain_id)
-        txs_part.write(txs_df, tx_name)
-        blocks_part.write(blocks_df, bl_name)  # the blocks file last: chunk done when both exist
+        parts["transactions"].write(txs_df, names["transactions"])
+        if receipts:
+            receipts_df = map_receipts_frame(raw_receipts)
+            if receipts_df.height != txs_df.height or set(receipts_df["transaction_hash"]) != set(txs_df["transaction_hash"]):
+                raise ValueError(f"blocks {first}..{last}: receipts ({receipts_df.height}) do not match transactions ({txs_df.height})")
+            parts["receipts"].write(receipts_df, names["receipts"])
+        parts["blocks"].write(blocks_df, names["blocks"])  # the blocks file last: chunk done when it exists
         report.chunks_written += 1
-        log.info("%s blocks %d..%d: %d transactions", day, first, last, txs_df.height)
-    report.transactions = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in txs_part.files())
+        report.blocks_fetched += blocks_df.height
+        report.transactions_fetched += txs_df.height
+        elapsed = max(1e-9, time.perf_counter() - t0)
+        log.info("%s blocks %d..%d of %d..%d: %d txs | %.0f blocks/s, %.0f tx/s, %d credits so far",
+                 day, first, last, rng.first_block, rng.last_block, txs_df.height,
+                 report.blocks_fetched / elapsed, report.transactions_fetched / elapsed,
+                 _stat(rpc, "credits") - base["credits"])
+    report.transactions = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in parts["transactions"].files())
     report.blocks = rng.n_blocks
     common = {"first_block": rng.first_block, "last_block": rng.last_block, "chain": chain,
               "chain_id": chain_id, "blocks": rng.n_blocks}
-    txs_part.commit({**common, "rows": report.transactions})
-    blocks_part.commit({**common, "rows": rng.n_blocks})
-    report.seconds = round(time.perf_counter() - t0, 3)
-    return report
+    parts["transactions"].commit({**common, "rows": report.transactions})
+    if receipts:
+        parts["receipts"].commit({**common, "rows": report.transactions})
+    parts["blocks"].commit({**common, "rows": rng.n_blocks})
+    return close("done")
 
 
 # The Prefect task: retries declared here, not hand-written around the call.

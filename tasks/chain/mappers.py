@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from tasks.schemas import BLOCKS, TRANSACTIONS
+from tasks.schemas import BLOCKS, RECEIPTS, TRANSACTIONS
 
 WEI_PER_ETH = 10**18
 _MAX_DECIMAL_38 = 10**38 - 1
@@ -83,3 +83,27 @@ def map_blocks_frame(raw_blocks: list[dict[str, Any]], chain_id: int) -> tuple[p
                 raise ValueError("blocks must be fetched with full transactions (eth_getBlockByNumber(n, true))")
             txs.append(map_transaction(tx, block["block_timestamp"], chain_id))
     return pl.DataFrame(blocks, schema=BLOCKS), pl.DataFrame(txs, schema=TRANSACTIONS)
+
+
+def map_receipt(raw: dict[str, Any]) -> dict[str, Any]:
+    gas_used, price = _int(raw["gasUsed"]), _int(raw.get("effectiveGasPrice"))
+    return {
+        "block_number": _int(raw["blockNumber"]),
+        "transaction_index": _int(raw["transactionIndex"]),
+        "transaction_hash": raw["transactionHash"].lower(),
+        "status": _int(raw.get("status")),
+        "gas_used": gas_used,
+        "cumulative_gas_used": _int(raw["cumulativeGasUsed"]),
+        "effective_gas_price_wei": price,
+        "fee_wei": Decimal(gas_used * price) if price is not None else None,
+        "blob_gas_used": _int(raw.get("blobGasUsed")),
+        "blob_gas_price_wei": _int(raw.get("blobGasPrice")),
+        "contract_address": _addr(raw.get("contractAddress")),
+        "log_count": len(raw.get("logs") or []),
+    }
+
+
+def map_receipts_frame(raw_block_receipts: list[list[dict[str, Any]]]) -> pl.DataFrame:
+    """eth_getBlockReceipts results (one list per block) -> the receipts frame."""
+    rows = [map_receipt(r) for block in raw_block_receipts for r in block]
+    return pl.DataFrame(rows, schema=RECEIPTS)
