@@ -14,24 +14,26 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import settings_for, workspace
-from tasks.dataset import build_direction_dataset
+from tasks.dataset import build_dataset_version
 from tasks.runs import publish_summary, started
 
 
 @flow(name="build-dataset")  # no log_prints: datasets' hashing prints bytecode through it
-def build_dataset(start: date | None = None, end: date | None = None, target_asset: str | None = None) -> dict:
+def build_dataset(start: date | None = None, end: date | None = None, target_asset: str | None = None,
+                  task_name: str | None = None) -> dict:
     t0 = started()
-    settings = settings_for(dataset={"start_date": start, "end_date": end, "target_asset": target_asset})
+    settings = settings_for(dataset={"start_date": start, "end_date": end, "target_asset": target_asset,
+                                     "name": task_name})
     ws = workspace(settings)
     ds = settings.dataset
-    build = task(build_direction_dataset, name="build-direction-dataset", cache_policy=NO_CACHE)
+    build = task(build_dataset_version, name="build-dataset-version", cache_policy=NO_CACHE)
     manifest = build(
         ws.lake, ws.datasets_root(ds.name), ws.latest_dataset_pointer(ds.name),
         dataset_settings=ds, assets=list(settings.prices.assets),
         settings_hash=settings.hash("dataset", "prices"), settings_public=settings.public_dict(),
     )
     summary = {"flow": "build-dataset", "fingerprint": manifest["fingerprint"], "path": manifest["path"],
-               **{f"rows_{k}": v for k, v in manifest["rows"].items()},
+               "task": manifest["task"], **{f"rows_{k}": v for k, v in manifest["rows"].items()},
                "negative_below": round(manifest["thresholds"]["negative_below"], 5),
                "positive_above": round(manifest["thresholds"]["positive_above"], 5),
                "chain": manifest["chain_label"], "seconds": round(started() - t0, 2)}

@@ -91,11 +91,12 @@ def build_dataset_cmd(
     start: Day = None,
     end: Day = None,
     target_asset: Annotated[Optional[str], typer.Option(help="Asset whose next-day move is the label (default ETH).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="direction | return | sentiment | tx-value (default: dataset.name).")] = None,
 ) -> None:
     """Build features, labels, splits and Alpaca records from the lake (a new dataset version)."""
     from flows.build_dataset import build_dataset
 
-    manifest = build_dataset(_day(start), _day(end), target_asset)
+    manifest = build_dataset(_day(start), _day(end), target_asset, task)
     _print({k: v for k, v in manifest.items() if k not in ("settings", "numeric_features")})
 
 

@@ -45,6 +45,7 @@ def evaluate(run_id: str | None = None) -> dict:
     with tracker.run(run_id=run_id):
         tracker.log_metrics(report["metrics"])
         tracker.log_table(report["table"], "evaluation/comparison.json")
+        tracker.log_table(report["report"], "evaluation/per_class_report.json")
         tracker.log_dict(report["predictions"], "evaluation/predictions.json")
         for plot in report["plots"]:
             tracker.log_artifact(plot, "plots")
@@ -58,7 +59,7 @@ def evaluate(run_id: str | None = None) -> dict:
         }):
             tracker.log_params({"baseline": name, "dataset.fingerprint": tags["dataset_fingerprint"]})
             tracker.log_metrics(metrics)
-    summary = {"flow": "evaluate", "run_id": run_id, "verdict": report["verdict"],
+    summary = {"flow": "evaluate", "run_id": run_id, "verdict": report["verdict"], "task": tags["task"],
                **{k: round(v, 4) for k, v in report["metrics"].items() if k.startswith(("test_", "validation_"))},
                "seconds": round(started() - t0, 2)}
     publish_summary(summary, "evaluate summary")

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,8 @@ def plan_splits(days: list[date], validation_fraction: float, test_fraction: flo
 def assign_split(frame: pl.LazyFrame, plan: SplitPlan) -> pl.LazyFrame:
     d = pl.col("date")
     return frame.with_columns(
-        pl.when(pl.col("next_day_return").is_null()).then(pl.lit("predict"))
+        pl.when(pl.col("next_day_return").is_null() & (d == d.max())).then(pl.lit("predict"))
+        .when(pl.col("next_day_return").is_null()).then(pl.lit(None, pl.String))  # before a gap
         .when(d.is_between(*plan.train)).then(pl.lit("train"))
         .when(d.is_between(*plan.validation)).then(pl.lit("validation"))
         .when(d.is_between(*plan.test)).then(pl.lit("test"))
@@ -190,6 +191,15 @@ def label_counts(frame: pl.DataFrame) -> dict[str, dict[str, int]]:
 
 
 # ----------------------------------------------------------------------------- the build task
+TASKS = ("direction", "return", "sentiment", "tx-value")
+CLASS_TASKS = ("direction", "sentiment")
+NUMERIC_TASKS = ("return", "tx-value")
+
+
+def format_return_pct(ret: float) -> str:
+    return f"{ret * 100:+.2f}"
+
+
 def describe_chain(lake, start: date, end: date) -> str:
     """How the chain data is described in records and tags (the demo's local chain is synthetic)."""
     from tasks.chain.localnode import CHAIN_ID as LOCAL_CHAIN_ID
@@ -203,61 +213,192 @@ def describe_chain(lake, start: date, end: date) -> str:
     return "chain id " + ",".join(str(i) for i in sorted(ids))
 
 
-def build_direction_dataset(lake, out_root: Path, pointer: Path, *, dataset_settings, assets: list[str],
-                            settings_hash: str, settings_public: dict[str, Any]) -> dict[str, Any]:
-    """Read the lake, build features, labels, splits and records; write a versioned dataset.
+def daily_frame(lake, ds, assets: list[str]) -> dict[str, Any]:
+    """Features per day, the split plan, labels and thresholds: the base of every task."""
+    from tasks.features import daily_features, frequent_addresses, known_address_activity
 
-    Returns the manifest. Idempotent: the same inputs and settings give the same fingerprint, and
-    an existing dataset with that fingerprint is not rewritten.
-    """
-    from tasks.features import daily_features
-
-    ds = dataset_settings
     price_days = lake.completed_days("prices")
     if not price_days:
         raise ValueError("no price partitions in the lake: run `chainsignal ingest` first")
     start = ds.start_date or price_days[0]
     end = ds.end_date or price_days[-1]
-    history_start = start.replace(year=start.year - 1)  # new-address history: up to a year back
+    history_start = start - timedelta(days=ds.new_address_lookback_days)
+    txs = lake.scan("transactions", history_start, end)
     features = daily_features(
-        lake.scan("prices", start, end),
-        lake.scan("transactions", history_start, end),
-        lake.scan("sentiment", start, end),
-        lake.scan("posts", start, end),
+        lake.scan("prices", start, end), txs, lake.scan("sentiment", start, end), lake.scan("posts", start, end),
         start=start, end=end, assets=assets, target=ds.target_asset,
         chain_days=[d for d in lake.completed_days("transactions") if start <= d <= end],
         social_days=[d for d in lake.completed_days("posts") if start <= d <= end],
-        top_posts=ds.top_posts,
+        top_posts=ds.top_posts, new_address_lookback_days=ds.new_address_lookback_days,
     ).collect()
-    chain_label = describe_chain(lake, start, end)
     labelled_days = features.filter(pl.col("next_day_return").is_not_null())["date"].to_list()
     plan = plan_splits(labelled_days, ds.validation_fraction, ds.test_fraction, ds.embargo_days)
-    frame = assign_split(features.lazy(), plan).collect()
+    # The thesis's address vocabulary, counted on the training window only (no test leakage).
+    vocabulary = frequent_addresses(txs, plan.train[0], plan.train[1], ds.frequent_address_min_transactions)
+    known = known_address_activity(lake.scan("transactions", start, end), vocabulary).collect()
+    frame = assign_split(features.lazy(), plan).collect().join(known, on="date", how="left")
     neg, pos = label_thresholds(frame.filter(pl.col("split") == "train")["next_day_return"],
                                 ds.label_quantiles, ds.fixed_thresholds)
     frame = (
         frame.with_columns(label_from_return(pl.col("next_day_return"), neg, pos).alias("label"))
         .pipe(add_persistence)
-        .filter(pl.col("split").is_not_null())  # drops the embargo days
+        .filter(pl.col("split").is_not_null())  # drops the embargo days and the days before a gap
     )
+    return {"frame": frame, "plan": plan, "start": start, "end": end, "vocabulary": vocabulary,
+            "thresholds": {"negative_below": neg, "positive_above": pos},
+            "chain_label": describe_chain(lake, start, end)}
+
+
+def direction_records(base: dict[str, Any], prompter: Prompter, assets: list[str], task: str) -> list[dict[str, Any]]:
+    instruction = prompter.instruction_for(task)
+    frame = base["frame"]
+    if task == "return":
+        frame = frame.with_columns(
+            pl.col("next_day_return").map_elements(format_return_pct, return_dtype=pl.String).fill_null("").alias("label")
+        )
+    records = build_records(frame, prompter, assets, base["chain_label"])
+    for r in records:
+        r["instruction"] = instruction
+    return records
+
+
+def sentiment_frame(lake, base: dict[str, Any], ds) -> pl.DataFrame:
+    """The original study's task: a post's text -> its author's mean sentiment label.
+
+    The author's mean is taken over the author's posts in the same split (so no split sees
+    another's posts); the per-post VADER label is kept as the rule the task is measured against.
+    """
+    plan = base["plan"]
+    posts = lake.scan("posts", base["start"], base["end"]).select("post_id", "source", "text")
+    sent = lake.scan("sentiment", base["start"], base["end"])
+    frame = (
+        sent.join(posts, on=["post_id", "source"], how="inner")
+        .with_columns(pl.col("created_at").dt.date().alias("date"))
+        .pipe(lambda f: assign_split(f.with_columns(pl.lit(0.0).alias("next_day_return")), plan))
+        .filter(pl.col("split").is_in(list(SPLITS)))
+        .with_columns(pl.col("compound").mean().over("split", "author_username").alias("author_mean"))
+        .with_columns(
+            pl.when(pl.col("author_mean") >= ds.author_positive_at).then(pl.lit("POSITIVE"))
+            .when(pl.col("author_mean") <= ds.author_negative_at).then(pl.lit("NEGATIVE"))
+            .otherwise(pl.lit("NEUTRAL")).alias("label"),
+            pl.col("label").alias("post_rule_label"),
+        )
+        .drop("next_day_return")
+        .sort("created_at", "post_id")
+        .collect()
+    )
+    if frame.filter(pl.col("split") == "train").is_empty():
+        raise ValueError("no posts in the training window: the sentiment task needs posts in the lake")
+    return frame
+
+
+def sentiment_records(frame: pl.DataFrame, prompter: Prompter) -> list[dict[str, Any]]:
+    instruction = prompter.instruction_for("sentiment")
+    return [{"date": d.isoformat(), "split": sp, "instruction": instruction,
+             "input": " ".join((t or "").split())[:400], "output": lab}
+            for d, sp, t, lab in frame.select("date", "split", "text", "label").iter_rows()]
+
+
+def tx_value_windows(transactions: pl.LazyFrame, vocabulary: pl.LazyFrame, window: int, eps_eth: float) -> pl.LazyFrame:
+    """The thesis's task, vectorised: for every transaction t (in chain order) with ``window``
+    predecessors, the previous ``window`` transactions (frequent addresses by identity, others
+    'unknown', value, seconds since the previous one) and the target log(eps + value) of t."""
+    known = vocabulary.with_columns(pl.lit(True).alias("_k"))
+    txs = (
+        transactions.select("block_number", "transaction_index", "block_timestamp", "from_address", "to_address", "value_eth")
+        .join(known.rename({"address": "from_address", "_k": "_fk"}), on="from_address", how="left")
+        .join(known.rename({"address": "to_address", "_k": "_tk"}), on="to_address", how="left")
+        .sort("block_number", "transaction_index")  # joins do not keep order: sort before diff/shift
+        .with_columns(
+            pl.when(pl.col("_fk")).then(pl.col("from_address")).otherwise(pl.lit("unknown")).alias("from_id"),
+            pl.when(pl.col("_tk")).then(pl.col("to_address"))
+            .when(pl.col("to_address").is_null()).then(pl.lit("create")).otherwise(pl.lit("unknown")).alias("to_id"),
+            (pl.col("value_eth") + eps_eth).log().alias("log_value"),
+            pl.col("block_timestamp").diff().dt.total_seconds().fill_null(0).alias("dt_s"),
+        )
+    )
+    lagged = [
+        pl.format("{} > {} {} ETH +{}s", pl.col("from_id").shift(k), pl.col("to_id").shift(k),
+                  pl.col("value_eth").shift(k).round(4), pl.col("dt_s").shift(k)).alias(f"tx_{k}")
+        for k in range(window, 0, -1)
+    ]
+    return (
+        txs.with_columns(*lagged, pl.col("log_value").shift(1).alias("last_log_value"))
+        .with_row_index("_i")
+        .filter(pl.col("_i") >= window)
+        .select(pl.col("block_timestamp").dt.date().alias("date"), "block_number", "transaction_index",
+                pl.col("log_value").alias("target"), "last_log_value", *[f"tx_{k}" for k in range(window, 0, -1)])
+    )
+
+
+def tx_value_frame(lake, base: dict[str, Any], ds) -> pl.DataFrame:
+    plan = base["plan"]
+    windows = tx_value_windows(lake.scan("transactions", base["start"], base["end"]), base["vocabulary"],
+                               ds.tx_window, ds.tx_value_eps_eth)
+    frame = (
+        assign_split(windows.with_columns(pl.lit(0.0).alias("next_day_return")), plan)
+        .filter(pl.col("split").is_in(list(SPLITS)))
+        .drop("next_day_return")
+        .collect()
+    )
+    # Keep the records manageable: an evenly spaced, seeded sample per split.
+    parts = []
+    for split in SPLITS:
+        sub = frame.filter(pl.col("split") == split)
+        if sub.height > ds.tx_max_windows_per_split:
+            sub = sub.sample(ds.tx_max_windows_per_split, seed=ds.seed).sort("block_number", "transaction_index")
+        parts.append(sub)
+    return pl.concat(parts)
+
+
+def tx_value_records(frame: pl.DataFrame, prompter: Prompter, window: int) -> list[dict[str, Any]]:
+    instruction = prompter.instruction_for("tx-value")
+    cols = [f"tx_{k}" for k in range(window, 0, -1)]
+    return [{"date": row["date"].isoformat(), "split": row["split"], "instruction": instruction,
+             "input": "\n".join(row[c] for c in cols), "output": f"{row['target']:.3f}"}
+            for row in frame.iter_rows(named=True)]
+
+
+def build_dataset_version(lake, out_root: Path, pointer: Path, *, dataset_settings, assets: list[str],
+                          settings_hash: str, settings_public: dict[str, Any]) -> dict[str, Any]:
+    """Read the lake, build the configured task's records, write a versioned dataset.
+
+    Returns the manifest. Idempotent: the same inputs and settings give the same fingerprint, and
+    an existing dataset with that fingerprint is not rewritten.
+    """
+    ds = dataset_settings
+    if ds.name not in TASKS:
+        raise ValueError(f"dataset.name must be one of {TASKS}, got {ds.name!r}")
+    base = daily_frame(lake, ds, assets)
     prompter = Prompter.load()
-    records = build_records(frame, prompter, assets, chain_label)
+    if ds.name in ("direction", "return"):
+        frame = base["frame"]
+        records = direction_records(base, prompter, assets, ds.name)
+    elif ds.name == "sentiment":
+        frame = sentiment_frame(lake, base, ds)
+        records = sentiment_records(frame, prompter)
+    else:
+        frame = tx_value_frame(lake, base, ds)
+        records = tx_value_records(frame, prompter, ds.tx_window)
     fp = fingerprint(records, settings_hash)
     out_dir = out_root / fp
+    plan = base["plan"]
     manifest = {
         "fingerprint": fp,
         "task": ds.name,
+        "kind": "class" if ds.name in CLASS_TASKS else "number",
         "target_asset": ds.target_asset,
-        "start": start.isoformat(), "end": end.isoformat(),
+        "start": base["start"].isoformat(), "end": base["end"].isoformat(),
         "splits": {k: [v[0].isoformat(), v[1].isoformat()] for k, v in
                    {"train": plan.train, "validation": plan.validation, "test": plan.test}.items()},
         "embargo_days": plan.embargo_days,
-        "thresholds": {"negative_below": neg, "positive_above": pos},
-        "rows": {s: int((frame["split"] == s).sum()) for s in (*SPLITS, "predict")},
-        "label_counts": label_counts(frame),
-        "inputs": {name: len(lake.partition_files(name, start, end)) for name in ("prices", "transactions", "posts", "sentiment")},
-        "chain_label": chain_label,
-        "numeric_features": numeric_feature_columns(frame),
+        "thresholds": base["thresholds"],
+        "rows": {s: sum(1 for r in records if r["split"] == s) for s in (*SPLITS, "predict")},
+        "label_counts": label_counts(frame) if ds.name in CLASS_TASKS else {},
+        "inputs": {name: len(lake.partition_files(name, base["start"], base["end"]))
+                   for name in ("prices", "transactions", "posts", "sentiment")},
+        "chain_label": base["chain_label"],
+        "numeric_features": numeric_feature_columns(base["frame"]),
         "settings": settings_public,
         "path": str(out_dir),
     }
@@ -268,3 +409,6 @@ def build_direction_dataset(lake, out_root: Path, pointer: Path, *, dataset_sett
 
     write_bytes_atomic(pointer, (fp + "\n").encode())
     return manifest
+
+
+build_direction_dataset = build_dataset_version  # the name the first flows used

@@ -192,12 +192,115 @@ def load_split(dataset_dir: Path, split: str) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def sentiment_rule(features: pl.DataFrame, split: str, fallback: str) -> list[str]:
+    """Mean sentiment of the day's posts -> label (VADER thresholds); days without posts: fallback."""
+    from tasks.sentiment import NEGATIVE_AT, POSITIVE_AT
+
+    out = []
+    for v in features.filter(pl.col("split") == split).sort("date")["sentiment_mean"].to_list():
+        out.append(fallback if v is None else "POSITIVE" if v >= POSITIVE_AT else "NEGATIVE" if v <= NEGATIVE_AT else "NEUTRAL")
+    return out
+
+
+def class_report(y_true: Sequence[str], y_pred: Sequence[str]) -> list[dict[str, Any]]:
+    from sklearn.metrics import classification_report
+
+    rep = classification_report(y_true, y_pred, labels=list(LABELS), output_dict=True, zero_division=0)
+    return [{"class": k, **{m: round(float(v), 4) for m, v in vals.items()}} for k, vals in rep.items() if isinstance(vals, dict)]
+
+
+# ----------------------------------------------------------------------------- numbers
+NUMBER_PATTERN = r"^\s*([+-]?\d+(?:\.\d+)?)\s*$"
+
+
+def parse_number(text: str) -> float | None:
+    """Strict: the whole answer must be one number; anything else is an error (None)."""
+    import re
+
+    m = re.match(NUMBER_PATTERN, text.split("\n", 1)[0])
+    return float(m.group(1)) if m else None
+
+
+def generate_answers(model, tokenizer, prompter, records: Sequence[dict[str, Any]], cutoff_len: int,
+                     max_new_tokens: int = 10) -> list[str]:
+    """Greedy answers, one prompt at a time (no padding effects), decoded up to EOS."""
+    import torch
+
+    from tasks.train import encode_pair
+
+    device = next(model.parameters()).device
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for r in records:
+            p_ids, _ = encode_pair(tokenizer, prompter.prompt(r["instruction"], r["input"]), "",
+                                   max(2, cutoff_len - max_new_tokens), add_eos=False)
+            ids = torch.tensor([p_ids], device=device)
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return out
+
+
+def regression_scores(y_true: Sequence[float], y_pred: Sequence[float], reference: Sequence[float] | None = None) -> dict[str, float]:
+    """MAE, R2 and directional accuracy (sign of the move vs ``reference``: 0 for returns, the last value otherwise)."""
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    t, p = np.asarray(y_true, float), np.asarray(y_pred, float)
+    ref = np.zeros_like(t) if reference is None else np.asarray(reference, float)
+    return {"mae": float(mean_absolute_error(t, p)), "r2": float(r2_score(t, p)) if len(t) > 1 else float("nan"),
+            "directional_accuracy": float(np.mean(np.sign(t - ref) == np.sign(p - ref)))}
+
+
+def bootstrap_mae_difference(y_true, pred_a, pred_b, *, resamples: int = 2000, seed: int = 42) -> tuple[float, float, float]:
+    """Paired bootstrap of MAE(b) - MAE(a): positive when a is better."""
+    t, a, b = (np.asarray(x, float) for x in (y_true, pred_a, pred_b))
+    err = np.abs(b - t) - np.abs(a - t)
+    rng = np.random.default_rng(seed)
+    means = np.array([err[rng.integers(0, len(t), len(t))].mean() for _ in range(resamples)])
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(err.mean()), float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- backtest
+def backtest(daily_returns: Sequence[float], long: Sequence[bool]) -> dict[str, np.ndarray]:
+    """Long on the signal (held for the next day), flat otherwise, against buy-and-hold."""
+    r = np.asarray(daily_returns, float)
+    pos = np.asarray(long, float)
+    return {"strategy": np.cumprod(1 + r * pos), "buy_and_hold": np.cumprod(1 + r)}
+
+
+def plot_backtest(dates: Sequence[Any], curves: dict[str, np.ndarray], title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    for name, curve in curves.items():
+        ax.plot(list(dates), curve, label=name)
+    ax.axhline(1.0, color="grey", lw=0.6)
+    ax.set_ylabel("growth of 1")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- the evaluation task
 def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, cutoff_len: int, seed: int,
                      plots_dir: Path, device: str = "auto") -> dict[str, Any]:
     """Score the LoRA model and the baselines on validation and test; metrics, plots, verdict.
 
-    The best baseline is chosen on validation; the verdict compares test macro-F1 against it.
+    Classes are scored by label likelihood, numbers generated and parsed strictly. The best
+    baseline is chosen on validation; the verdict compares the test scores, with a paired
+    bootstrap 95% interval of the difference.
     """
+    import json
+
     from peft import PeftModel
 
     from tasks.prompter import Prompter
@@ -208,14 +311,24 @@ def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, c
     model = PeftModel.from_pretrained(base, str(adapter_dir)).to(dev)
     prompter = Prompter.load()
     features = pl.read_parquet(Path(dataset_dir) / "features.parquet")
-    import json
+    manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    ctx = dict(model=model, tokenizer=tokenizer, prompter=prompter, features=features, manifest=manifest,
+               dataset_dir=Path(dataset_dir), cutoff_len=cutoff_len, seed=seed, plots_dir=plots_dir)
+    if manifest.get("kind", "class") == "number":
+        return _evaluate_numbers(**ctx)
+    return _evaluate_classes(**ctx)
 
-    numeric = json.loads((Path(dataset_dir) / "manifest.json").read_text())["numeric_features"]
+
+def _evaluate_classes(model, tokenizer, prompter, features, manifest, dataset_dir, cutoff_len, seed, plots_dir) -> dict[str, Any]:
+    task = manifest.get("task", "direction")
     results: dict[str, dict[str, Scores]] = {}
     lora_preds: dict[str, list[str]] = {}
     truth: dict[str, list[str]] = {}
     probs_out: dict[str, list[list[float]]] = {}
-    test_baselines: dict[str, list[str]] = {}
+    test_preds: dict[str, list[str]] = {}
+    ceilings: set[str] = set()
+    train_majority = Counter(features.filter(pl.col("split") == "train")["label"].to_list()).most_common(1)[0][0]
     for split in ("validation", "test"):
         records = load_split(dataset_dir, split)
         truth[split] = [r["output"] for r in records]
@@ -223,43 +336,124 @@ def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, c
         lora_preds[split], probs = predict_labels(ll, prompter.labels)
         probs_out[split] = probs.round(4).tolist()
         results.setdefault("lora", {})[split] = score(truth[split], lora_preds[split])
-        sub = features.filter(pl.col("split") == split).sort("date")
-        if sub["label"].to_list() != truth[split]:
-            raise ValueError(f"{dataset_dir}: records and features disagree on the {split} labels")
-        for name, preds in baseline_predictions(features, numeric, split, seed).items():
-            results.setdefault(name, {})[split] = score(truth[split], preds)
-            if split == "test":
-                test_baselines[name] = preds
+        test_preds["lora"] = lora_preds[split]
+        if task == "direction":
+            sub = features.filter(pl.col("split") == split).sort("date")
+            if sub["label"].to_list() != truth[split]:
+                raise ValueError(f"{dataset_dir}: records and features disagree on the {split} labels")
+            preds = baseline_predictions(features, manifest["numeric_features"], split, seed)
+            preds["sentiment_rule"] = sentiment_rule(features, split, train_majority)
+        else:  # sentiment: the per-post VADER label is the labeller itself -> a ceiling, not a baseline
+            sub = features.filter(pl.col("split") == split)
+            preds = {"majority": [train_majority] * sub.height, "vader_rule": sub["post_rule_label"].to_list()}
+            ceilings.add("vader_rule")
+        for name, p in preds.items():
+            results.setdefault(name, {})[split] = score(truth[split], p)
+            test_preds[name] = p
     metrics: dict[str, float] = {}
     for name, per_split in results.items():
         prefix = "" if name == "lora" else f"baseline_{name}_"
-        for split, s in per_split.items():
-            metrics.update({f"{prefix}{k}": v for k, v in s.as_metrics(split).items()})
-    baselines = [n for n in results if n != "lora"]
+        for split, sc in per_split.items():
+            metrics.update({f"{prefix}{k}": v for k, v in sc.as_metrics(split).items()})
+    baselines = [n for n in results if n not in ("lora", *ceilings)]
     best = max(baselines, key=lambda n: results[n]["validation"].macro_f1)
     lora_f1, best_f1 = results["lora"]["test"].macro_f1, results[best]["test"].macro_f1
-    diff, lo, hi = bootstrap_f1_difference(truth["test"], lora_preds["test"], test_baselines[best], seed=seed)
+    diff, lo, hi = bootstrap_f1_difference(truth["test"], lora_preds["test"], test_preds[best], seed=seed)
     metrics.update({"test_macro_f1_minus_best_baseline": diff, "test_macro_f1_diff_ci95_low": lo,
                     "test_macro_f1_diff_ci95_high": hi})
+    unit = "test days" if task == "direction" else "test posts"
     verdict = (
         f"LoRA {'beats' if lo > 0 else 'does not beat'} the best baseline ({best}, chosen on validation) on "
-        f"{results['lora']['test'].n} test days: macro-F1 {lora_f1:.3f} vs {best_f1:.3f}, "
+        f"{results['lora']['test'].n} {unit}: macro-F1 {lora_f1:.3f} vs {best_f1:.3f}, "
         f"difference 95% CI [{lo:+.3f}, {hi:+.3f}]" + ("" if lo > 0 else " includes 0")
     )
+    if ceilings:
+        verdict += "; " + ", ".join(f"{c} (the labeller, a ceiling) {results[c]['test'].macro_f1:.3f}" for c in sorted(ceilings))
     table = [
-        {"model": n, **{f"{sp}_{k}": round(getattr(results[n][sp], k), 4) for sp in ("validation", "test")
-                        for k in ("accuracy", "macro_f1", "mcc")}}
+        {"model": n + (" (ceiling)" if n in ceilings else ""),
+         **{f"{sp}_{k}": round(getattr(results[n][sp], k), 4) for sp in ("validation", "test") for k in ("accuracy", "macro_f1", "mcc")}}
         for n in results
     ]
-    warnings = [w for w in (collapse_warning(f"{n} ({sp})", results[n][sp]) for n in ("lora",) for sp in ("validation", "test")) if w]
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    warnings = [w for w in (collapse_warning(f"lora ({sp})", results["lora"][sp]) for sp in ("validation", "test")) if w]
     plots = [
         plot_confusion(truth["test"], lora_preds["test"], "LoRA, test split", plots_dir / "confusion_lora_test.png"),
         plot_model_comparison(table, plots_dir / "macro_f1_vs_baselines.png"),
     ]
+    if task == "direction":
+        test = features.filter(pl.col("split") == "test").sort("date")
+        curves = backtest(test["next_day_return"].to_list(), [p == "POSITIVE" for p in lora_preds["test"]])
+        metrics.update({"test_backtest_strategy_return": float(curves["strategy"][-1] - 1),
+                        "test_backtest_buy_and_hold_return": float(curves["buy_and_hold"][-1] - 1)})
+        plots.append(plot_backtest(test["date"].to_list(), curves, "Long on POSITIVE, flat otherwise (test days)",
+                                   plots_dir / "backtest_test.png"))
     return {
         "metrics": metrics, "table": table, "plots": plots, "warnings": warnings, "verdict": verdict,
-        "best_baseline": best, "baselines": {n: {**results[n]["validation"].as_metrics("validation"),
-                                                  **results[n]["test"].as_metrics("test")} for n in baselines},
+        "best_baseline": best, "report": class_report(truth["test"], lora_preds["test"]),
+        "baselines": {n: {**results[n]["validation"].as_metrics("validation"), **results[n]["test"].as_metrics("test")}
+                      for n in results if n != "lora"},
         "predictions": {sp: {"truth": truth[sp], "lora": lora_preds[sp], "probs": probs_out[sp]} for sp in truth},
+    }
+
+
+def _evaluate_numbers(model, tokenizer, prompter, features, manifest, dataset_dir, cutoff_len, seed, plots_dir) -> dict[str, Any]:
+    task = manifest["task"]
+    train = features.filter(pl.col("split") == "train")
+    if task == "return":
+        target = lambda f: (f["next_day_return"] * 100).to_list()  # noqa: E731 - percent, as in the records
+        last = lambda f: (f[f"{manifest['target_asset'].lower()}_ret_1d"].fill_null(0.0) * 100).to_list()  # noqa: E731
+        order = "date"
+    else:
+        target = lambda f: f["target"].to_list()  # noqa: E731
+        last = lambda f: f["last_log_value"].to_list()  # noqa: E731
+        order = None
+    constant = float(np.mean(target(train)))
+    metrics: dict[str, float] = {}
+    per_model: dict[str, dict[str, dict[str, float]]] = {}
+    preds_out: dict[str, Any] = {}
+    test_preds: dict[str, list[float]] = {}
+    for split in ("validation", "test"):
+        sub = features.filter(pl.col("split") == split)
+        if order:
+            sub = sub.sort(order)
+        records = load_split(dataset_dir, split)
+        y = target(sub)
+        answers = generate_answers(model, tokenizer, prompter, records, cutoff_len)
+        parsed = [parse_number(a) for a in answers]
+        errors = sum(p is None for p in parsed)
+        lora = [p if p is not None else constant for p in parsed]  # an unparseable answer scores as the constant
+        ref = None if task == "return" else last(sub)
+        candidates = {"lora": lora, "constant": [constant] * len(y), "last_value": last(sub)}
+        for name, p in candidates.items():
+            per_model.setdefault(name, {})[split] = regression_scores(y, p, ref)
+            if split == "test":
+                test_preds[name] = p
+        metrics[f"{split}_unparseable_answers"] = errors
+        preds_out[split] = {"truth": y, "answers": answers, "lora": lora}
+    for name, per_split in per_model.items():
+        prefix = "" if name == "lora" else f"baseline_{name}_"
+        for split, vals in per_split.items():
+            metrics.update({f"{prefix}{split}_{k}": v for k, v in vals.items()})
+    best = min(("constant", "last_value"), key=lambda n: per_model[n]["validation"]["mae"])
+    y_test = preds_out["test"]["truth"]
+    diff, lo, hi = bootstrap_mae_difference(y_test, test_preds["lora"], test_preds[best], seed=seed)
+    metrics.update({"test_mae_gain_over_best_baseline": diff, "test_mae_gain_ci95_low": lo, "test_mae_gain_ci95_high": hi})
+    verdict = (
+        f"LoRA {'beats' if lo > 0 else 'does not beat'} the best baseline ({best}, chosen on validation) on "
+        f"{len(y_test)} test rows: MAE {per_model['lora']['test']['mae']:.4f} vs {per_model[best]['test']['mae']:.4f}, "
+        f"gain 95% CI [{lo:+.4f}, {hi:+.4f}]" + ("" if lo > 0 else " includes 0")
+        + f"; {int(metrics['test_unparseable_answers'])} unparseable answers"
+    )
+    warnings = []
+    if float(np.std(test_preds["lora"])) < 1e-6:
+        warnings.append("lora predicts (almost) the same number for every test row: it has collapsed to a constant")
+    if metrics["test_unparseable_answers"]:
+        warnings.append(f"{int(metrics['test_unparseable_answers'])} test answers did not parse as a number")
+    table = [{"model": n, **{f"{sp}_{k}": round(v, 5) for sp in ("validation", "test") for k, v in per_model[n][sp].items()}}
+             for n in per_model]
+    return {
+        "metrics": metrics, "table": table, "plots": [], "warnings": warnings, "verdict": verdict,
+        "best_baseline": best, "report": table,
+        "baselines": {n: {f"{sp}_{k}": v for sp in ("validation", "test") for k, v in per_model[n][sp].items()}
+                      for n in per_model if n != "lora"},
+        "predictions": preds_out,
     }

@@ -41,27 +41,66 @@ def chain_daily_activity(transactions: pl.LazyFrame) -> pl.LazyFrame:
     return daily.join(concentration, on="date", how="left")
 
 
-def chain_new_addresses(transactions: pl.LazyFrame) -> pl.LazyFrame:
-    """Per day: addresses (sender or receiver) never seen on an earlier day of the history."""
+def _address_days(transactions: pl.LazyFrame) -> pl.LazyFrame:
+    """Distinct (address, date) sightings, as sender or receiver."""
     txs = transactions.with_columns(pl.col("block_timestamp").dt.date().alias("date"))
-    addresses = pl.concat(
+    return pl.concat(
         [
             txs.select("date", pl.col("from_address").alias("address")),
             txs.select("date", pl.col("to_address").alias("address")).drop_nulls(),
         ]
+    ).unique()
+
+
+def chain_new_addresses(transactions: pl.LazyFrame, lookback_days: int = 365) -> pl.LazyFrame:
+    """Per day: addresses not seen on any of the previous ``lookback_days`` days.
+
+    Exact and vectorised: each sighting is compared with the same address's previous sighting.
+    The scan must start ``lookback_days`` before the first day reported for the count to be right.
+    """
+    sightings = _address_days(transactions).sort("address", "date")
+    prev = pl.col("date").shift(1).over("address")
+    is_new = prev.is_null() | ((pl.col("date") - prev).dt.total_days() > lookback_days)
+    return sightings.filter(is_new).group_by("date").agg(pl.len().alias("new_addresses"))
+
+
+def frequent_addresses(transactions: pl.LazyFrame, start: date, end: date, min_transactions: int) -> pl.LazyFrame:
+    """The thesis's address vocabulary: addresses in more than ``min_transactions`` transactions
+    (as sender or receiver) between start and end - pass the TRAINING window only, so the
+    validation and test days do not leak into it. Every other address is 'unknown'."""
+    txs = transactions.filter(pl.col("block_timestamp").dt.date().is_between(start, end))
+    both = pl.concat([txs.select(pl.col("from_address").alias("address")),
+                      txs.select(pl.col("to_address").alias("address")).drop_nulls()])
+    return both.group_by("address").agg(pl.len().alias("n")).filter(pl.col("n") > min_transactions).select("address")
+
+
+def known_address_activity(transactions: pl.LazyFrame, vocabulary: pl.LazyFrame) -> pl.LazyFrame:
+    """Per day: share of transactions sent by, and sent to, an address of the vocabulary."""
+    known = vocabulary.with_columns(pl.lit(True).alias("_known"))
+    txs = transactions.with_columns(pl.col("block_timestamp").dt.date().alias("date"))
+    return (
+        txs.join(known.rename({"address": "from_address", "_known": "_from_known"}), on="from_address", how="left")
+        .join(known.rename({"address": "to_address", "_known": "_to_known"}), on="to_address", how="left")
+        .group_by("date")
+        .agg(
+            pl.col("_from_known").fill_null(False).mean().alias("known_sender_share"),
+            pl.col("_to_known").fill_null(False).mean().alias("known_receiver_share"),
+        )
     )
-    first_seen = addresses.group_by("address").agg(pl.col("date").min())
-    return first_seen.group_by("date").agg(pl.len().alias("new_addresses"))
 
 
-def chain_features(transactions: pl.LazyFrame, chain_days: list[date]) -> pl.LazyFrame:
+def chain_features(transactions: pl.LazyFrame, chain_days: list[date], *, new_address_lookback_days: int = 365,
+                   vocabulary: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Chain features for the days whose chain partitions are complete (others stay null)."""
     done = pl.LazyFrame({"date": pl.Series(chain_days, dtype=pl.Date)})
-    return (
+    out = (
         done.join(chain_daily_activity(transactions), on="date", how="left")
-        .join(chain_new_addresses(transactions), on="date", how="left")
+        .join(chain_new_addresses(transactions, new_address_lookback_days), on="date", how="left")
         .with_columns(pl.col("tx_count", "contract_creations", "new_addresses").fill_null(0))
     )
+    if vocabulary is not None:
+        out = out.join(known_address_activity(transactions, vocabulary), on="date", how="left")
+    return out
 
 
 # ----------------------------------------------------------------------------- prices
@@ -146,13 +185,16 @@ def daily_features(
     chain_days: list[date],
     social_days: list[date],
     top_posts: int,
+    new_address_lookback_days: int = 365,
+    vocabulary: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """One row per day with a target price: every feature plus next_day_return (the label source)."""
     target_close = f"{target.lower()}_close_usd"
     return (
         price_features(prices, start, end, assets)
         .pipe(label_next_day_return, target)
-        .join(chain_features(transactions, chain_days), on="date", how="left")
+        .join(chain_features(transactions, chain_days, new_address_lookback_days=new_address_lookback_days,
+                             vocabulary=vocabulary), on="date", how="left")
         .join(social_features(sentiment, posts, social_days, top_posts), on="date", how="left")
         .filter(pl.col(target_close).is_not_null())
         .sort("date")

@@ -21,11 +21,19 @@ class Prompter:
     prompt_no_input: str
     response_split: str
     labels: tuple[str, ...] = LABELS
+    instructions: tuple[tuple[str, str], ...] = ()  # (task, instruction) pairs
 
     @classmethod
     def load(cls, name: str = "alpaca") -> "Prompter":
         data = json.loads((TEMPLATES_DIR / f"{name}.json").read_text())
-        return cls(data["instruction"], data["prompt_input"], data["prompt_no_input"], data["response_split"])
+        return cls(data["instruction"], data["prompt_input"], data["prompt_no_input"], data["response_split"],
+                   instructions=tuple(data.get("instructions", {}).items()))
+
+    def instruction_for(self, task: str) -> str:
+        found = dict(self.instructions).get(task)
+        if found is None:
+            raise KeyError(f"no instruction for task {task!r} in the template")
+        return found
 
     def prompt(self, instruction: str, input: str | None = None) -> str:
         """Everything the model sees before its answer."""

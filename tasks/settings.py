@@ -87,9 +87,25 @@ class RpcSettings(_Section):
 
 # ----------------------------------------------------------------------------- prices
 class PriceSettings(_Section):
-    source: Literal["file"] = "file"  # "file": CSV candles (bundled sample, or your export)
+    # "file": CSV candles (bundled sample, or your export); "coingecko": /coins/{id}/market_chart/range
+    # (OHLC per UTC day built from its price points); "binance": /api/v3/klines (spot, quote below).
+    source: Literal["file", "coingecko", "binance"] = "file"
     assets: tuple[str, ...] = ("ETH", "BTC")  # tickers; AAVE is one entry away where you have it
     file_dir: Path = SAMPLE_DIR / "prices"  # <asset lowercase>_usd_daily.csv files
+    timeout_s: float = Field(default=20.0, gt=0)  # per HTTP request to a live price API
+    max_retries: int = Field(default=5, ge=0)  # per request, on 429 / 418 / 5xx / timeouts / non-JSON bodies
+    backoff_initial_s: float = Field(default=1.0, ge=0)  # doubled every retry (Retry-After wins)
+    backoff_max_s: float = Field(default=60.0, ge=0)
+    coingecko_url: str = "https://api.coingecko.com/api/v3"  # pro plans: https://pro-api.coingecko.com/api/v3
+    coingecko_api_key: SecretStr | None = None  # optional; sent as a header, never logged
+    coingecko_key_kind: Literal["demo", "pro"] = "demo"  # header x-cg-demo-api-key or x-cg-pro-api-key
+    coingecko_requests_per_second: float = Field(default=0.4, gt=0)  # public/demo: ~30 calls/min
+    coingecko_window_days: int = Field(default=90, ge=1, le=90)  # days per request (<= 90: hourly points)
+    coingecko_ids: dict[str, str] = {"ETH": "ethereum", "BTC": "bitcoin", "AAVE": "aave"}  # ticker -> coin id
+    binance_url: str = "https://api.binance.com"
+    binance_requests_per_second: float = Field(default=2.0, gt=0)  # klines weigh 2 of 6,000 weight/min
+    binance_quote: str = "USDT"  # symbol = asset + quote, e.g. ETHUSDT (treated as USD)
+    binance_interval: Literal["1d", "1h"] = "1d"  # "1h" candles are rolled up to UTC days
 
     @field_validator("assets")
     @classmethod
@@ -104,10 +120,38 @@ class TweetSettings(_Section):
     # Sources tried for each day, in order; every source's posts are kept (deduplicated by
     # (source, id)). "file": a CSV export (bundled sample); "snscrape": live X/Twitter search
     # (X blocks logged-out scraping since 2023: the day is then recorded as blocked).
-    sources: tuple[Literal["file", "snscrape"], ...] = ("file",)
+    # "x_api": X API v2 recent search (bearer token; last 7 days only); "gdelt": GDELT DOC 2.0
+    # news articles (keyless; last 3 months only). The demo and the tests set ("file",).
+    sources: tuple[Literal["file", "snscrape", "x_api", "gdelt"], ...] = ("snscrape", "gdelt")
     query: str = "ethereum"  # hashtag or word, as in the study's "#tag" search
     file_path: Path = SAMPLE_DIR / "tweets" / "ethereum_tweets.csv"
     max_posts_per_day: int = Field(default=1000, ge=1)
+    timeout_s: float = Field(default=20.0, gt=0)  # per HTTP request (x_api, gdelt)
+    max_retries: int = Field(default=4, ge=0)  # per request, on 429 / 5xx / timeouts / non-JSON bodies
+    backoff_initial_s: float = Field(default=2.0, ge=0)  # doubled every retry (Retry-After / x-rate-limit-reset win)
+    backoff_max_s: float = Field(default=120.0, ge=0)
+    x_api_url: str = "https://api.twitter.com/2"
+    x_bearer_token: SecretStr | None = None  # app bearer token; never logged
+    x_requests_per_second: float = Field(default=0.5, gt=0)  # recent search: 450 requests / 15 min (app)
+    x_page_size: int = Field(default=100, ge=10, le=100)  # max_results per page
+    gdelt_url: str = "https://api.gdeltproject.org/api/v2/doc/doc"
+    gdelt_requests_per_second: float = Field(default=0.2, gt=0)  # GDELT asks for one request per 5 s
+    gdelt_max_records: int = Field(default=250, ge=1, le=250)  # ArtList maxrecords (API cap 250)
+
+
+# ----------------------------------------------------------------------------- sentiment
+class SentimentSettings(_Section):
+    crypto_lexicon: bool = True  # add crypto slang (bullish, moon, rekt, fud, ...) to VADER's lexicon
+    positive_at: float = Field(default=0.05, ge=-1, le=1)  # compound >= this: POSITIVE (post and author mean)
+    negative_at: float = Field(default=-0.05, ge=-1, le=1)  # compound <= this: NEGATIVE
+    excluded_authors: tuple[str, ...] = ()  # usernames (case-insensitive) left out of every aggregate
+    min_posts_per_author: int = Field(default=1, ge=1)  # authors with fewer posts in the window are left out
+
+    @model_validator(mode="after")
+    def _check(self) -> "SentimentSettings":
+        if not self.negative_at < self.positive_at:
+            raise ValueError("negative_at must be below positive_at")
+        return self
 
 
 # ----------------------------------------------------------------------------- storage
@@ -121,7 +165,10 @@ class StorageSettings(_Section):
 
 # ----------------------------------------------------------------------------- dataset
 class DatasetSettings(_Section):
-    name: str = "direction"  # the task: day's features -> next day's move of target_asset
+    # The task: "direction" (day's features -> next day's move of target_asset), "return" (the
+    # same as a number, in percent), "sentiment" (post text -> its author's sentiment label),
+    # "tx-value" (a window of transactions -> log value of the next one).
+    name: Literal["direction", "return", "sentiment", "tx-value"] = "direction"
     target_asset: str = "ETH"
     start_date: date | None = None  # default: first day with prices in the lake
     end_date: date | None = None  # default: last day with prices in the lake
@@ -131,6 +178,13 @@ class DatasetSettings(_Section):
     label_quantiles: tuple[float, float] = (1 / 3, 2 / 3)  # train-split return quantiles -> dead band
     fixed_thresholds: tuple[float, float] | None = None  # (neg, pos) returns; overrides quantiles
     top_posts: int = Field(default=2, ge=0)  # most recent posts rendered into a day's input
+    new_address_lookback_days: int = Field(default=365, ge=1)  # "new" = not seen in this many previous days
+    frequent_address_min_transactions: int = Field(default=10, ge=1)  # N_1: more txs (train window) keep identity
+    author_positive_at: float = Field(default=0.05, ge=-1, le=1)  # sentiment task: author mean >= this -> POSITIVE
+    author_negative_at: float = Field(default=-0.05, ge=-1, le=1)  # author mean <= this -> NEGATIVE
+    tx_window: int = Field(default=32, ge=1)  # tx-value task: transactions per window
+    tx_value_eps_eth: float = Field(default=1.0, gt=0)  # tx-value target = log(value_eth + eps)
+    tx_max_windows_per_split: int = Field(default=2000, ge=10)  # seeded sample of windows kept per split
     seed: int = 42
 
     @model_validator(mode="after")
@@ -224,6 +278,7 @@ class Settings(BaseSettings):
     rpc: RpcSettings = RpcSettings()
     prices: PriceSettings = PriceSettings()
     tweets: TweetSettings = TweetSettings()
+    sentiment: SentimentSettings = SentimentSettings()
     storage: StorageSettings = StorageSettings()
     dataset: DatasetSettings = DatasetSettings()
     train: TrainSettings = TrainSettings()

@@ -41,6 +41,7 @@ def clean_env(monkeypatch, tmp_path):
             monkeypatch.delenv(key)
     monkeypatch.setenv("CHAINSIGNAL_STORAGE__DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("CHAINSIGNAL_RPC__REQUESTS_PER_SECOND", "1000")
+    monkeypatch.setenv("CHAINSIGNAL_TWEETS__SOURCES", '["file"]')  # the bundled sample, not live X/GDELT
     monkeypatch.chdir(tmp_path)  # no stray ./mlruns or chainsignal.toml from the repo
     yield
 
@@ -58,3 +59,34 @@ def seeded_node():
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def ingested_lake(seeded_node, tmp_path_factory) -> Path:
+    """daily-ingest over CHAIN_START..CHAIN_END once per session; tests copy the lake they need."""
+    from flows.daily_ingest import daily_ingest
+
+    node, _ = seeded_node
+    data = tmp_path_factory.mktemp("ingested") / "data"
+    saved = {k: os.environ.get(k) for k in ("CHAINSIGNAL_STORAGE__DATA_DIR", "CHAINSIGNAL_TWEETS__SOURCES",
+                                            "CHAINSIGNAL_RPC__REQUESTS_PER_SECOND")}
+    os.environ.update({"CHAINSIGNAL_STORAGE__DATA_DIR": str(data), "CHAINSIGNAL_TWEETS__SOURCES": '["file"]',
+                       "CHAINSIGNAL_RPC__REQUESTS_PER_SECOND": "1000"})
+    try:
+        daily_ingest(CHAIN_START, CHAIN_END, rpc_url=node.url)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return data / "lake"
+
+
+@pytest.fixture
+def lake_copy(ingested_lake, data_dir) -> Path:
+    """This test's own copy of the session's ingested lake, under its data dir."""
+    import shutil
+
+    shutil.copytree(ingested_lake, data_dir / "lake")
+    return data_dir / "lake"
