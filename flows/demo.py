@@ -19,6 +19,8 @@ def run_demo() -> dict:
     # A local node needs no pacing; a real provider keeps the configured rate (must be set
     # before settings are loaded: flows read settings themselves).
     os.environ.setdefault("CHAINSIGNAL_RPC__REQUESTS_PER_SECOND", "1000")
+    # Offline: the bundled tweet sample, not the live default (snscrape, then GDELT news).
+    os.environ.setdefault("CHAINSIGNAL_TWEETS__SOURCES", '["file"]')
     t0 = time.perf_counter()
     settings = load_settings()
     d = settings.demo

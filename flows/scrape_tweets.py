@@ -1,5 +1,6 @@
 """scrape-tweets: posts for the configured query from each social source, into ``lake/posts``
-(and their VADER sentiment into ``lake/sentiment``). A blocked source is recorded per day.
+(and their VADER + crypto-lexicon sentiment into ``lake/sentiment``). A blocked or failed source
+is recorded per day with its cause; the flow fails only if every configured source failed on a day.
 
 Run locally:  chainsignal ingest --only tweets --start 2021-01-01 --end 2021-01-07
 """
@@ -13,7 +14,7 @@ from prefect import flow
 from flows.common import settings_for, workspace
 from tasks.clients.social import build_social_sources
 from tasks.runs import publish_summary, resolve_days, started, summarize
-from tasks.tweets import scrape_posts_day
+from tasks.tweets import raise_if_all_sources_failed, scrape_posts_day
 
 
 @flow(name="scrape-tweets", log_prints=True)
@@ -21,11 +22,13 @@ def scrape_tweets(start: date | None = None, end: date | None = None, overwrite:
     t0 = started()
     settings = settings_for()
     lake = workspace(settings).lake
-    sources = build_social_sources(settings.tweets.sources, settings.tweets.file_path)
+    sources = build_social_sources(settings.tweets)
     reports = [
-        scrape_posts_day(sources, lake, day, settings.tweets.query, settings.tweets.max_posts_per_day, overwrite)
+        scrape_posts_day(sources, lake, day, settings.tweets.query, settings.tweets.max_posts_per_day, overwrite,
+                         settings.sentiment)
         for day in resolve_days(start, end)
     ]
     summary = summarize("scrape-tweets", reports, t0, sources=",".join(settings.tweets.sources), query=settings.tweets.query)
     publish_summary(summary, "scrape-tweets summary", reports)
+    raise_if_all_sources_failed(reports)
     return summary

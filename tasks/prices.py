@@ -8,7 +8,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.clients.prices import PriceSource
+from tasks.clients.prices import PriceSource, PriceSourceError
 from tasks.storage import Lake
 
 
@@ -16,7 +16,20 @@ def days_between(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-@task(name="fetch-prices", retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
+def _retry_unless_answered(task, task_run, state) -> bool:
+    """Prefect retries only surprises: the live clients already retried 429/5xx/timeouts, and a
+    PriceSourceError (bad symbol, key, malformed file) will not heal by asking again."""
+    try:
+        state.result()
+    except PriceSourceError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else is worth another try
+        return True
+    return True
+
+
+@task(name="fetch-prices", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_unless_answered,
+      cache_policy=NO_CACHE)
 def fetch_prices(source: PriceSource, assets: tuple[str, ...], start: date, end: date) -> pl.DataFrame:
     return pl.concat([source.fetch_daily(a, start, end) for a in assets], how="vertical")
 
