@@ -12,6 +12,8 @@ from datetime import date
 
 import polars as pl
 
+from tasks.sentiment import author_sentiment
+
 GWEI = 1e9
 
 
@@ -137,13 +139,7 @@ def social_features(sentiment: pl.LazyFrame, posts: pl.LazyFrame, social_days: l
     """
     s = sentiment.with_columns(pl.col("created_at").dt.date().alias("date"))
     per_author = (
-        s.group_by("date", "author_username")
-        .agg(pl.col("compound").mean().alias("author_mean"))
-        .with_columns(
-            pl.when(pl.col("author_mean") >= 0.05).then(pl.lit("POSITIVE"))
-            .when(pl.col("author_mean") <= -0.05).then(pl.lit("NEGATIVE"))
-            .otherwise(pl.lit("NEUTRAL")).alias("author_label")
-        )
+        author_sentiment(sentiment)  # the study's per-author means (tasks/sentiment.py)
         .group_by("date")
         .agg(
             pl.len().alias("unique_authors"),
