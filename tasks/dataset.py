@@ -317,13 +317,12 @@ def tx_value_windows(transactions: pl.LazyFrame, vocabulary: pl.LazyFrame, windo
             pl.col("block_timestamp").diff().dt.total_seconds().fill_null(0).alias("dt_s"),
         )
     )
-    lagged = [
-        pl.format("{} > {} {} ETH +{}s", pl.col("from_id").shift(k), pl.col("to_id").shift(k),
-                  pl.col("value_eth").shift(k).round(4), pl.col("dt_s").shift(k)).alias(f"tx_{k}")
-        for k in range(window, 0, -1)
-    ]
+    # Format each transaction once, then shift the finished lines (cheap) into the window columns.
+    line = pl.format("{} > {} {} ETH +{}s", "from_id", "to_id", pl.col("value_eth").round(4), pl.col("dt_s")).alias("_line")
+    lagged = [pl.col("_line").shift(k).alias(f"tx_{k}") for k in range(window, 0, -1)]
     return (
-        txs.with_columns(*lagged, pl.col("log_value").shift(1).alias("last_log_value"))
+        txs.with_columns(line)
+        .with_columns(*lagged, pl.col("log_value").shift(1).alias("last_log_value"))
         .with_row_index("_i")
         .filter(pl.col("_i") >= window)
         .select(pl.col("block_timestamp").dt.date().alias("date"), "block_number", "transaction_index",

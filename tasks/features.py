@@ -8,7 +8,8 @@ missing day gives a null, never a return over two days.
 
 from __future__ import annotations
 
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, timedelta
 
 import polars as pl
 
@@ -64,6 +65,43 @@ def chain_new_addresses(transactions: pl.LazyFrame, lookback_days: int = 365) ->
     prev = pl.col("date").shift(1).over("address")
     is_new = prev.is_null() | ((pl.col("date") - prev).dt.total_days() > lookback_days)
     return sightings.filter(is_new).group_by("date").agg(pl.len().alias("new_addresses"))
+
+
+@dataclass(frozen=True)
+class AddressState:
+    """Where every address was last seen, for incremental daily builds (no full history scan).
+
+    Addresses not seen within ``lookback_days`` are pruned: they would count as new anyway, so
+    the state stays bounded by the addresses active in one lookback window.
+    """
+
+    frame: pl.DataFrame  # address (str), last_seen (date)
+    lookback_days: int
+
+    @classmethod
+    def from_history(cls, transactions: pl.LazyFrame, lookback_days: int = 365) -> "AddressState":
+        frame = (_address_days(transactions).group_by("address").agg(pl.col("date").max().alias("last_seen"))
+                 .collect(engine="streaming"))
+        return cls(frame, lookback_days)
+
+    @property
+    def size(self) -> int:
+        return self.frame.height
+
+    def update(self, day_transactions: pl.LazyFrame) -> tuple["AddressState", int]:
+        """Fold one new day in: (new state, number of new addresses that day)."""
+        seen = _address_days(day_transactions).collect()
+        if seen.is_empty():
+            return self, 0
+        day = seen["date"].max()
+        joined = seen.join(self.frame, on="address", how="left")
+        is_new = joined["last_seen"].is_null() | ((joined["date"] - joined["last_seen"]).dt.total_days() > self.lookback_days)
+        horizon = day - timedelta(days=self.lookback_days)
+        frame = pl.concat([
+            self.frame.join(seen.select("address"), on="address", how="anti").filter(pl.col("last_seen") >= horizon),
+            seen.select("address", pl.col("date").alias("last_seen")),
+        ])
+        return AddressState(frame, self.lookback_days), int(is_new.sum())
 
 
 def frequent_addresses(transactions: pl.LazyFrame, start: date, end: date, min_transactions: int) -> pl.LazyFrame:

@@ -56,3 +56,20 @@ def test_days_without_posts_have_missing_sentiment_not_zero():
     assert out["post_count"].to_list() == [1, 0]
     assert out["sentiment_mean"].to_list() == [pytest.approx(0.6), None]
     assert out["top_posts"].to_list() == [["great"], None]
+
+
+def test_incremental_address_state_matches_the_full_recount():
+    from tasks.features import AddressState
+
+    # 6 days, lookback 2: "e" comes back after 3 days away and counts as new again.
+    rows = [tx(0, "a", "b", 1.0), tx(1, "a", "c", 1.0), tx(1, "e", "a", 1.0), tx(2, "c", "d", 1.0),
+            tx(3, "a", "b", 1.0), tx(4, "e", "b", 1.0), tx(5, "f", "a", 1.0)]
+    full = chain_new_addresses(pl.LazyFrame(rows), lookback_days=2).collect()
+    expected = dict(zip(full["date"].to_list(), full["new_addresses"].to_list()))
+    state = AddressState.from_history(pl.LazyFrame(rows[:1]), lookback_days=2)
+    got = {D0: state.size}
+    for day in range(1, 6):
+        state, new = state.update(pl.LazyFrame([r for r in rows if r["block_timestamp"].day == 1 + day]))
+        got[D0 + timedelta(days=day)] = new
+    assert got == {d: expected.get(d, 0) for d in got}
+    assert expected[D0 + timedelta(days=4)] == 1  # e returned after more than the lookback
