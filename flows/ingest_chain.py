@@ -18,7 +18,7 @@ from prefect import flow
 from flows.common import settings_for, workspace
 from tasks.chain.blockrange import BlockClock
 from tasks.chain.job import DayReport, ingest_chain_day_task
-from tasks.clients.rpc import HttpJsonRpc
+from tasks.clients.rpc import HttpJsonRpc, RpcQuotaError
 from tasks.runs import publish_summary, resolve_days, started, summarize
 
 
@@ -30,10 +30,14 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
     ws = workspace(settings)
     rpc = HttpJsonRpc.from_settings(settings.rpc, ws.cache_path(f"{settings.rpc.chain}_credits_by_utc_day.json"))
     clock = BlockClock(rpc, ws.block_ranges_cache(settings.rpc.chain))
-    chain_id = int(rpc.call("eth_chainId", []), 16)
-    latest = clock.latest()
     reports: list[dict] = []
     stopped = None
+    chain_id = None
+    try:
+        chain_id = int(rpc.call("eth_chainId", []), 16)
+        latest = clock.latest()
+    except RpcQuotaError as err:  # quota or budget already spent: every day stays where it is
+        stopped = {"day": None, "stopped_at_block": None, "error": str(err)}
     for day in resolve_days(start, end):
         if stopped:  # quota or budget spent: do not knock again today
             reports.append(DayReport(day.isoformat(), "stopped", error=f"not started: {stopped['error']}").as_dict())
@@ -55,7 +59,8 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
         blocks_per_s=round(fetched_blocks / seconds, 1), txs_per_s=round(fetched_txs / seconds, 1),
         requests=rpc.stats["requests"], credits=rpc.stats["credits"], retries=rpc.stats["retries"],
         batch_size_now=rpc.sizer.current, credits_spent_today_utc=rpc.ledger.spent_today(),
-        stopped_at=f"{stopped['day']} block {stopped['stopped_at_block']}" if stopped else None,
+        stopped_at=f"{stopped['day']} block {stopped['stopped_at_block']}" if stopped and stopped["day"] else None,
+        stopped_because=stopped["error"] if stopped else None,
     )
     publish_summary(summary, "ingest-chain summary", reports)
     return summary

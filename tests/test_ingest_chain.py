@@ -1,12 +1,20 @@
 """ingest-chain through Prefect against a real local anvil node (synthetic seeded traffic)."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import date, timedelta
+from pathlib import Path
 
 import polars as pl
 
 from flows.ingest_chain import ingest_chain
 from tasks.clients.rpc import HttpJsonRpc
 from tasks.storage import Lake
+from tests.replay import ReplayServer
 
 DAYS = (date(2021, 1, 10), date(2021, 1, 13))
 
@@ -74,3 +82,166 @@ def test_day_not_over_on_the_node_is_not_marked_done(seeded_node, data_dir):
     summary = ingest_chain(future, future, rpc_url=node.url)
     assert summary["partitions_not_final"] == 1
     assert not Lake(data_dir / "lake").is_complete("transactions", future)
+
+
+# ----------------------------------------------------------------------------- receipts, quota, budget, kill -9
+
+DAY = DAYS[0]
+SECRET = "k3y-s3cr3t-0042"
+
+
+def lake_frames(data: Path, *datasets: str) -> dict[str, pl.DataFrame]:
+    lake = Lake(data / "lake")
+    return {d: lake.scan(d).collect().sort("block_number", *(["transaction_index"] if d != "blocks" else []))
+            for d in datasets}
+
+
+def test_receipts_join_transactions(seeded_node, data_dir, monkeypatch):
+    node, _ = seeded_node
+    monkeypatch.setenv("CHAINSIGNAL_RPC__RECEIPTS", "true")
+    summary = ingest_chain(DAY, DAY + timedelta(days=1), rpc_url=node.url)
+    assert summary["partitions_done"] == 2
+    f = lake_frames(data_dir, "transactions", "receipts")
+    joined = f["transactions"].join(f["receipts"], on="transaction_hash", how="inner", suffix="_r")
+    assert joined.height == f["transactions"].height == f["receipts"].height > 0
+    assert (joined["block_number"] == joined["block_number_r"]).all()
+    assert (joined["status"] == 1).all() and (joined["gas_used"] >= 21_000).all()
+    assert (joined["gas_used"] <= joined["gas_limit"]).all() and (joined["effective_gas_price_wei"] > 0).all()
+    # contract creations got an address, calls did not
+    assert (joined["to_address"].is_null() == joined["contract_address"].is_not_null()).all()
+
+
+def _settings_env(monkeypatch, **values):
+    for k, v in values.items():
+        monkeypatch.setenv(f"CHAINSIGNAL_RPC__{k.upper()}", str(v))
+
+
+def _prefect_logs(flow_run_id) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        arts = client.read_artifacts()
+    return "\n".join(l.message for l in logs) + "\n".join(str(a.data) for a in arts)
+
+
+def test_quota_402_stops_cleanly_then_resumes_to_the_clean_result(seeded_node, tmp_path, monkeypatch, caplog):
+    node, _ = seeded_node
+    _settings_env(monkeypatch, blocks_per_file=1, api_key=SECRET, backoff_initial_s=0.01, backoff_max_s=0.05)
+    with ReplayServer(upstream=node.url) as proxy:
+        url = proxy.url + "/v3/{api_key}"
+        clean_dir = tmp_path / "clean"
+        monkeypatch.setenv("CHAINSIGNAL_STORAGE__DATA_DIR", str(clean_dir))
+        ingest_chain(DAY, DAY, rpc_url=url)
+        n_clean = len(proxy.requests)
+        clean = lake_frames(clean_dir, "transactions", "blocks")
+        assert clean["blocks"].height >= 3
+
+        monkeypatch.setenv("CHAINSIGNAL_STORAGE__DATA_DIR", str(tmp_path / "cut"))
+        proxy.requests.clear()
+        # transient faults first (retried), then the quota is gone before the third chunk
+        # (two retried requests, then all but the last two chunks of the clean run, then 402)
+        proxy.faults = ["429", "500"] + [None] * (n_clean - 2) + ["402"]
+        state = ingest_chain(DAY, DAY + timedelta(days=1), rpc_url=url, return_state=True)
+        cut = state.result()
+        assert cut["partitions_stopped"] == 2  # the day, and the next day not even started
+        first = clean["blocks"]["block_number"].min()
+        assert cut["stopped_at"] == f"{DAY} block {first + 2}"
+        assert not Lake(tmp_path / "cut" / "lake").is_complete("transactions", DAY)
+        assert not proxy.faults and len(proxy.requests) == n_clean + 1  # 402 not retried, nothing sent after it
+        text = _prefect_logs(state.state_details.flow_run_id) + caplog.text + json.dumps(cut)
+        assert "HTTP 402" in text and SECRET not in text
+        assert all(r["path"] == f"/v3/{SECRET}" for r in proxy.requests)  # the key did reach the server
+
+        resumed = ingest_chain(DAY, DAY, rpc_url=url)
+        assert resumed["partitions_done"] == 1 and resumed["blocks_fetched"] == clean["blocks"].height - 2
+    got = lake_frames(tmp_path / "cut", "transactions", "blocks")
+    assert got["transactions"].equals(clean["transactions"]) and got["blocks"].equals(clean["blocks"])
+
+
+def test_daily_credit_budget_stops_and_next_run_resumes(seeded_node, data_dir, monkeypatch):
+    node, _ = seeded_node
+    _settings_env(monkeypatch, blocks_per_file=1)
+    with ReplayServer(upstream=node.url) as proxy:
+        clean = ingest_chain(DAY, DAY, rpc_url=proxy.url)  # to learn the day's cost
+        total = clean["credits"]
+        n_blocks = clean["blocks_fetched"]
+    for ds in ("transactions", "blocks"):
+        (Lake(data_dir / "lake").partition_dir(ds, DAY) / "_manifest.json").unlink()
+        for p in Lake(data_dir / "lake").partition_dir(ds, DAY).glob("*.parquet"):
+            p.unlink()
+    ledger = data_dir / "cache" / "ethereum_credits_by_utc_day.json"
+    ledger.unlink()
+    # the day's range is cached now: eth_chainId + latest block, then 80 credits a block;
+    # enough for everything but the last two blocks
+    budget = 2 * 80 + (n_blocks - 2) * 80
+    _settings_env(monkeypatch, daily_credit_budget=budget)
+    with ReplayServer(upstream=node.url) as proxy:
+        cut = ingest_chain(DAY, DAY, rpc_url=proxy.url)
+        assert cut["partitions_stopped"] == 1 and cut["blocks_fetched"] == n_blocks - 2
+        assert cut["credits_spent_today_utc"] == budget and "budget spent" in cut["stopped_because"]
+        proxy.requests.clear()
+        again = ingest_chain(DAY, DAY, rpc_url=proxy.url)  # same UTC day, same budget: still stopped
+        assert again["partitions_stopped"] == 1 and not proxy.requests  # and nothing was sent
+        _settings_env(monkeypatch, daily_credit_budget=total * 3)
+        proxy.requests.clear()
+        done = ingest_chain(DAY, DAY, rpc_url=proxy.url)
+        assert done["partitions_done"] == 1
+        assert done["blocks_fetched"] == n_blocks - cut["blocks_fetched"]  # finished chunks not fetched again
+    f = lake_frames(data_dir, "blocks")
+    assert f["blocks"].height == n_blocks and f["blocks"]["block_number"].is_unique().all()
+
+
+CHILD = """
+import sys
+from datetime import date
+from tasks.settings import load_settings
+from tasks.storage import Workspace
+from tasks.clients.rpc import HttpJsonRpc
+from tasks.chain.blockrange import BlockClock
+from tasks.chain.job import ingest_chain_day
+s = load_settings(); ws = Workspace(s.storage.data_dir)
+rpc = HttpJsonRpc.from_settings(s.rpc)
+clock = BlockClock(rpc, ws.block_ranges_cache(s.rpc.chain))
+chain_id = int(rpc.call("eth_chainId", []), 16); latest = clock.latest()
+for d in sys.argv[1:]:
+    ingest_chain_day(rpc, ws.lake, clock, date.fromisoformat(d), chain=s.rpc.chain, chain_id=chain_id,
+                     latest=latest, blocks_per_file=s.rpc.blocks_per_file, blocks_per_batch=s.rpc.blocks_per_batch,
+                     finality_blocks=s.rpc.finality_blocks)
+"""
+
+
+def test_sigkill_mid_day_then_resume_equals_a_clean_run(seeded_node, tmp_path, monkeypatch):
+    node, _ = seeded_node
+    days = [DAY, DAY + timedelta(days=1)]
+    monkeypatch.setenv("CHAINSIGNAL_RPC__BLOCKS_PER_FILE", "1")
+    monkeypatch.setenv("CHAINSIGNAL_STORAGE__DATA_DIR", str(tmp_path / "clean"))
+    ingest_chain(*days, rpc_url=node.url)
+    clean = lake_frames(tmp_path / "clean", "transactions", "blocks")
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "CHAINSIGNAL_STORAGE__DATA_DIR": str(killed), "CHAINSIGNAL_RPC__URL": node.url,
+           "CHAINSIGNAL_RPC__REQUESTS_PER_SECOND": "6", "CHAINSIGNAL_RPC__BLOCKS_PER_FILE": "1"}
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, days)], env=env, cwd=repo,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    second_day = killed / "lake" / "transactions" / f"date={days[1]}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(second_day.glob("*.parquet"))) < 2 and child.poll() is None:
+        time.sleep(0.02)
+    assert child.poll() is None, child.stderr.read().decode()[-500:]
+    os.kill(child.pid, signal.SIGKILL)  # mid-day: the second day has some chunks, no manifest
+    child.wait()
+    assert not Lake(killed / "lake").is_complete("transactions", days[1])
+    written = len(list(second_day.glob("*.parquet")))
+    assert 2 <= written < clean["blocks"].filter(pl.col("block_timestamp").dt.date() == days[1]).height
+
+    monkeypatch.setenv("CHAINSIGNAL_STORAGE__DATA_DIR", str(killed))
+    resumed = ingest_chain(*days, rpc_url=node.url)
+    assert resumed["partitions_done"] + resumed.get("partitions_skipped", 0) == 2
+    got = lake_frames(killed, "transactions", "blocks")
+    assert got["transactions"].equals(clean["transactions"])  # row for row: no gap, no duplicate
+    assert got["blocks"].equals(clean["blocks"])
