@@ -17,7 +17,7 @@ from prefect import flow
 
 from flows.common import settings_for, workspace
 from tasks.chain.blockrange import BlockClock
-from tasks.chain.job import DayReport, ingest_chain_day_task
+from tasks.chain.job import DayReport, ingest_chain_day_task, publish_day_table
 from tasks.clients.rpc import HttpJsonRpc, RpcQuotaError
 from tasks.runs import publish_summary, resolve_days, started, summarize
 
@@ -63,4 +63,5 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
         stopped_because=stopped["error"] if stopped else None,
     )
     publish_summary(summary, "ingest-chain summary", reports)
+    publish_day_table(reports)
     return summary

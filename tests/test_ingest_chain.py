@@ -45,6 +45,17 @@ def test_ingest_matches_node_and_reruns_skip(seeded_node, data_dir):
     assert set(txs["transaction_type"]) == {0, 2}  # legacy and EIP-1559 senders
     assert txs["to_address"].null_count() > 0  # contract creations
 
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (table,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-chain-days"])),
+                                         limit=1, sort="CREATED_DESC")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["day"] for r in rows] == [str(DAYS[0] + timedelta(days=i)) for i in range(4)]
+    assert sum(r["transactions"] for r in rows) == txs.height and all(r["credits"] > 0 for r in rows)
+    assert first["blocks_per_s"] > 0 and first["txs_per_s"] > 0 and first["credits"] > 0
+
     again = ingest_chain(*DAYS, rpc_url=node.url)
     assert again["partitions_skipped"] == 4 and again.get("partitions_done", 0) == 0
     assert lake.scan("transactions").collect().height == txs.height  # never appended twice

@@ -161,6 +161,21 @@ def ingest_chain_day(
     return close("done")
 
 
+DAY_TABLE_COLUMNS = ("day", "status", "blocks", "transactions", "blocks_fetched", "transactions_fetched",
+                     "requests", "credits", "retries", "blocks_per_s", "txs_per_s", "stopped_at_block", "error")
+
+
+def publish_day_table(reports: list[dict], key: str = "ingest-chain-days") -> None:
+    """Per-day summary (blocks, txs, requests, credits, speed) as a Prefect table artifact."""
+    from prefect.artifacts import create_table_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return
+    rows = [{c: r.get(c) for c in DAY_TABLE_COLUMNS} for r in reports]
+    create_table_artifact(rows, key=key, description="ingest-chain: per UTC day")
+
+
 # The Prefect task: retries declared here, not hand-written around the call.
 ingest_chain_day_task = task(
     ingest_chain_day, name="ingest-chain-day", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE

@@ -482,3 +482,11 @@ def ensure_credit_limit(name: str, credits_per_second: float, burst_credits: int
         client.upsert_global_concurrency_limit_by_name(name, limit, slot_decay_per_second=float(credits_per_second))
         got = client.read_global_concurrency_limit_by_name(name)
     return {"name": got.name, "limit": got.limit, "slot_decay_per_second": got.slot_decay_per_second}
+
+
+def ensure_credit_limit_from_settings(rpc: Any) -> dict[str, Any] | None:
+    """The setup command's entry point: create the limit named by rpc.concurrency_limit, if any."""
+    if not rpc.concurrency_limit:
+        return None
+    per_call = max([rpc.default_method_credits, *rpc.method_credits.values()])
+    return ensure_credit_limit(rpc.concurrency_limit, rpc.credits_per_second, burst_credits=per_call)
