@@ -30,7 +30,8 @@ def build_dataset(start: date | None = None, end: date | None = None, target_ass
     manifest = build(
         ws.lake, ws.datasets_root(ds.name), ws.latest_dataset_pointer(ds.name),
         dataset_settings=ds, assets=list(settings.prices.assets),
-        settings_hash=settings.hash("dataset", "prices"), settings_public=settings.public_dict(),
+        settings_hash=settings.hash("dataset", "prices", "sentiment"), settings_public=settings.public_dict(),
+        sentiment_settings=settings.sentiment,
     )
     summary = {"flow": "build-dataset", "fingerprint": manifest["fingerprint"], "path": manifest["path"],
                "task": manifest["task"], **{f"rows_{k}": v for k, v in manifest["rows"].items()},

@@ -213,7 +213,14 @@ def describe_chain(lake, start: date, end: date) -> str:
     return "chain id " + ",".join(str(i) for i in sorted(ids))
 
 
-def daily_frame(lake, ds, assets: list[str]) -> dict[str, Any]:
+def sentiment_options(sentiment_settings) -> dict[str, Any]:
+    if sentiment_settings is None:
+        return {}
+    return {"excluded_authors": tuple(sentiment_settings.excluded_authors), "min_posts": sentiment_settings.min_posts_per_author,
+            "positive_at": sentiment_settings.positive_at, "negative_at": sentiment_settings.negative_at}
+
+
+def daily_frame(lake, ds, assets: list[str], sentiment_settings=None) -> dict[str, Any]:
     """Features per day, the split plan, labels and thresholds: the base of every task."""
     from tasks.features import daily_features, frequent_addresses, known_address_activity
 
@@ -230,6 +237,7 @@ def daily_frame(lake, ds, assets: list[str]) -> dict[str, Any]:
         chain_days=[d for d in lake.completed_days("transactions") if start <= d <= end],
         social_days=[d for d in lake.completed_days("posts") if start <= d <= end],
         top_posts=ds.top_posts, new_address_lookback_days=ds.new_address_lookback_days,
+        sentiment_options=sentiment_options(sentiment_settings),
     ).collect()
     labelled_days = features.filter(pl.col("next_day_return").is_not_null())["date"].to_list()
     plan = plan_splits(labelled_days, ds.validation_fraction, ds.test_fraction, ds.embargo_days)
@@ -262,7 +270,7 @@ def direction_records(base: dict[str, Any], prompter: Prompter, assets: list[str
     return records
 
 
-def sentiment_frame(lake, base: dict[str, Any], ds) -> pl.DataFrame:
+def sentiment_frame(lake, base: dict[str, Any], sentiment_settings) -> pl.DataFrame:
     """The original study's task: a post's text -> its author's mean sentiment label.
 
     The author's mean is taken over the author's posts in the same split (so no split sees
@@ -278,8 +286,8 @@ def sentiment_frame(lake, base: dict[str, Any], ds) -> pl.DataFrame:
         .filter(pl.col("split").is_in(list(SPLITS)))
         .with_columns(pl.col("compound").mean().over("split", "author_username").alias("author_mean"))
         .with_columns(
-            pl.when(pl.col("author_mean") >= ds.author_positive_at).then(pl.lit("POSITIVE"))
-            .when(pl.col("author_mean") <= ds.author_negative_at).then(pl.lit("NEGATIVE"))
+            pl.when(pl.col("author_mean") >= sentiment_settings.positive_at).then(pl.lit("POSITIVE"))
+            .when(pl.col("author_mean") <= sentiment_settings.negative_at).then(pl.lit("NEGATIVE"))
             .otherwise(pl.lit("NEUTRAL")).alias("label"),
             pl.col("label").alias("post_rule_label"),
         )
@@ -359,7 +367,7 @@ def tx_value_records(frame: pl.DataFrame, prompter: Prompter, window: int) -> li
 
 
 def build_dataset_version(lake, out_root: Path, pointer: Path, *, dataset_settings, assets: list[str],
-                          settings_hash: str, settings_public: dict[str, Any]) -> dict[str, Any]:
+                          settings_hash: str, settings_public: dict[str, Any], sentiment_settings=None) -> dict[str, Any]:
     """Read the lake, build the configured task's records, write a versioned dataset.
 
     Returns the manifest. Idempotent: the same inputs and settings give the same fingerprint, and
@@ -368,13 +376,17 @@ def build_dataset_version(lake, out_root: Path, pointer: Path, *, dataset_settin
     ds = dataset_settings
     if ds.name not in TASKS:
         raise ValueError(f"dataset.name must be one of {TASKS}, got {ds.name!r}")
-    base = daily_frame(lake, ds, assets)
+    if sentiment_settings is None:
+        from tasks.settings import SentimentSettings
+
+        sentiment_settings = SentimentSettings()
+    base = daily_frame(lake, ds, assets, sentiment_settings)
     prompter = Prompter.load()
     if ds.name in ("direction", "return"):
         frame = base["frame"]
         records = direction_records(base, prompter, assets, ds.name)
     elif ds.name == "sentiment":
-        frame = sentiment_frame(lake, base, ds)
+        frame = sentiment_frame(lake, base, sentiment_settings)
         records = sentiment_records(frame, prompter)
     else:
         frame = tx_value_frame(lake, base, ds)

@@ -328,7 +328,13 @@ def _evaluate_classes(model, tokenizer, prompter, features, manifest, dataset_di
     probs_out: dict[str, list[list[float]]] = {}
     test_preds: dict[str, list[str]] = {}
     ceilings: set[str] = set()
+    split_preds: dict[str, dict[str, list[str]]] = {}
     train_majority = Counter(features.filter(pl.col("split") == "train")["label"].to_list()).most_common(1)[0][0]
+    from tasks.textbaselines import train_bilstm, weighted_vote
+
+    train_records = load_split(dataset_dir, "train")
+    bilstm = train_bilstm([r["input"] for r in train_records], [r["output"] for r in train_records],
+                          prompter.labels, seed=seed)
     for split in ("validation", "test"):
         records = load_split(dataset_dir, split)
         truth[split] = [r["output"] for r in records]
@@ -347,15 +353,24 @@ def _evaluate_classes(model, tokenizer, prompter, features, manifest, dataset_di
             sub = features.filter(pl.col("split") == split)
             preds = {"majority": [train_majority] * sub.height, "vader_rule": sub["post_rule_label"].to_list()}
             ceilings.add("vader_rule")
+        preds["bilstm"] = bilstm.predict([r["input"] for r in records])
         for name, p in preds.items():
             results.setdefault(name, {})[split] = score(truth[split], p)
             test_preds[name] = p
-    metrics: dict[str, float] = {}
+        split_preds[split] = {"lora": lora_preds[split], **preds}
+    # Weighted voting of LoRA and the trained baselines, weights = validation macro-F1 (no test peeking).
+    voters = [n for n in ("lora", "bilstm", "logistic") if n in results]
+    weights = {n: results[n]["validation"].macro_f1 for n in voters}
+    for split in ("validation", "test"):
+        results.setdefault("ensemble", {})[split] = score(
+            truth[split], weighted_vote({n: split_preds[split][n] for n in voters}, weights, prompter.labels))
+    metrics: dict[str, float] = {"baseline_bilstm_trainable_params": bilstm.trainable_params,
+                                 "baseline_bilstm_peak_memory_mb": bilstm.peak_memory_mb}
     for name, per_split in results.items():
-        prefix = "" if name == "lora" else f"baseline_{name}_"
+        prefix = "" if name == "lora" else "ensemble_" if name == "ensemble" else f"baseline_{name}_"
         for split, sc in per_split.items():
             metrics.update({f"{prefix}{k}": v for k, v in sc.as_metrics(split).items()})
-    baselines = [n for n in results if n not in ("lora", *ceilings)]
+    baselines = [n for n in results if n not in ("lora", "ensemble", *ceilings)]
     best = max(baselines, key=lambda n: results[n]["validation"].macro_f1)
     lora_f1, best_f1 = results["lora"]["test"].macro_f1, results[best]["test"].macro_f1
     diff, lo, hi = bootstrap_f1_difference(truth["test"], lora_preds["test"], test_preds[best], seed=seed)
@@ -390,7 +405,7 @@ def _evaluate_classes(model, tokenizer, prompter, features, manifest, dataset_di
         "metrics": metrics, "table": table, "plots": plots, "warnings": warnings, "verdict": verdict,
         "best_baseline": best, "report": class_report(truth["test"], lora_preds["test"]),
         "baselines": {n: {**results[n]["validation"].as_metrics("validation"), **results[n]["test"].as_metrics("test")}
-                      for n in results if n != "lora"},
+                      for n in results if n not in ("lora", "ensemble")},
         "predictions": {sp: {"truth": truth[sp], "lora": lora_preds[sp], "probs": probs_out[sp]} for sp in truth},
     }
 

@@ -169,28 +169,18 @@ def label_next_day_return(features: pl.LazyFrame, target: str) -> pl.LazyFrame:
 
 
 # ----------------------------------------------------------------------------- social
-def social_features(sentiment: pl.LazyFrame, posts: pl.LazyFrame, social_days: list[date], top_posts: int) -> pl.LazyFrame:
-    """Per day: volume, mean sentiment, label shares, per-author shares and the latest posts.
+def social_features(sentiment: pl.LazyFrame, posts: pl.LazyFrame, social_days: list[date], top_posts: int,
+                    **sentiment_options) -> pl.LazyFrame:
+    """Per day: volume, mean and follower-weighted sentiment, label shares, per-author shares
+    (tasks.sentiment.daily_sentiment, with the sentiment settings as ``sentiment_options``) and
+    the latest posts as text.
 
     Days whose social partition is complete but empty get post_count 0 and null sentiment (no
     posts is not neutral sentiment); days never collected stay null throughout.
     """
-    s = sentiment.with_columns(pl.col("created_at").dt.date().alias("date"))
-    per_author = (
-        author_sentiment(sentiment)  # the study's per-author means (tasks/sentiment.py)
-        .group_by("date")
-        .agg(
-            pl.len().alias("unique_authors"),
-            (pl.col("author_label") == "POSITIVE").mean().alias("author_positive_share"),
-            (pl.col("author_label") == "NEGATIVE").mean().alias("author_negative_share"),
-        )
-    )
-    daily = s.group_by("date").agg(
-        pl.len().alias("post_count"),
-        pl.col("compound").mean().alias("sentiment_mean"),
-        (pl.col("label") == "POSITIVE").mean().alias("post_positive_share"),
-        (pl.col("label") == "NEGATIVE").mean().alias("post_negative_share"),
-    )
+    from tasks.sentiment import daily_sentiment
+
+    daily = daily_sentiment(sentiment, posts, **sentiment_options)
     latest = (
         posts.with_columns(pl.col("created_at").dt.date().alias("date"))
         .sort("created_at", descending=True)
@@ -200,9 +190,8 @@ def social_features(sentiment: pl.LazyFrame, posts: pl.LazyFrame, social_days: l
     done = pl.LazyFrame({"date": pl.Series(social_days, dtype=pl.Date)})
     return (
         done.join(daily, on="date", how="left")
-        .join(per_author, on="date", how="left")
         .join(latest, on="date", how="left")
-        .with_columns(pl.col("post_count", "unique_authors").fill_null(0))
+        .with_columns(pl.col("post_count").fill_null(0).cast(pl.UInt32), pl.col("unique_authors").fill_null(0).cast(pl.UInt32))
     )
 
 
@@ -221,6 +210,7 @@ def daily_features(
     top_posts: int,
     new_address_lookback_days: int = 365,
     vocabulary: pl.LazyFrame | None = None,
+    sentiment_options: dict | None = None,
 ) -> pl.LazyFrame:
     """One row per day with a target price: every feature plus next_day_return (the label source)."""
     target_close = f"{target.lower()}_close_usd"
@@ -229,7 +219,7 @@ def daily_features(
         .pipe(label_next_day_return, target)
         .join(chain_features(transactions, chain_days, new_address_lookback_days=new_address_lookback_days,
                              vocabulary=vocabulary), on="date", how="left")
-        .join(social_features(sentiment, posts, social_days, top_posts), on="date", how="left")
+        .join(social_features(sentiment, posts, social_days, top_posts, **(sentiment_options or {})), on="date", how="left")
         .filter(pl.col(target_close).is_not_null())
         .sort("date")
     )

@@ -180,8 +180,6 @@ class DatasetSettings(_Section):
     top_posts: int = Field(default=2, ge=0)  # most recent posts rendered into a day's input
     new_address_lookback_days: int = Field(default=365, ge=1)  # "new" = not seen in this many previous days
     frequent_address_min_transactions: int = Field(default=10, ge=1)  # N_1: more txs (train window) keep identity
-    author_positive_at: float = Field(default=0.05, ge=-1, le=1)  # sentiment task: author mean >= this -> POSITIVE
-    author_negative_at: float = Field(default=-0.05, ge=-1, le=1)  # author mean <= this -> NEGATIVE
     tx_window: int = Field(default=32, ge=1)  # tx-value task: transactions per window
     tx_value_eps_eth: float = Field(default=1.0, gt=0)  # tx-value target = log(value_eth + eps)
     tx_max_windows_per_split: int = Field(default=2000, ge=10)  # seeded sample of windows kept per split

@@ -57,3 +57,17 @@ def test_bootstrap_interval_covers_a_known_difference():
     same_quality = np.where(rng.random(400) < 0.8, truth, rng.choice(labels, 400))
     _, lo, hi = bootstrap_f1_difference(truth, good, same_quality, resamples=500, seed=1)
     assert lo < 0 < hi  # equally good models: the interval straddles 0
+
+
+def test_bilstm_learns_a_text_rule_and_voting_is_weighted():
+    from tasks.textbaselines import train_bilstm, weighted_vote
+
+    texts = [f"{w} market today" for w in ("pump moon", "dump rekt", "flat calm") for _ in range(12)]
+    labels = [lab for lab in ("POSITIVE", "NEGATIVE", "NEUTRAL") for _ in range(12)]
+    model = train_bilstm(texts, labels, ("NEGATIVE", "NEUTRAL", "POSITIVE"), seed=0, epochs=30)
+    assert model.predict(["pump moon market today", "dump rekt market today", "flat calm market today"]) == \
+        ["POSITIVE", "NEGATIVE", "NEUTRAL"]
+    assert model.trainable_params > 0 and model.peak_memory_mb > 0
+    votes = weighted_vote({"a": ["POSITIVE", "NEUTRAL"], "b": ["NEGATIVE", "NEGATIVE"], "c": ["NEGATIVE", "NEUTRAL"]},
+                          {"a": 0.9, "b": 0.5, "c": 0.3}, ("NEGATIVE", "NEUTRAL", "POSITIVE"))
+    assert votes == ["POSITIVE", "NEUTRAL"]  # 0.9 beats 0.5 + 0.3 = 0.8; then 0.9 + 0.3 beats 0.5

@@ -51,7 +51,8 @@ def test_new_addresses_counts_first_sightings_only():
 def test_days_without_posts_have_missing_sentiment_not_zero():
     sentiment = pl.LazyFrame({"post_id": ["1"], "source": ["file"], "created_at": [datetime(2021, 1, 1, 5, tzinfo=timezone.utc)],
                               "author_username": ["x"], "compound": [0.6], "label": ["POSITIVE"]})
-    posts = pl.LazyFrame({"created_at": [datetime(2021, 1, 1, 5, tzinfo=timezone.utc)], "text": ["great"]})
+    posts = pl.LazyFrame({"post_id": ["1"], "source": ["file"], "created_at": [datetime(2021, 1, 1, 5, tzinfo=timezone.utc)],
+                          "author_followers": pl.Series([None], dtype=pl.Int64), "text": ["great"]})
     out = social_features(sentiment, posts, [D0, D0 + timedelta(days=1)], top_posts=2).sort("date").collect()
     assert out["post_count"].to_list() == [1, 0]
     assert out["sentiment_mean"].to_list() == [pytest.approx(0.6), None]
