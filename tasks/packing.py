@@ -24,8 +24,14 @@ import torch
 IGNORE_INDEX = -100
 
 
-def collate_packed(batch: Sequence[dict[str, list[int]]], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Concatenate ``batch`` into a single row with per-example ``position_ids`` (shape ``[1, sum(len)]``)."""
+def collate_packed(batch: Sequence[dict[str, list[int]]], device: torch.device | str = "cpu", *,
+                   pad_to: int | None = None, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Concatenate ``batch`` into a single row with per-example ``position_ids`` (shape ``[1, sum(len)]``).
+
+    ``pad_to`` fills the row up to that many tokens with one extra, label-less document of pad
+    tokens (its own positions, so nothing attends to it): fixed row shapes keep ``torch.compile``
+    from recompiling for every new length.
+    """
     if not batch:
         raise ValueError("collate_packed got an empty micro-batch")
     ids: list[int] = []
@@ -38,6 +44,13 @@ def collate_packed(batch: Sequence[dict[str, list[int]]], device: torch.device |
         ids += ex["input_ids"]
         pos += range(n)
         labels += [IGNORE_INDEX] + list(ex["labels"][1:])  # never predict across the example boundary
+    if pad_to is not None:
+        if len(ids) > pad_to:
+            raise ValueError(f"packed row of {len(ids)} tokens does not fit pad_to={pad_to}")
+        fill = pad_to - len(ids)
+        ids += [pad_id] * fill
+        pos += range(fill)
+        labels += [IGNORE_INDEX] * fill
     as_row = lambda xs: torch.tensor(xs, dtype=torch.long).unsqueeze(0).to(device)  # noqa: E731
     return {"input_ids": as_row(ids), "position_ids": as_row(pos), "labels": as_row(labels)}
 
@@ -49,27 +62,30 @@ def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
 
 
 def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(keep mask over positions whose NEXT token has a label, those next-token labels).
+    """(positions whose NEXT token has a label, those next-token labels) of a single packed row.
 
-    Passing the mask as ``logits_to_keep`` projects only these hidden states onto the vocabulary:
-    with the loss on the response only, most positions of a prompt-heavy row are skipped.
+    Passing the positions as ``logits_to_keep`` (a 1D index tensor, understood by transformers
+    5.17 and 5.24 alike) projects only these hidden states onto the vocabulary: with the loss on
+    the response only, most positions of a prompt-heavy row are skipped.
     """
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return keep, labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+    if labels.shape[0] != 1:
+        raise ValueError(f"a packed batch is one row, got {labels.shape[0]}")
+    nxt = labels[0, 1:]
+    keep = (nxt != IGNORE_INDEX).nonzero().squeeze(-1)
+    return keep, nxt[keep]
 
 
 def packed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over the labelled tokens of a packed row, and their count.
 
     Same value as the model's own loss on the padded batch of the same examples; logits are
-    computed only where a label follows (``logits_to_keep`` as a boolean mask).
+    computed only where a label follows.
     """
     keep, targets = label_positions(batch["labels"])
     out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False)
     logits = out.logits.reshape(-1, out.logits.shape[-1])
     if logits.shape[0] != targets.shape[0]:
         raise RuntimeError(f"model returned {logits.shape[0]} logits for {targets.shape[0]} labels: "
-                           "this model does not support a boolean logits_to_keep")
+                           "this model does not support logits_to_keep as an index tensor")
     loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="mean")
     return loss, int(targets.numel())
