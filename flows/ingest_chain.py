@@ -46,6 +46,7 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
             rpc, ws.lake, clock, day, chain=settings.rpc.chain, chain_id=chain_id, latest=latest,
             blocks_per_file=settings.rpc.blocks_per_file, blocks_per_batch=settings.rpc.blocks_per_batch,
             finality_blocks=settings.rpc.finality_blocks, overwrite=overwrite, receipts=settings.rpc.receipts,
+            max_concurrent_requests=settings.rpc.max_concurrent_requests,
         ).as_dict()
         reports.append(report)
         if report["status"] == "stopped":

@@ -70,6 +70,7 @@ class RpcSettings(_Section):
     batch_grow_after_batches: int = Field(default=10, ge=1)  # quiet batches before a shrunk batch size doubles back
     backoff_jitter: float = Field(default=0.5, ge=0, le=1)  # fraction of each backoff drawn at random
     concurrency_limit: str | None = None  # Prefect global concurrency limit name shared by workers (credit slots); None = off
+    max_concurrent_requests: int = Field(default=4, ge=1, le=64)  # batches in flight at once (still paced by the buckets)
 
     @model_validator(mode="after")
     def _limit_needs_rate(self) -> "RpcSettings":

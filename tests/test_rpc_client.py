@@ -210,3 +210,11 @@ def test_rate_limiter_lets_an_oversized_request_through_in_debt():
     t0 = time.perf_counter()
     limiter.acquire(1)
     assert time.perf_counter() - t0 >= 1.4  # the debt is paid back at 100 units/s
+
+
+def test_batches_in_flight_come_back_in_block_order(replay):
+    rpc = client(replay.url)
+    replay.faults = ["503"]  # one of the concurrent batches is retried
+    blocks = fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=1, in_flight=2)
+    assert [b["number"] for b in blocks] == ["0xb872", "0xb873"]
+    assert len(replay.requests) == 3

@@ -55,14 +55,38 @@ class BlockClock:
         return self._ts[number]
 
     def first_block_at_or_after(self, ts: int, hi: int, lo: int = 0) -> int:
-        """Smallest block number in [lo, hi+1] whose timestamp >= ts (hi+1 when none is)."""
-        top = hi + 1
+        """Smallest block number in [lo, hi+1] whose timestamp >= ts (hi+1 when none is).
+
+        Interpolation search (block times are nearly regular, so a guess from the timestamps of
+        the bracket's ends lands within a few blocks) alternating with bisection, which bounds the
+        probes at ~2 log2(range) in the worst case. Every probe is a paid call: on mainnet this
+        takes ~4 probes a day where plain bisection takes ~25.
+        """
+        top = hi + 1  # the answer is in [lo, top]
+        step = 0
         while lo < top:
-            mid = (lo + top) // 2
+            t_lo = self.timestamp(lo)
+            if t_lo >= ts:
+                return lo
+            if top - lo == 1:
+                return top
+            known_top = top <= hi and top in self._ts
+            if step % 2 == 0 and (known_top or top - 1 in self._ts or top - 1 == hi):
+                # interpolate between lo and the highest block whose timestamp we know in the bracket
+                ref = top if known_top else top - 1
+                t_ref = self.timestamp(ref)
+                if t_ref > t_lo:
+                    guess = lo + int((ts - t_lo) * (ref - lo) / (t_ref - t_lo))
+                    mid = min(top - 1, max(lo + 1, guess))
+                else:
+                    mid = (lo + top) // 2
+            else:
+                mid = (lo + top) // 2
+            step += 1
             if self.timestamp(mid) >= ts:
                 top = mid
             else:
-                lo = mid + 1
+                lo = mid
         return lo
 
     def day_range(self, day: date, latest_number: int, latest_ts: int, finality_blocks: int) -> DayBlocks | None:

@@ -9,6 +9,7 @@ manifests are written last.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
@@ -49,27 +50,35 @@ class DayReport:
         return asdict(self)
 
 
-def _batched(rpc: ChainRpc, method: str, first: int, last: int, wanted: int, params) -> list:
-    """``method`` for every block first..last, in batches sized by the client (adaptive, credits)."""
-    out: list = []
+def _batched(rpc: ChainRpc, method: str, first: int, last: int, wanted: int, params, in_flight: int = 1) -> list:
+    """``method`` for every block first..last, in batches sized by the client (adaptive, credits),
+    up to ``in_flight`` batches at once (the client's buckets still pace them); results in order."""
+    plans: list[range] = []
     n = first
     while n <= last:
         size = rpc.batch_size(method, wanted) if hasattr(rpc, "batch_size") else wanted
-        numbers = range(n, min(last, n + size - 1) + 1)
+        plans.append(range(n, min(last, n + size - 1) + 1))
+        n = plans[-1][-1] + 1
+
+    def one(numbers: range) -> list:
         # A null block (or receipts list) is retried: nodes behind a load balancer lag.
-        out.extend(rpc.batch([(method, params(b)) for b in numbers], retry_null=True))
-        n = numbers[-1] + 1
-    return out
+        return rpc.batch([(method, params(b)) for b in numbers], retry_null=True)
+
+    if in_flight <= 1 or len(plans) == 1:
+        return [item for numbers in plans for item in one(numbers)]
+    with ThreadPoolExecutor(max_workers=min(in_flight, len(plans)), thread_name_prefix="rpc") as pool:
+        return [item for batch in pool.map(one, plans) for item in batch]
 
 
-def fetch_blocks(rpc: ChainRpc, first: int, last: int, blocks_per_batch: int) -> list[dict]:
+def fetch_blocks(rpc: ChainRpc, first: int, last: int, blocks_per_batch: int, in_flight: int = 1) -> list[dict]:
     """Full-transaction blocks first..last (eth_getBlockByNumber(n, true)), batched."""
-    return _batched(rpc, "eth_getBlockByNumber", first, last, blocks_per_batch, lambda b: [hex(b), True])
+    return _batched(rpc, "eth_getBlockByNumber", first, last, blocks_per_batch, lambda b: [hex(b), True], in_flight)
 
 
-def fetch_block_receipts(rpc: ChainRpc, first: int, last: int, blocks_per_batch: int) -> list[list[dict]]:
+def fetch_block_receipts(rpc: ChainRpc, first: int, last: int, blocks_per_batch: int,
+                         in_flight: int = 1) -> list[list[dict]]:
     """Receipts of every transaction of blocks first..last (eth_getBlockReceipts), batched."""
-    return _batched(rpc, "eth_getBlockReceipts", first, last, blocks_per_batch, lambda b: [hex(b)])
+    return _batched(rpc, "eth_getBlockReceipts", first, last, blocks_per_batch, lambda b: [hex(b)], in_flight)
 
 
 def _stat(rpc: ChainRpc, key: str) -> float:
@@ -90,6 +99,7 @@ def ingest_chain_day(
     finality_blocks: int,
     overwrite: bool = False,
     receipts: bool = False,
+    max_concurrent_requests: int = 1,
 ) -> DayReport:
     log = get_logger()
     t0 = time.perf_counter()
@@ -127,8 +137,14 @@ def ingest_chain_day(
             report.chunks_skipped += 1
             continue
         try:
-            raw = fetch_blocks(rpc, first, last, blocks_per_batch)
-            raw_receipts = fetch_block_receipts(rpc, first, last, blocks_per_batch) if receipts else None
+            if receipts:  # blocks and receipts of the chunk fetched side by side
+                with ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunk") as pool:
+                    half = max(1, max_concurrent_requests // 2)
+                    got_receipts = pool.submit(fetch_block_receipts, rpc, first, last, blocks_per_batch, half)
+                    raw = fetch_blocks(rpc, first, last, blocks_per_batch, half)
+                    raw_receipts = got_receipts.result()
+            else:
+                raw, raw_receipts = fetch_blocks(rpc, first, last, blocks_per_batch, max_concurrent_requests), None
         except RpcQuotaError as err:
             # Nothing of this chunk is written; the finished chunks stay and the next run resumes.
             report.stopped_at_block, report.error = first, str(err)
@@ -150,7 +166,7 @@ def ingest_chain_day(
                  day, first, last, rng.first_block, rng.last_block, txs_df.height,
                  report.blocks_fetched / elapsed, report.transactions_fetched / elapsed,
                  _stat(rpc, "credits") - base["credits"])
-    report.transactions = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in parts["transactions"].files())
+    report.transactions = parts["transactions"].scan().select(pl.len()).collect().item()
     report.blocks = rng.n_blocks
     common = {"first_block": rng.first_block, "last_block": rng.last_block, "chain": chain,
               "chain_id": chain_id, "blocks": rng.n_blocks}

@@ -36,6 +36,13 @@ import requests
 
 from tasks.storage import read_json, write_json
 
+try:  # a Prefect dependency, so present; parsing is the client's hot spot (2-3x json's speed)
+    import orjson
+
+    _loads, _dumps = orjson.loads, orjson.dumps
+except ImportError:  # pragma: no cover
+    _loads, _dumps = json.loads, lambda obj: json.dumps(obj).encode()
+
 RETRYABLE_RPC_CODES = {-32005, -33200, -32603}  # limit exceeded (two spellings); internal error
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
@@ -419,7 +426,7 @@ class HttpJsonRpc:
         try:
             resp = self._session.post(
                 self._real_url(),
-                data=json.dumps(payload),
+                data=_dumps(payload),
                 headers={"Content-Type": "application/json"},
                 timeout=self.timeout_s,
             )
@@ -437,8 +444,8 @@ class HttpJsonRpc:
         if status >= 400:
             raise RpcError(f"{self.url}: HTTP {status}: {self._short(resp.text)}")
         try:
-            body = resp.json()
-        except ValueError:
+            body = _loads(resp.content)
+        except ValueError:  # orjson.JSONDecodeError is a ValueError too
             raise _Retry(f"unreadable or truncated body ({len(resp.content)} bytes)") from None
         return body
 
