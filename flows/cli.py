@@ -160,10 +160,11 @@ def main() -> None:
     from tasks.clients.rpc import RpcError
     from tasks.clients.social import SourceError
     from tasks.settings import SettingsError
+    from tasks.storage import StorageError
 
     try:
         app()
-    except (SettingsError, RpcError, SourceError, PriceSourceError, FileNotFoundError, LookupError) as exc:
+    except (SettingsError, RpcError, SourceError, PriceSourceError, StorageError, FileNotFoundError, LookupError) as exc:
         typer.echo(f"chainsignal: error: {exc}", err=True)
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - anything else: still one line, details in the Prefect run

@@ -16,4 +16,7 @@ def settings_for(**sections: dict[str, Any] | None) -> Settings:
 
 
 def workspace(settings: Settings) -> Workspace:
-    return Workspace(settings.storage.data_dir)
+    """Local folders under data_dir; the lake and MLflow artifacts possibly on S3 (checked here, once)."""
+    st = settings.storage
+    return Workspace(st.data_dir, lake_uri=st.lake_uri, artifacts_uri=st.artifacts_uri,
+                     s3_endpoint_url=st.s3_endpoint_url, s3_region=st.s3_region, check=True)

@@ -158,6 +158,29 @@ class SentimentSettings(_Section):
 # ----------------------------------------------------------------------------- storage
 class StorageSettings(_Section):
     data_dir: Path = Path("var")  # lake, datasets, models and the MLflow store live under here
+    # Shared between hosts: an s3://bucket/prefix (MinIO, AWS, any S3-compatible store), or a local
+    # path; None = under data_dir. Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID /
+    # AWS_SECRET_ACCESS_KEY env, ~/.aws, instance role), never from these settings.
+    lake_uri: str | None = None  # default: <data_dir>/lake
+    artifacts_uri: str | None = None  # MLflow artifacts of new experiments; default: <data_dir>/mlartifacts
+    s3_endpoint_url: str | None = None  # e.g. http://minio:9000; None = AWS S3
+    s3_region: str | None = None  # None = AWS_DEFAULT_REGION or the store's default
+
+    @field_validator("lake_uri", "artifacts_uri")
+    @classmethod
+    def _local_or_s3(cls, v: str | None) -> str | None:
+        if v and "://" in v and not v.startswith(("s3://", "file://")):
+            raise ValueError(f"{v.split('://')[0]}:// is not supported: use s3://bucket/prefix or a local path")
+        if v and v.startswith("s3://") and not v[len("s3://"):].strip("/"):
+            raise ValueError("s3:// needs a bucket: s3://bucket/prefix")
+        return v.rstrip("/") if v else v
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_is_http(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/") if v else v
 
     @property
     def lake_dir(self) -> Path:

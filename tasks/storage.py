@@ -1,16 +1,23 @@
 """The only module that knows the directory layout.
 
-    <data_dir>/lake/<dataset>/date=YYYY-MM-DD/<chain>__<dataset>__<first>_<last>.parquet
-    <data_dir>/lake/<dataset>/date=YYYY-MM-DD/_manifest.json     <- written last: "day complete"
-    <data_dir>/datasets/<task>/<fingerprint>/                     <- built datasets
-    <data_dir>/models/<name>/                                     <- base models built on the fly
-    <data_dir>/runs/<run_id>/                                     <- training scratch space
+    <lake>/<dataset>/date=YYYY-MM-DD/<chain>__<dataset>__<first>_<last>.parquet
+    <lake>/<dataset>/date=YYYY-MM-DD/_manifest.json     <- written last: "day complete"
+    <data_dir>/datasets/<task>/<fingerprint>/            <- built datasets
+    <data_dir>/models/<name>/                            <- base models built on the fly
+    <data_dir>/runs/<run_id>/                            <- training scratch space
 
-Every file is written under a temporary name and renamed into place, so a file that exists is
-whole. A partition is complete when its manifest exists; a rerun skips complete partitions (and,
-inside an incomplete one, files that already exist), which is how a killed run resumes. With
-``overwrite`` a partition is rebuilt in a hidden staging folder and swapped in at the end, so
-readers never see half of it.
+``<lake>`` is ``<data_dir>/lake`` on local disk, or an ``s3://bucket/prefix`` (``storage.lake_uri``)
+that workers on several hosts share; the same code serves both through fsspec. Everything else
+stays on the local disk of the host that made it.
+
+Every file appears whole: on local disk it is written under a temporary name and renamed; on S3
+it is written to a local temporary file and PUT (an object is visible whole or not at all). A
+partition is complete when its manifest exists, and readers only read the files a manifest
+lists; a rerun skips complete partitions (and, inside an incomplete one, files that already
+exist), which is how a killed run resumes. With ``overwrite`` a partition is rebuilt aside and
+made current in one step: locally a hidden staging folder is swapped in; on S3 (no rename) the
+new files go to a fresh version folder inside the day, the manifest listing them is written,
+then the files it no longer lists are deleted. Old and new files are never mixed.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +33,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import polars as pl
 
 from tasks.schemas import SCHEMAS, check_schema
@@ -32,11 +41,65 @@ from tasks.schemas import SCHEMAS, check_schema
 MANIFEST = "_manifest.json"
 _STAGING = ".staging"
 _TRASH = ".trash"
+_VERSION = ".v-"  # S3 overwrite: <day>/.v-<token>/<file>
+
+
+class StorageError(RuntimeError):
+    """An object store that cannot be used as configured; one line naming the setting."""
 
 
 def block_chunk_name(chain: str, dataset: str, first_block: int, last_block: int) -> str:
     """File name of one block chunk; numbers zero-padded so names sort by block."""
     return f"{chain}__{dataset}__{first_block:010d}_{last_block:010d}.parquet"
+
+
+def is_remote_uri(uri: str | Path | None) -> bool:
+    return isinstance(uri, str) and "://" in uri and not uri.startswith("file://")
+
+
+def s3_options(endpoint_url: str | None = None, region: str | None = None) -> dict[str, dict[str, Any]]:
+    """fsspec (s3fs) and polars options for one S3-compatible store.
+
+    Credentials are deliberately absent: s3fs, polars and MLflow (boto3) all read them from the
+    standard AWS chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``,
+    ``~/.aws``, an instance role), so no secret passes through our settings or logs.
+    """
+    fs: dict[str, Any] = {
+        "use_listings_cache": False,  # another host writes the same prefix: never trust a cached listing
+        "skip_instance_cache": True,
+        "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}},
+    }
+    pl_opts: dict[str, str] = {}
+    if endpoint_url:
+        fs["endpoint_url"] = endpoint_url
+        pl_opts["aws_endpoint_url"] = endpoint_url
+        if endpoint_url.startswith("http://"):
+            pl_opts["aws_allow_http"] = "true"
+    if region:
+        fs["client_kwargs"] = {"region_name": region}
+        pl_opts["aws_region"] = region
+    return {"fs": fs, "polars": pl_opts}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check_bucket(fs: Any, url: str, setting: str) -> None:
+    """Fail fast, in one line naming the setting, when the store or bucket cannot be used."""
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    endpoint = getattr(fs, "endpoint_url", None) or "AWS S3"
+    try:
+        fs.ls(bucket, refresh=True)
+    except FileNotFoundError:
+        raise StorageError(f"{setting}: bucket {bucket!r} does not exist on {endpoint}") from None
+    except PermissionError as exc:
+        raise StorageError(f"{setting}: {endpoint} refused access to bucket {bucket!r} (check AWS_ACCESS_KEY_ID / "
+                           f"AWS_SECRET_ACCESS_KEY): {_one_line(exc)}") from None
+    except OSError as exc:
+        raise StorageError(f"{setting}: cannot use bucket {bucket!r} on {endpoint}: {_one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - botocore connection errors are not OSErrors
+        raise StorageError(f"{setting}: cannot reach {endpoint} (storage.s3_endpoint_url): {_one_line(exc)}") from None
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -46,8 +109,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
 def write_json(path: Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    write_bytes_atomic(path, _json_bytes(obj))
 
 
 def read_json(path: Path) -> Any:
@@ -56,42 +123,67 @@ def read_json(path: Path) -> Any:
 
 @dataclass(frozen=True)
 class Partition:
-    """A day's partition being written: files go to ``dir``; ``commit`` makes it complete."""
+    """A day's partition being written: files go to ``dir``; ``commit`` makes it complete.
+
+    ``dir`` is a ``Path`` on local disk and an ``s3://`` URL on an object store.
+    """
 
     lake: "Lake"
     dataset: str
     day: date
-    dir: Path
+    dir: Path | str
     staged: bool
 
+    @property
+    def _key(self) -> str:
+        return self.lake._key(self.dir)
+
     def has(self, name: str) -> bool:
-        return (self.dir / name).is_file()
+        if not self.lake.remote:
+            return (Path(self.dir) / name).is_file()
+        return self.lake.fs.isfile(f"{self._key}/{name}")
 
-    def write(self, df: pl.DataFrame, name: str) -> Path:
+    def write(self, df: pl.DataFrame, name: str) -> Path | str:
         df = check_schema(df, self.dataset)
-        path = self.dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-        os.replace(tmp, path)
-        return path
+        if not self.lake.remote:
+            path = Path(self.dir) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+            os.replace(tmp, path)
+            return path
+        with tempfile.TemporaryDirectory(prefix="chainsignal-put-") as tmp:
+            local = Path(tmp) / name
+            df.write_parquet(local, compression="zstd", statistics=True)
+            self.lake.fs.put_file(str(local), f"{self._key}/{name}")  # one PUT: the object appears whole
+        return f"{self.dir}/{name}"
 
-    def files(self) -> list[Path]:
-        return sorted(self.dir.glob("*.parquet"))
+    def files(self) -> list[Path | str]:
+        if not self.lake.remote:
+            return sorted(Path(self.dir).glob("*.parquet"))
+        return sorted(self.lake._url(k) for k in self.lake.fs.glob(f"{self._key}/*.parquet"))
 
-    def commit(self, manifest: dict[str, Any]) -> Path:
-        """Write the manifest (the day is then complete) and, if staged, swap the folder in."""
+    def scan(self) -> pl.LazyFrame:
+        """Lazy frame over the files written so far (row counts before commit)."""
+        return self.lake._scan_files(self.dataset, self.files())
+
+    def commit(self, manifest: dict[str, Any]) -> Path | str:
+        """Write the manifest (the day is then complete) and, if staged, make the new files current."""
+        final = self.lake.partition_dir(self.dataset, self.day)
+        prefix = f"{self.dir}/".removeprefix(f"{final}/") if self.lake.remote else ""
         body = {
             "dataset": self.dataset,
             "date": self.day.isoformat(),
-            "files": [p.name for p in self.files()],
+            "files": [prefix + Path(str(p)).name for p in self.files()],
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **manifest,
         }
-        write_json(self.dir / MANIFEST, body)
-        final = self.lake.partition_dir(self.dataset, self.day)
+        if self.lake.remote:
+            return self._commit_remote(final, body)
+        write_json(Path(self.dir) / MANIFEST, body)
+        final = Path(final)
         if self.staged:
-            trash = self.lake.root / self.dataset / _TRASH / f"{final.name}-{uuid.uuid4().hex[:8]}"
+            trash = Path(self.lake.root) / self.dataset / _TRASH / f"{final.name}-{uuid.uuid4().hex[:8]}"
             if final.exists():
                 trash.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(final, trash)
@@ -99,70 +191,135 @@ class Partition:
             shutil.rmtree(trash, ignore_errors=True)
         return final / MANIFEST
 
+    def _commit_remote(self, final: str, body: dict[str, Any]) -> str:
+        fs, key = self.lake.fs, self.lake._key(final)
+        fs.pipe_file(f"{key}/{MANIFEST}", _json_bytes(body))  # from here on readers see the new files only
+        if self.staged:
+            keep = {f"{key}/{name}" for name in body["files"]} | {f"{key}/{MANIFEST}"}
+            stale = [k for k in fs.find(key) if k not in keep]
+            if stale:
+                fs.rm(stale)
+        return f"{final}/{MANIFEST}"
+
 
 class Lake:
-    """Partitioned parquet files under ``<data_dir>/lake``."""
+    """Partitioned parquet files under a local folder or an ``s3://`` prefix.
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    ``storage_options`` are s3fs options (endpoint, region; see :func:`s3_options`); with
+    ``polars_options`` they make reads go to the same store.
+    """
+
+    def __init__(self, root: Path | str, storage_options: dict[str, Any] | None = None,
+                 polars_options: dict[str, str] | None = None, check: bool = False):
+        self.remote = is_remote_uri(root)
+        if self.remote:
+            self.root: Path | str = str(root).rstrip("/")
+            self.fs, self._root_key = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
+            self._root_key = self._root_key.rstrip("/")
+            self.polars_options = dict(polars_options or {})
+            if check:
+                check_bucket(self.fs, self.root, "storage.lake_uri")
+        else:
+            self.root = Path(str(root).removeprefix("file://"))
+            self.fs = fsspec.filesystem("file")
+            self._root_key = str(self.root)
+            self.polars_options = {}
+
+    # ------------------------------------------------------------------ addressing
+    def _key(self, where: Path | str) -> str:
+        """fsspec path (``bucket/prefix/...``) of a Path or URL inside this lake."""
+        where = str(where)
+        if not self.remote:
+            return where
+        if not where.startswith(str(self.root)):
+            raise ValueError(f"{where} is not inside the lake {self.root}")
+        return self._root_key + where[len(str(self.root)):]
+
+    def _url(self, key: str) -> str:
+        return f"{self.root}{key.removeprefix(self._root_key)}"
 
     # ------------------------------------------------------------------ layout
-    def partition_dir(self, dataset: str, day: date) -> Path:
+    def partition_dir(self, dataset: str, day: date) -> Path | str:
         if dataset not in SCHEMAS:
             raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(SCHEMAS)}")
-        return self.root / dataset / f"date={day.isoformat()}"
+        if self.remote:
+            return f"{self.root}/{dataset}/date={day.isoformat()}"
+        return Path(self.root) / dataset / f"date={day.isoformat()}"
+
+    def _manifest_key(self, dataset: str, day: date) -> str:
+        return f"{self._key(self.partition_dir(dataset, day))}/{MANIFEST}"
 
     def is_complete(self, dataset: str, day: date) -> bool:
-        return (self.partition_dir(dataset, day) / MANIFEST).is_file()
+        return self.fs.isfile(self._manifest_key(dataset, day))
 
     def manifest(self, dataset: str, day: date) -> dict[str, Any] | None:
-        path = self.partition_dir(dataset, day) / MANIFEST
-        return read_json(path) if path.is_file() else None
+        try:
+            return json.loads(self.fs.cat_file(self._manifest_key(dataset, day)))
+        except FileNotFoundError:
+            return None
 
     def open_partition(self, dataset: str, day: date, overwrite: bool = False) -> Partition:
-        """Where to write a day's files: the final folder (resumable), or a fresh staging one."""
+        """Where to write a day's files: the final folder (resumable), or a fresh one aside."""
+        final = self.partition_dir(dataset, day)
+        token = uuid.uuid4().hex[:8]
+        if self.remote:  # no folders on S3: nothing to create
+            where = f"{final}/{_VERSION}{token}" if overwrite else final
+            return Partition(self, dataset, day, where, staged=overwrite)
         if overwrite:
-            staging = self.root / dataset / _STAGING / f"date={day.isoformat()}-{uuid.uuid4().hex[:8]}"
+            staging = Path(self.root) / dataset / _STAGING / f"date={day.isoformat()}-{token}"
             staging.mkdir(parents=True)
             return Partition(self, dataset, day, staging, staged=True)
-        final = self.partition_dir(dataset, day)
-        final.mkdir(parents=True, exist_ok=True)
+        Path(final).mkdir(parents=True, exist_ok=True)
         return Partition(self, dataset, day, final, staged=False)
 
     def completed_days(self, dataset: str) -> list[date]:
-        base = self.root / dataset
-        if not base.is_dir():
+        base = f"{self._key(self.root)}/{dataset}" if self.remote else str(Path(self.root) / dataset)
+        if not self.remote and not Path(base).is_dir():
             return []
         return sorted(
-            date.fromisoformat(p.parent.name.removeprefix("date="))
-            for p in base.glob(f"date=*/{MANIFEST}")
+            date.fromisoformat(key.rsplit("/", 2)[-2].removeprefix("date="))
+            for key in self.fs.glob(f"{base}/date=*/{MANIFEST}")
         )
 
     # ------------------------------------------------------------------ reading
-    def partition_files(self, dataset: str, start: date | None = None, end: date | None = None) -> list[Path]:
-        files: list[Path] = []
+    def partition_files(self, dataset: str, start: date | None = None, end: date | None = None) -> list[Path | str]:
+        files: list[Path | str] = []
         for day in self.completed_days(dataset):
             if (start and day < start) or (end and day > end):
                 continue
             manifest = self.manifest(dataset, day) or {}
-            files += [self.partition_dir(dataset, day) / name for name in manifest.get("files", [])]
+            folder = self.partition_dir(dataset, day)
+            files += [f"{folder}/{name}" if self.remote else Path(folder) / name for name in manifest.get("files", [])]
         return files
 
-    def scan(self, dataset: str, start: date | None = None, end: date | None = None) -> pl.LazyFrame:
-        """Lazy frame over the complete partitions of ``dataset`` between two days (inclusive)."""
-        files = self.partition_files(dataset, start, end)
+    def _scan_files(self, dataset: str, files: list[Path | str]) -> pl.LazyFrame:
         schema = SCHEMAS[dataset]
         if not files:
             return pl.LazyFrame(schema=schema)
+        if self.remote:
+            return pl.scan_parquet([str(f) for f in files], schema=schema, storage_options=self.polars_options)
         return pl.scan_parquet(files, schema=schema)
+
+    def scan(self, dataset: str, start: date | None = None, end: date | None = None) -> pl.LazyFrame:
+        """Lazy frame over the complete partitions of ``dataset`` between two days (inclusive)."""
+        return self._scan_files(dataset, self.partition_files(dataset, start, end))
 
 
 class Workspace:
-    """Everything under ``data_dir`` that is not the lake."""
+    """The lake (local or on an object store) and everything under ``data_dir`` that is not the lake."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, lake_uri: str | None = None, artifacts_uri: str | None = None,
+                 s3_endpoint_url: str | None = None, s3_region: str | None = None, check: bool = False):
         self.data_dir = Path(data_dir)
-        self.lake = Lake(self.data_dir / "lake")
+        self.artifacts_uri = artifacts_uri
+        opts = s3_options(s3_endpoint_url, s3_region)
+        if is_remote_uri(lake_uri):
+            self.lake = Lake(lake_uri, opts["fs"], opts["polars"], check=check)
+        else:
+            self.lake = Lake(Path(lake_uri) if lake_uri else self.data_dir / "lake")
+        if check and is_remote_uri(artifacts_uri):
+            fs, _ = fsspec.core.url_to_fs(artifacts_uri, **opts["fs"])
+            check_bucket(fs, artifacts_uri, "storage.artifacts_uri")
 
     def datasets_root(self, task: str) -> Path:
         return self.data_dir / "datasets" / task
@@ -192,9 +349,6 @@ class Workspace:
     def block_ranges_cache(self, chain: str) -> Path:
         return self.cache_path(f"{chain}_day_block_ranges.json")
 
-    def mlflow_artifacts_dir(self) -> Path:
-        return self.data_dir / "mlartifacts"
-
     def reset_dir(self, path: Path) -> Path:
         if path.exists():
             shutil.rmtree(path)
@@ -204,3 +358,9 @@ class Workspace:
     @staticmethod
     def paths_exist(paths: Iterable[Path]) -> bool:
         return all(p.exists() for p in paths)
+
+    def mlflow_artifacts_dir(self) -> Path | str:
+        """Where MLflow keeps artifacts: ``storage.artifacts_uri`` (``s3://...``) or a local folder."""
+        if is_remote_uri(self.artifacts_uri):
+            return str(self.artifacts_uri).rstrip("/")
+        return Path(self.artifacts_uri.removeprefix("file://")) if self.artifacts_uri else self.data_dir / "mlartifacts"

@@ -2,7 +2,10 @@
 
 Pitfalls handled here (seen with MLflow 3.17 on this stack):
 - with a sqlite store, artifacts land in ``./mlruns`` of the working directory unless the
-  experiment pins its artifact location: we pin it under ``<data_dir>/mlartifacts``;
+  experiment pins its artifact location: we pin it under ``<data_dir>/mlartifacts``, or under
+  ``storage.artifacts_uri`` (``s3://...``) so that every host reads the same artifacts; an
+  experiment's location is fixed when it is created, so a changed one is refused, not ignored;
+- MLflow's S3 client takes a custom endpoint (MinIO) only from ``MLFLOW_S3_ENDPOINT_URL``;
 - ``mlflow.transformers.log_model`` on a PEFT model with a non-hub base reloads it wrong, and
   ``register_model`` on a plain artifact folder fails in MLflow 3: adapters are logged with
   ``log_artifacts`` and registered with ``create_model_version(source=<artifact uri>)``.
@@ -35,25 +38,35 @@ def git_commit() -> str:
 
 
 class MlflowTracker:
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path, registered_model: str):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | str, registered_model: str):
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment
-        self.artifact_root = Path(artifact_root).resolve()
+        remote = isinstance(artifact_root, str) and artifact_root.startswith("s3://")
+        self.artifact_root = artifact_root.rstrip("/") if remote else Path(artifact_root).resolve()
         self.registered_model = registered_model
         mlflow.set_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = None  # a tracking server decides where artifacts go (its --artifacts-destination)
-            if not tracking_uri.startswith(("http://", "https://", "databricks")):
+            if remote:
+                location = f"{self.artifact_root}/{experiment}"
+            elif not tracking_uri.startswith(("http://", "https://", "databricks")):
                 self.artifact_root.mkdir(parents=True, exist_ok=True)
                 location = (self.artifact_root / experiment).as_uri()
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
+            if remote and not exp.artifact_location.startswith(f"{self.artifact_root}/"):
+                from tasks.storage import StorageError
+
+                raise StorageError(f"storage.artifacts_uri: experiment {experiment!r} already keeps its artifacts at "
+                                   f"{exp.artifact_location}; use a new tracking.experiment for {self.artifact_root}")
 
     @classmethod
-    def from_settings(cls, settings: Any, artifact_root: Path) -> "MlflowTracker":
+    def from_settings(cls, settings: Any, artifact_root: Path | str) -> "MlflowTracker":
+        if settings.storage.s3_endpoint_url:  # MinIO & co.: MLflow's boto3 client reads it from here only
+            os.environ["MLFLOW_S3_ENDPOINT_URL"] = settings.storage.s3_endpoint_url
         return cls(settings.tracking_uri, settings.tracking.experiment, artifact_root, settings.tracking.registered_model)
 
     # ------------------------------------------------------------------ runs
