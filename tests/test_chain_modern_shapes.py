@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from tasks.chain.job import fetch_block_receipts
-from tasks.chain.mappers import map_receipts_frame, map_transaction
+from tasks.chain.mappers import map_receipt, map_receipts_frame, map_transaction, map_transactions_frame
 from tasks.clients.rpc import HttpJsonRpc, RpcError
 from tasks.schemas import RECEIPTS, TRANSACTIONS
 from tests.conftest import TESTS
@@ -95,3 +95,16 @@ def test_recorded_error_response_is_one_line_and_not_retried(replay):
         rpc.call("eth_getLogs", [{"fromBlock": "0x32", "toBlock": "0x2f"}])
     assert "-32602" in str(err.value) and "invalid block range" in str(err.value)
     assert len(replay.requests) == 1
+
+
+def test_columnar_mappers_equal_the_row_mappers():
+    txs = [read_transcript(f)[0][1]["result"] for f in sorted((APIS / "eth_getTransactionByHash").glob("*.io"))]
+    numbers = sorted({int(t["blockNumber"], 16) for t in txs})
+    blocks = pl.DataFrame({"block_number": numbers, "block_timestamp": [TS] * len(numbers)},
+                          schema={"block_number": pl.Int64, "block_timestamp": TRANSACTIONS["block_timestamp"]})
+    rows = pl.DataFrame([map_transaction(t, TS, chain_id=1) for t in txs], schema=TRANSACTIONS)
+    assert map_transactions_frame(txs, blocks, chain_id=1).equals(rows)
+    receipts = [recorded("eth_getBlockReceipts/get-block-receipts-n.io"),
+                [recorded("eth_getTransactionReceipt/get-blob-tx.io")], [recorded("eth_getTransactionReceipt/get-setcode-tx.io")]]
+    rows = pl.DataFrame([map_receipt(r) for block in receipts for r in block], schema=RECEIPTS)
+    assert map_receipts_frame(receipts).equals(rows)

@@ -72,17 +72,63 @@ def map_transaction(raw: dict[str, Any], block_timestamp: datetime, chain_id: in
     }
 
 
+_TX_KEYS = ("blockNumber", "transactionIndex", "hash", "nonce", "from", "to", "value", "gas", "gasPrice",
+            "maxFeePerGas", "maxPriorityFeePerGas", "type", "input", "chainId")
+
+
+def _hex(name: str, dtype: pl.DataType) -> pl.Expr:
+    return pl.col(name).str.slice(2).str.to_integer(base=16, dtype=dtype)
+
+
+def map_transactions_frame(txs: list[dict[str, Any]], blocks: pl.DataFrame, chain_id: int) -> pl.DataFrame:
+    """Full transaction dicts -> the transactions frame, hex decoded column-wise (same rows as
+    :func:`map_transaction`, without a Python call per field)."""
+    if not txs:
+        return pl.DataFrame(schema=TRANSACTIONS)
+    raw = pl.DataFrame(
+        {k: [t.get(k) for t in txs] for k in _TX_KEYS if k != "input"}
+        | {"input": [t.get("input") or t.get("data") or "0x" for t in txs]},
+        schema={k: pl.String for k in _TX_KEYS},
+    )
+    value = _hex("value", pl.Int128)
+    out = raw.select(
+        _hex("blockNumber", pl.Int64).alias("block_number"),
+        _hex("blockNumber", pl.Int64).replace_strict(blocks["block_number"], blocks["block_timestamp"],
+                                                     return_dtype=TRANSACTIONS["block_timestamp"]).alias("block_timestamp"),
+        _hex("transactionIndex", pl.Int32).alias("transaction_index"),
+        pl.col("hash").str.to_lowercase().alias("transaction_hash"),
+        _hex("nonce", pl.Int64).alias("nonce"),
+        pl.col("from").str.to_lowercase().alias("from_address"),
+        pl.col("to").str.to_lowercase().alias("to_address"),
+        value.alias("_value"),
+        # value_eth in Python: int / int is correctly rounded (a float cast then a division is not)
+        pl.Series("value_eth", [int(t["value"], 16) / WEI_PER_ETH for t in txs], pl.Float64),
+        _hex("gas", pl.Int64).alias("gas_limit"),
+        _hex("gasPrice", pl.Int64).alias("gas_price_wei"),
+        _hex("maxFeePerGas", pl.Int64).alias("max_fee_per_gas_wei"),
+        _hex("maxPriorityFeePerGas", pl.Int64).alias("max_priority_fee_per_gas_wei"),
+        _hex("type", pl.Int32).fill_null(0).alias("transaction_type"),
+        pl.when(pl.col("input").str.len_bytes() >= 10).then(pl.col("input").str.slice(0, 10).str.to_lowercase())
+        .alias("input_selector"),
+        ((pl.col("input").str.len_bytes() - 2) // 2).cast(pl.Int32).alias("input_bytes"),
+        _hex("chainId", pl.Int64).fill_null(chain_id).alias("chain_id"),
+    )
+    too_big = out.filter(pl.col("_value") > _MAX_DECIMAL_38)
+    if too_big.height:
+        raise ValueError(f"transaction {too_big['transaction_hash'][0]}: value does not fit Decimal(38,0)")
+    return out.with_columns(value_wei=pl.col("_value").cast(TRANSACTIONS["value_wei"])).select(list(TRANSACTIONS))
+
+
 def map_blocks_frame(raw_blocks: list[dict[str, Any]], chain_id: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Full-transaction blocks -> (blocks frame, transactions frame), both in contract shape."""
-    blocks, txs = [], []
+    txs = []
     for raw in raw_blocks:
-        block = map_block(raw, chain_id)
-        blocks.append(block)
-        for tx in raw.get("transactions") or []:
-            if isinstance(tx, str):
-                raise ValueError("blocks must be fetched with full transactions (eth_getBlockByNumber(n, true))")
-            txs.append(map_transaction(tx, block["block_timestamp"], chain_id))
-    return pl.DataFrame(blocks, schema=BLOCKS), pl.DataFrame(txs, schema=TRANSACTIONS)
+        block_txs = raw.get("transactions") or []
+        if block_txs and isinstance(block_txs[0], str):
+            raise ValueError("blocks must be fetched with full transactions (eth_getBlockByNumber(n, true))")
+        txs.extend(block_txs)
+    blocks = pl.DataFrame([map_block(raw, chain_id) for raw in raw_blocks], schema=BLOCKS)
+    return blocks, map_transactions_frame(txs, blocks, chain_id)
 
 
 def map_receipt(raw: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +149,30 @@ def map_receipt(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_RECEIPT_KEYS = ("blockNumber", "transactionIndex", "transactionHash", "status", "gasUsed", "cumulativeGasUsed",
+                 "effectiveGasPrice", "blobGasUsed", "blobGasPrice", "contractAddress")
+
+
 def map_receipts_frame(raw_block_receipts: list[list[dict[str, Any]]]) -> pl.DataFrame:
-    """eth_getBlockReceipts results (one list per block) -> the receipts frame."""
-    rows = [map_receipt(r) for block in raw_block_receipts for r in block]
-    return pl.DataFrame(rows, schema=RECEIPTS)
+    """eth_getBlockReceipts results (one list per block) -> the receipts frame, column-wise
+    (same rows as :func:`map_receipt`)."""
+    receipts = [r for block in raw_block_receipts for r in block]
+    if not receipts:
+        return pl.DataFrame(schema=RECEIPTS)
+    raw = pl.DataFrame({k: [r.get(k) for r in receipts] for k in _RECEIPT_KEYS},
+                       schema={k: pl.String for k in _RECEIPT_KEYS})
+    gas, price = _hex("gasUsed", pl.Int64), _hex("effectiveGasPrice", pl.Int64)
+    return raw.select(
+        _hex("blockNumber", pl.Int64).alias("block_number"),
+        _hex("transactionIndex", pl.Int32).alias("transaction_index"),
+        pl.col("transactionHash").str.to_lowercase().alias("transaction_hash"),
+        _hex("status", pl.Int8).alias("status"),
+        gas.alias("gas_used"),
+        _hex("cumulativeGasUsed", pl.Int64).alias("cumulative_gas_used"),
+        price.alias("effective_gas_price_wei"),
+        (gas.cast(pl.Int128) * price.cast(pl.Int128)).cast(RECEIPTS["fee_wei"]).alias("fee_wei"),
+        _hex("blobGasUsed", pl.Int64).alias("blob_gas_used"),
+        _hex("blobGasPrice", pl.Int64).alias("blob_gas_price_wei"),
+        pl.col("contractAddress").str.to_lowercase().alias("contract_address"),
+        pl.Series("log_count", [len(r.get("logs") or []) for r in receipts], pl.Int32),
+    )
