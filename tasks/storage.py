@@ -273,13 +273,12 @@ class Lake:
         return Partition(self, dataset, day, final, staged=False)
 
     def completed_days(self, dataset: str) -> list[date]:
-        base = f"{self._key(self.root)}/{dataset}" if self.remote else str(Path(self.root) / dataset)
-        if not self.remote and not Path(base).is_dir():
-            return []
-        return sorted(
-            date.fromisoformat(key.rsplit("/", 2)[-2].removeprefix("date="))
-            for key in self.fs.glob(f"{base}/date=*/{MANIFEST}")
-        )
+        if self.remote:  # one paginated LIST of the dataset's prefix
+            folders = [key.rsplit("/", 2)[-2] for key in self.fs.glob(f"{self._root_key}/{dataset}/date=*/{MANIFEST}")]
+        else:
+            base = Path(self.root) / dataset
+            folders = [p.parent.name for p in base.glob(f"date=*/{MANIFEST}")] if base.is_dir() else []
+        return sorted(date.fromisoformat(name.removeprefix("date=")) for name in folders)
 
     # ------------------------------------------------------------------ reading
     def partition_files(self, dataset: str, start: date | None = None, end: date | None = None) -> list[Path | str]:
