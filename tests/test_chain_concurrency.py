@@ -53,8 +53,9 @@ def test_flow_paces_through_the_limit(seeded_node, monkeypatch):
     ensure_credit_limit("chain-credits-flow", credits_per_second=200_000)
     monkeypatch.setenv("CHAINSIGNAL_RPC__CREDITS_PER_SECOND", "200000")
     monkeypatch.setenv("CHAINSIGNAL_RPC__CONCURRENCY_LIMIT", "chain-credits-flow")
+    monkeypatch.setenv("CHAINSIGNAL_RPC__BLOCKS_PER_BATCH", "1")  # several batches in flight, from threads
     summary = ingest_chain(CHAIN_START, CHAIN_START, rpc_url=node.url)
-    assert summary["partitions_done"] == 1 and summary["credits"] > 0
+    assert summary["partitions_done"] == 1 and summary["credits"] > 0 and summary["blocks_fetched"] >= 2
 
 
 def test_setup_from_settings(monkeypatch):

@@ -163,7 +163,9 @@ def test_quota_402_stops_cleanly_then_resumes_to_the_clean_result(seeded_node, t
         assert cut["stopped_at"] == f"{DAY} block {first + 2}"
         assert not Lake(tmp_path / "cut" / "lake").is_complete("transactions", DAY)
         assert not proxy.faults and len(proxy.requests) == n_clean + 1  # 402 not retried, nothing sent after it
-        text = _prefect_logs(state.state_details.flow_run_id) + caplog.text + json.dumps(cut)
+        prefect_text = _prefect_logs(state.state_details.flow_run_id)
+        assert f"stopped at block {first + 2}" in prefect_text  # the run's logs as the Prefect server holds them
+        text = prefect_text + caplog.text + json.dumps(cut)
         assert "HTTP 402" in text and SECRET not in text
         assert all(r["path"] == f"/v3/{SECRET}" for r in proxy.requests)  # the key did reach the server
 
