@@ -315,7 +315,7 @@ class Workspace:
         if is_remote_uri(lake_uri):
             self.lake = Lake(lake_uri, opts["fs"], opts["polars"], check=check)
         else:
-            self.lake = Lake(Path(lake_uri) if lake_uri else self.data_dir / "lake")
+            self.lake = Lake(lake_uri or self.data_dir / "lake")  # a path or file:// URI
         if check and is_remote_uri(artifacts_uri):
             fs, _ = fsspec.core.url_to_fs(artifacts_uri, **opts["fs"])
             check_bucket(fs, artifacts_uri, "storage.artifacts_uri")
