@@ -16,9 +16,10 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import settings_for, workspace
 from tasks.dataset import build_dataset_version
 from tasks.runs import publish_summary, started
+from tasks.orchestration import notify_failure
 
 
-@flow(name="build-dataset")  # no log_prints: datasets' hashing prints bytecode through it
+@flow(name="build-dataset", on_failure=[notify_failure])  # no log_prints: datasets' hashing prints bytecode through it
 def build_dataset(start: date | None = None, end: date | None = None, target_asset: str | None = None,
                   task_name: str | None = None) -> dict:
     t0 = started()

@@ -131,7 +131,7 @@ def evaluate_cmd(run_id: Annotated[Optional[str], typer.Option(help="MLflow run 
 
 @app.command()
 def daily(start: Day = None, end: Day = None, rpc_url: Annotated[Optional[str], typer.Option()] = None) -> None:
-    """The scheduled DAG once: daily-ingest then build-dataset."""
+    """The scheduled DAG once: daily-ingest, build-dataset, then predict."""
     from flows.daily import daily as daily_flow
 
     _print(daily_flow(_day(start), _day(end), False, rpc_url))
@@ -144,6 +144,82 @@ def demo() -> None:
     from flows.demo import run_demo
 
     run_demo()
+
+
+@app.command("predict")
+def predict_cmd(dataset: Annotated[Optional[str], typer.Option(help="Dataset fingerprint (default: the latest build).")] = None) -> None:
+    """Score the newest day with the champion adapter and record the signal."""
+    from flows.predict import predict
+
+    _print(predict(dataset))
+
+
+@app.command()
+def backfill(start: Day, end: Day, rpc_url: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """Ingest a date range fanned out per day on a Dask cluster (local by default)."""
+    from flows.backfill import backfill as backfill_flow
+
+    _print(backfill_flow(_day(start), _day(end), rpc_url=rpc_url))
+
+
+@app.command()
+def status() -> None:
+    """Lake coverage per dataset and day, gaps, recorded failures, and the signals' track record."""
+    import polars as pl
+
+    from tasks.predict import track_record
+    from flows.common import workspace
+    from tasks.settings import load_settings
+    from tasks.status import lake_coverage
+
+    s = load_settings()
+    ws = workspace(s)
+    typer.echo(f"lake: {ws.lake.root}")
+    for row in lake_coverage(ws.lake):
+        if not row["days"]:
+            typer.echo(f"  {row['dataset']:<13} no complete day")
+            continue
+        typer.echo(f"  {row['dataset']:<13} {row['days']:>5} days  {row['first']} .. {row['last']}  "
+                   f"missing {row['missing_days']}  problems {row['days_with_problems']}")
+        for p in row["problems"]:
+            typer.echo(f"      {p}")
+    if ws.lake.completed_days("signals"):
+        try:
+            features = pl.scan_parquet(ws.dataset_dir(s.dataset.name) / "features.parquet")
+        except FileNotFoundError:
+            features = pl.LazyFrame(schema={"date": pl.Date, "label": pl.String, "next_day_return": pl.Float64})
+        record = track_record(ws.lake.scan("signals"), features)
+        typer.echo("signals (latest 10):")
+        for r in record.tail(10).iter_rows(named=True):
+            acc = "" if r["rolling_accuracy"] is None else f"  rolling accuracy {r['rolling_accuracy']:.2f}"
+            typer.echo(f"  {r['date']} -> {r['target_date']}: {r['label']:<8} realized {r['realized'] or 'pending'}{acc}")
+
+
+@app.command()
+def setup() -> None:
+    """Create work pools, rate limits, the notification block and all deployments (PREFECT_API_URL)."""
+    from tasks.orchestration import setup as run_setup
+    from tasks.settings import load_settings
+
+    _print(run_setup(load_settings()))
+
+
+@app.command()
+def up() -> None:
+    """Start a Prefect server, an MLflow server and one worker per pool as local processes."""
+    from tasks.services import start_all
+    from tasks.settings import load_settings
+
+    _print(start_all(load_settings()))
+
+
+@app.command()
+def down() -> None:
+    """Stop what `chainsignal up` started."""
+    from tasks.services import stop_all
+    from tasks.settings import load_settings
+
+    _print(stop_all(load_settings()))
 
 
 @app.command()
@@ -159,6 +235,8 @@ def main() -> None:
     from tasks.clients.prices import PriceSourceError
     from tasks.clients.rpc import RpcError
     from tasks.clients.social import SourceError
+    from tasks.orchestration import SetupError
+    from tasks.services import ServiceError
     from tasks.settings import SettingsError
     from tasks.storage import StorageError
 

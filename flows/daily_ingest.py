@@ -16,9 +16,10 @@ from flows.ingest_chain import ingest_chain
 from flows.ingest_prices import ingest_prices
 from flows.scrape_tweets import scrape_tweets
 from tasks.runs import publish_summary, resolve_days, started
+from tasks.orchestration import notify_failure
 
 
-@flow(name="daily-ingest", log_prints=True)
+@flow(name="daily-ingest", log_prints=True, on_failure=[notify_failure])
 def daily_ingest(start: date | None = None, end: date | None = None, overwrite: bool = False,
                  rpc_url: str | None = None) -> dict:
     t0 = started()

@@ -19,9 +19,10 @@ from tasks.evaluate import evaluate_adapter
 from tasks.logs import get_logger
 from tasks.runs import publish_summary, started
 from tasks.tracking import MlflowTracker
+from tasks.orchestration import notify_failure
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", log_prints=True, on_failure=[notify_failure])
 def evaluate(run_id: str | None = None) -> dict:
     t0 = started()
     log = get_logger()
@@ -52,6 +53,22 @@ def evaluate(run_id: str | None = None) -> dict:
         tracker.set_tags({"verdict": report["verdict"], "best_baseline": report["best_baseline"],
                           "collapse_warning": "; ".join(report["warnings"]) or "none"})
         tracker.set_description(report["verdict"])
+    promotion = None
+    if tags.get("registered_version"):
+
+        def rescore_champion(mv) -> float:  # the champion, re-scored on THIS dataset version's validation split
+            champ = tracker.client.get_run(mv.run_id)
+            cdir = ws.reset_dir(ws.run_dir(run_id) / "champion")
+            c_adapter = tracker.download_alias(tracker.CHAMPION, cdir / "adapter")
+            c_base = (str(tracker.download(mv.run_id, "base_model", cdir)) if champ.data.tags.get("base_model_logged") == "true"
+                      else champ.data.params["train.base_model"])
+            return run_eval(c_adapter, c_base, ds_dir, cutoff_len=int(champ.data.params["train.cutoff_len"]),
+                            seed=int(run.data.params["dataset.seed"]), plots_dir=cdir / "plots")["metrics"]["validation_macro_f1"]
+
+        best_val = report["baselines"][report["best_baseline"]]["validation_macro_f1"]
+        promotion = tracker.promote_if_better(tags["registered_version"], report["metrics"]["validation_macro_f1"], best_val,
+                                              rescore_champion)
+        log.info("champion alias: %s", promotion["reason"])
     for name, metrics in report["baselines"].items():
         with tracker.run(run_name=f"baseline-{name}", tags={
             "model_kind": "baseline", "baseline": name, "task": tags["task"],
@@ -61,6 +78,7 @@ def evaluate(run_id: str | None = None) -> dict:
             tracker.log_metrics(metrics)
     summary = {"flow": "evaluate", "run_id": run_id, "verdict": report["verdict"], "task": tags["task"],
                **{k: round(v, 4) for k, v in report["metrics"].items() if k.startswith(("test_", "validation_"))},
+               "champion_promoted": promotion["promoted"] if promotion else None,
                "seconds": round(started() - t0, 2)}
     publish_summary(summary, "evaluate summary")
     return summary

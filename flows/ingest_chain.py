@@ -20,9 +20,10 @@ from tasks.chain.blockrange import BlockClock
 from tasks.chain.job import DayReport, ingest_chain_day_task, publish_day_table
 from tasks.clients.rpc import HttpJsonRpc, RpcQuotaError
 from tasks.runs import publish_summary, resolve_days, started, summarize
+from tasks.orchestration import notify_failure
 
 
-@flow(name="ingest-chain", log_prints=True)
+@flow(name="ingest-chain", log_prints=True, on_failure=[notify_failure])
 def ingest_chain(start: date | None = None, end: date | None = None, overwrite: bool = False,
                  rpc_url: str | None = None) -> dict:
     t0 = started()

@@ -16,9 +16,10 @@ from flows.common import settings_for, workspace
 from tasks.clients.prices import build_price_source
 from tasks.prices import fetch_prices, write_price_days
 from tasks.runs import publish_summary, resolve_days, started, summarize
+from tasks.orchestration import notify_failure
 
 
-@flow(name="ingest-prices", log_prints=True)
+@flow(name="ingest-prices", log_prints=True, on_failure=[notify_failure])
 def ingest_prices(start: date | None = None, end: date | None = None, overwrite: bool = False) -> dict:
     t0 = started()
     settings = settings_for()

@@ -13,11 +13,12 @@ from prefect import flow
 
 from flows.common import settings_for, workspace
 from tasks.clients.social import build_social_sources
+from tasks.orchestration import emit, notify_failure
 from tasks.runs import publish_summary, resolve_days, started, summarize
 from tasks.tweets import raise_if_all_sources_failed, scrape_posts_day
 
 
-@flow(name="scrape-tweets", log_prints=True)
+@flow(name="scrape-tweets", log_prints=True, on_failure=[notify_failure])
 def scrape_tweets(start: date | None = None, end: date | None = None, overwrite: bool = False) -> dict:
     t0 = started()
     settings = settings_for()
@@ -30,5 +31,9 @@ def scrape_tweets(start: date | None = None, end: date | None = None, overwrite:
     ]
     summary = summarize("scrape-tweets", reports, t0, sources=",".join(settings.tweets.sources), query=settings.tweets.query)
     publish_summary(summary, "scrape-tweets summary", reports)
+    for r in reports:
+        for source, status in (r.get("sources") or {}).items():
+            if str(status).startswith("blocked"):
+                emit("source.blocked", f"source.{source}", day=r["day"], status=status)
     raise_if_all_sources_failed(reports)
     return summary

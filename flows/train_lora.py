@@ -24,9 +24,10 @@ from tasks.runs import publish_summary, started
 from tasks.storage import read_json
 from tasks.tinymodel import resolve_base_model
 from tasks.tracking import MlflowTracker, git_commit
+from tasks.orchestration import notify_failure
 
 
-@flow(name="train-lora", log_prints=True)
+@flow(name="train-lora", log_prints=True, on_failure=[notify_failure])
 def train_lora(
     dataset: str | None = None,
     base_model: str | None = None,

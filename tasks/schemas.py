@@ -108,6 +108,23 @@ RECEIPTS = pl.Schema(
     }
 )
 
+SIGNALS = pl.Schema(
+    {
+        "date": pl.Date,  # decision day: features known at 00:00 UTC of the next day
+        "target_date": pl.Date,  # the day whose move is predicted (date + 1)
+        "target_asset": pl.String,
+        "label": pl.String,  # POSITIVE / NEUTRAL / NEGATIVE
+        "prob_negative": pl.Float64,
+        "prob_neutral": pl.Float64,
+        "prob_positive": pl.Float64,
+        "model_name": pl.String,
+        "model_version": pl.String,
+        "run_id": pl.String,
+        "dataset_fingerprint": pl.String,
+        "created_at": UTC_TS,
+    }
+)
+
 SCHEMAS: dict[str, pl.Schema] = {
     "blocks": BLOCKS,
     "transactions": TRANSACTIONS,
@@ -115,6 +132,7 @@ SCHEMAS: dict[str, pl.Schema] = {
     "prices": PRICES,
     "posts": POSTS,
     "sentiment": SENTIMENT,
+    "signals": SIGNALS,
 }
 
 LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")

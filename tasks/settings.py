@@ -275,6 +275,22 @@ class TrackingSettings(_Section):
     registered_model: str = "chainsignal-lora"
 
 
+# ----------------------------------------------------------------------------- services / orchestration
+class ServicesSettings(_Section):
+    # `chainsignal up` / `make up`: local Prefect server, MLflow server and workers (no docker).
+    prefect_port: int = Field(default=4200, ge=1, le=65535)
+    mlflow_port: int = Field(default=5000, ge=1, le=65535)
+    prefect_database: Literal["sqlite", "postgres"] = "sqlite"  # postgres: a local cluster for shared rate limits
+    postgres_port: int = Field(default=5433, ge=1, le=65535)
+    worker_pools: tuple[str, ...] = ("cpu", "gpu")  # process work pools created by setup and served by `up`
+    worker_query_seconds: float = Field(default=5.0, gt=0)  # how often a worker polls for runs
+    daily_cron: str = "0 6 * * *"  # the daily/daily schedule (UTC), after finality
+    slack_webhook_url: SecretStr | None = None  # optional: setup creates a Slack notification block
+    notification_block: str = "chainsignal-alerts"  # name of that block; flows notify it on failure
+    dask_scheduler_address: str | None = None  # backfill on a running Dask cluster; None = a LocalCluster
+    dask_local_workers: int = Field(default=2, ge=1)  # threads of the LocalCluster (one process: one shared rate limiter)
+
+
 # ----------------------------------------------------------------------------- demo
 class DemoSettings(_Section):
     # The embedded default: a local anvil node seeded with SYNTHETIC traffic over these days,
@@ -305,6 +321,7 @@ class Settings(BaseSettings):
     dataset: DatasetSettings = DatasetSettings()
     train: TrainSettings = TrainSettings()
     tracking: TrackingSettings = TrackingSettings()
+    services: ServicesSettings = ServicesSettings()
     demo: DemoSettings = DemoSettings()
 
     @classmethod
@@ -332,6 +349,8 @@ class Settings(BaseSettings):
         raw = self.model_dump(mode="json")
         raw["rpc"].pop("api_key", None)
         raw["rpc"]["api_key_set"] = self.rpc.api_key is not None
+        raw["services"].pop("slack_webhook_url", None)
+        raw["services"]["slack_webhook_set"] = self.services.slack_webhook_url is not None
         raw["derived"] = {
             "tracking_uri": self.tracking_uri,
             "gradient_accumulation_steps": self.train.gradient_accumulation_steps,

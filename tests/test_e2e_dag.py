@@ -45,7 +45,7 @@ def test_daily_ingest_build_train_evaluate(seeded_node, data_dir, tmp_path):
     artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
     assert {"adapter", "base_model", "plots", "evaluation", "settings.json"} <= artifacts
     baselines = tracker.client.search_runs([tracker.experiment_id], "tags.model_kind = 'baseline'")
-    assert {r.data.tags["baseline"] for r in baselines} == {"majority", "persistence", "logistic"}
+    assert {r.data.tags["baseline"] for r in baselines} == {"majority", "persistence", "logistic", "sentiment_rule", "bilstm"}
     versions = tracker.client.search_model_versions(f"name = '{settings.tracking.registered_model}'")
     assert [v.run_id for v in versions] == [run.info.run_id]
 

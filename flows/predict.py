@@ -1,0 +1,68 @@
+"""predict: the champion adapter (MLflow alias ``champion``) scores the newest day of the latest
+dataset and writes the next day's signal to ``lake/signals`` and to a Prefect artifact, with the
+track record of past signals against what happened. Without a champion it says so and skips.
+
+Run locally:  chainsignal predict
+Deployed:     prefect deployment run predict/predict   (and as the last step of daily/daily)
+"""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import settings_for, workspace
+from tasks.logs import get_logger
+from tasks.orchestration import emit, notify_failure
+from tasks.predict import find_champion, score_newest_day, signal_frame, track_record
+from tasks.runs import publish_summary, started
+from tasks.storage import read_json
+from tasks.tracking import MlflowTracker
+
+
+@flow(name="predict", log_prints=True, on_failure=[notify_failure])
+def predict(dataset: str | None = None) -> dict:
+    t0 = started()
+    log = get_logger()
+    settings = settings_for()
+    ws = workspace(settings)
+    name = settings.tracking.registered_model
+    tracker = MlflowTracker.from_settings(settings, ws.mlflow_artifacts_dir())
+    champion = find_champion(tracker.client, name)
+    if champion is None:
+        log.warning("predict: no '%s' alias on model %s yet: nothing to predict with, skipping", "champion", name)
+        emit("predict.skipped", f"model.{name}", reason="no champion")
+        summary = {"flow": "predict", "status": "skipped", "reason": f"no champion version of {name}"}
+        publish_summary(summary, "predict summary")
+        return summary
+    run = tracker.client.get_run(champion.run_id)
+    ds_dir = ws.dataset_dir(settings.dataset.name, dataset)
+    manifest = read_json(ds_dir / "manifest.json")
+    work = ws.reset_dir(ws.run_dir(champion.run_id) / "predict")
+    adapter = tracker.download(champion.run_id, "adapter", work)
+    base = (str(tracker.download(champion.run_id, "base_model", work)) if run.data.tags.get("base_model_logged") == "true"
+            else run.data.params["train.base_model"])
+    scored = task(score_newest_day, name="score-newest-day", cache_policy=NO_CACHE)(
+        adapter, base, ds_dir, int(run.data.params["train.cutoff_len"]))
+    signal = signal_frame(scored, target_asset=manifest["target_asset"], model_name=name, model_version=champion.version,
+                          run_id=champion.run_id, dataset_fingerprint=manifest["fingerprint"])
+    day = signal["date"][0]
+    part = ws.lake.open_partition("signals", day, overwrite=ws.lake.is_complete("signals", day))
+    part.write(signal, f"{name}__signals.parquet")
+    part.commit({"rows": 1, "model_version": str(champion.version), "dataset": manifest["fingerprint"]})
+    import polars as pl
+
+    record = track_record(ws.lake.scan("signals"), pl.scan_parquet(ds_dir / "features.parquet"))
+    resolved = record.filter(pl.col("hit").is_not_null())
+    summary = {
+        "flow": "predict", "status": "done", "date": day.isoformat(), "target_date": signal["target_date"][0].isoformat(),
+        "signal": scored["label"], **{f"p_{k.lower()}": round(v, 4) for k, v in scored["probs"].items()},
+        "model_version": str(champion.version), "dataset": manifest["fingerprint"],
+        "signals_resolved": resolved.height,
+        "rolling_accuracy": round(float(resolved["rolling_accuracy"][-1]), 4) if resolved.height else None,
+        "seconds": round(started() - t0, 2),
+    }
+    publish_summary(summary, "predict summary",
+                    [{"day": r["date"].isoformat(), "status": "done", "signal": r["label"], "realized": r["realized"]}
+                     for r in record.tail(10).iter_rows(named=True)])
+    return summary

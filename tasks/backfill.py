@@ -1,0 +1,58 @@
+"""Backfill: a date range of chain ingest fanned out per day on Dask (via prefect-dask).
+
+Every Dask task in one process shares ONE rpc client (and so one token bucket): the default
+LocalCluster runs a single process with threads, so the provider's rate limit holds as
+configured. On a real multi-process cluster set ``rpc.concurrency_limit``: the Prefect global
+concurrency limit then paces every worker process sharing the key.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import date
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+_clients: dict[str, tuple] = {}
+_lock = threading.Lock()
+
+
+def shared_chain_clients(settings, ws):
+    """One (rpc, clock, chain_id, latest) per process and endpoint."""
+    from tasks.chain.blockrange import BlockClock
+    from tasks.clients.rpc import HttpJsonRpc
+
+    key = f"{settings.rpc.url}|{ws.lake.root}"
+    with _lock:
+        if key not in _clients:
+            rpc = HttpJsonRpc.from_settings(settings.rpc, ws.cache_path(f"{settings.rpc.chain}_credits_by_utc_day.json"))
+            clock = BlockClock(rpc, ws.block_ranges_cache(settings.rpc.chain))
+            _clients[key] = (rpc, clock, int(rpc.call("eth_chainId", []), 16), clock.latest())
+        return _clients[key]
+
+
+@task(name="backfill-chain-day", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
+def backfill_chain_day(day: date, rpc_url: str | None = None, overwrite: bool = False) -> dict:
+    """Runs on a Dask worker: settings and clients are resolved there, not pickled from the flow."""
+    from flows.common import settings_for, workspace
+    from tasks.chain.job import ingest_chain_day
+
+    settings = settings_for(rpc={"url": rpc_url} if rpc_url else None)
+    ws = workspace(settings)
+    rpc, clock, chain_id, latest = shared_chain_clients(settings, ws)
+    return ingest_chain_day(
+        rpc, ws.lake, clock, day, chain=settings.rpc.chain, chain_id=chain_id, latest=latest,
+        blocks_per_file=settings.rpc.blocks_per_file, blocks_per_batch=settings.rpc.blocks_per_batch,
+        finality_blocks=settings.rpc.finality_blocks, overwrite=overwrite, receipts=settings.rpc.receipts,
+        max_concurrent_requests=settings.rpc.max_concurrent_requests,
+    ).as_dict()
+
+
+def dask_task_runner(services):
+    from prefect_dask import DaskTaskRunner
+
+    if services.dask_scheduler_address:
+        return DaskTaskRunner(address=services.dask_scheduler_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": services.dask_local_workers,
+                                          "processes": False, "dashboard_address": None})

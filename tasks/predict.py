@@ -1,0 +1,73 @@
+"""The daily signal: the champion adapter scores the newest day; past signals meet what happened.
+
+The champion is the registered model version carrying the ``champion`` alias in MLflow. Its
+adapter (and, for the on-the-fly tiny model, its base model) is downloaded from the run's
+artifacts, so what predicts is exactly what was evaluated.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tasks.schemas import SIGNALS
+
+CHAMPION = "champion"
+
+
+def find_champion(client, model_name: str, alias: str = CHAMPION):
+    """The model version behind the alias, or None when there is no champion yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+
+
+def score_newest_day(adapter_dir: Path, base_model: str, dataset_dir: Path, cutoff_len: int, device: str = "auto") -> dict[str, Any]:
+    """Label and class probabilities for the dataset's ``predict`` split (its newest, unlabelled day)."""
+    from peft import PeftModel
+
+    from tasks.evaluate import label_loglik, load_split, predict_labels
+    from tasks.prompter import Prompter
+    from tasks.train import load_base_model, pick_device
+
+    records = load_split(dataset_dir, "predict")
+    if not records:
+        raise LookupError(f"{dataset_dir}: no unlabelled newest day to predict (the predict split is empty)")
+    dev = pick_device(device)
+    tokenizer, base = load_base_model(base_model, dev)
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).to(dev)
+    prompter = Prompter.load()
+    labels, probs = predict_labels(label_loglik(model, tokenizer, prompter, records[-1:], cutoff_len), prompter.labels)
+    p = dict(zip(prompter.labels, probs[0].tolist()))
+    return {"date": records[-1]["date"], "label": labels[0], "probs": p}
+
+
+def signal_frame(scored: dict[str, Any], *, target_asset: str, model_name: str, model_version: str, run_id: str,
+                 dataset_fingerprint: str) -> pl.DataFrame:
+    day = datetime.fromisoformat(scored["date"]).date()
+    return pl.DataFrame([{
+        "date": day, "target_date": day + timedelta(days=1), "target_asset": target_asset, "label": scored["label"],
+        "prob_negative": scored["probs"]["NEGATIVE"], "prob_neutral": scored["probs"]["NEUTRAL"],
+        "prob_positive": scored["probs"]["POSITIVE"], "model_name": model_name, "model_version": str(model_version),
+        "run_id": run_id, "dataset_fingerprint": dataset_fingerprint, "created_at": datetime.now(timezone.utc),
+    }], schema=SIGNALS)
+
+
+def track_record(signals: pl.LazyFrame, features: pl.LazyFrame, window: int = 30) -> pl.DataFrame:
+    """Each past signal joined with the realized label of its day (null until known), with the
+    rolling hit rate over the last ``window`` resolved signals."""
+    realized = features.select("date", pl.col("label").alias("realized"), "next_day_return")
+    return (
+        signals.join(realized, on="date", how="left")
+        .sort("date")
+        .with_columns((pl.col("label") == pl.col("realized")).alias("hit"))
+        .with_columns(pl.col("hit").cast(pl.Float64).rolling_mean(window, min_samples=1).alias("rolling_accuracy"))
+        .select("date", "target_date", "label", "realized", "next_day_return", "hit", "rolling_accuracy", "model_version")
+        .collect()
+    )
