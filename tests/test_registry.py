@@ -1,0 +1,78 @@
+"""Adapters in the MLflow registry: the champion alias and the download-by-alias round trip."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.prompter import Prompter
+from tasks.settings import load_settings, with_overrides
+from tasks.tinymodel import build_tiny_llama
+from tasks.tracking import MlflowTracker
+from tasks.train import load_base_model, train_lora_adapter
+
+PROMPTER = Prompter.load()
+
+
+def records(n: int) -> list[dict]:
+    return [{"instruction": PROMPTER.instruction, "input": f"day {i}: ETH 1d +{i % 5}.0%",
+             "output": PROMPTER.labels[i % 3]} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    corpus = [PROMPTER.prompt(r["instruction"], r["input"]) + r["output"] for r in records(20)]
+    return build_tiny_llama(tmp_path_factory.mktemp("m") / "tiny", corpus, vocab_size=300, hidden_size=32, layers=2,
+                            heads=2, seed=0, init_std=0.2)
+
+
+def test_champion_moves_only_on_a_better_score_and_round_trips(tiny_model, tmp_path):
+    from peft import PeftModel
+
+    cfg = with_overrides(load_settings(), train={"epochs": 1, "batch_size": 4, "micro_batch_size": 4, "cutoff_len": 64,
+                                                 "device": "cpu"}).train
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "registry-test", tmp_path / "art", "chainsignal-lora")
+    versions = []
+    for i in range(4):
+        out = tmp_path / f"adapter{i}"
+        train_lora_adapter(cfg, str(tiny_model), records(8), [], out)
+        with tracker.run(run_name=f"lora-{i}", tags={"model_kind": "lora"}) as run_id:
+            tracker.log_artifacts(out, "adapter")
+        versions.append(tracker.register_adapter(run_id, "adapter", {}))
+    assert tracker.champion() is None
+    rescored = []
+
+    def champion_score(scores):
+        def score(mv):
+            rescored.append(str(mv.version))
+            return scores[str(mv.version)]
+        return score
+
+    d = tracker.promote_if_better(versions[0], 0.50, best_baseline_score=0.40)
+    assert d["promoted"] and str(tracker.champion().version) == versions[0]
+    # Beats the baselines but not the champion (re-scored on this split): stays.
+    d = tracker.promote_if_better(versions[1], 0.45, 0.40, champion_score({versions[0]: 0.50}))
+    assert not d["promoted"] and "champion" in d["reason"] and str(tracker.champion().version) == versions[0]
+    # Beats the champion but not the best baseline: stays.
+    d = tracker.promote_if_better(versions[2], 0.55, 0.60, champion_score({versions[0]: 0.50}))
+    assert not d["promoted"] and "baseline" in d["reason"] and str(tracker.champion().version) == versions[0]
+    # Beats both: moves.
+    d = tracker.promote_if_better(versions[3], 0.55, 0.40, champion_score({versions[0]: 0.50}))
+    assert d["promoted"] and str(tracker.champion().version) == versions[3]
+    assert rescored == [versions[0]] * 3
+    tags = tracker.client.get_model_version("chainsignal-lora", versions[1]).tags
+    assert tags["champion_promoted"] == "False"
+
+    # Round trip: download by alias -> PeftModel.from_pretrained -> the same logits as the trained adapter.
+    local = tracker.download_alias("champion", tmp_path / "dl")
+    ids = torch.tensor([[5, 17, 42, 9, 3]])
+    logits = []
+    for path in (local, tmp_path / "adapter3"):
+        tok, base = load_base_model(str(tiny_model), torch.device("cpu"))
+        model = PeftModel.from_pretrained(base, str(path)).eval()
+        with torch.no_grad():
+            logits.append(model(input_ids=ids).logits)
+    assert torch.equal(logits[0], logits[1])
+    tok, base = load_base_model(str(tiny_model), torch.device("cpu"))
+    with torch.no_grad():
+        assert (base(input_ids=ids).logits - logits[0]).abs().max() > 0  # the adapter actually changes the model
