@@ -61,7 +61,8 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
         blocks_per_s=round(fetched_blocks / seconds, 1), txs_per_s=round(fetched_txs / seconds, 1),
         requests=rpc.stats["requests"], credits=rpc.stats["credits"], retries=rpc.stats["retries"],
         batch_size_now=rpc.sizer.current, credits_spent_today_utc=rpc.ledger.spent_today(),
-        stopped_at=f"{stopped['day']} block {stopped['stopped_at_block']}" if stopped and stopped["day"] else None,
+        stopped_at=(None if not stopped or not stopped["day"] else stopped["day"] if stopped["stopped_at_block"] is None
+                    else f"{stopped['day']} block {stopped['stopped_at_block']}"),
         stopped_because=stopped["error"] if stopped else None,
     )
     publish_summary(summary, "ingest-chain summary", reports)
