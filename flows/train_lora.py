@@ -72,7 +72,8 @@ def train_lora(
         tracker.log_dict(manifest, "dataset_manifest.json")
         train = task(train_lora_adapter, name="train-lora-adapter", cache_policy=NO_CACHE)
         result = train(cfg, base, train_records, val_records, ws.run_dir(run_id) / "adapter",
-                       lambda m, step: tracker.log_metrics(m, step, run_id=run_id))
+                       lambda m, step: tracker.log_metrics(m, step, run_id=run_id),
+                       checkpoint_dir=ws.model_dir(f"checkpoints-{manifest['fingerprint']}"))  # resumed only if settings match
         tracker.log_metrics({"trainable_params": result.trainable_params, "trainable_share": result.trainable_share,
                              "peak_memory_mb": result.peak_memory_mb, "train_tokens_per_s": result.tokens_per_s,
                              "train_seconds": result.seconds})
