@@ -240,18 +240,14 @@ def main() -> None:
     from tasks.settings import SettingsError
     from tasks.storage import StorageError
 
+    from tasks.chain.localnode import LocalNodeError
+
     try:
         app()
-    except (SettingsError, RpcError, SourceError, PriceSourceError, StorageError, FileNotFoundError, LookupError) as exc:
+    except (SettingsError, RpcError, SourceError, PriceSourceError, StorageError, SetupError, ServiceError,
+            LocalNodeError, FileNotFoundError, LookupError) as exc:
         typer.echo(f"chainsignal: error: {exc}", err=True)
         sys.exit(2)
-    except Exception as exc:  # noqa: BLE001 - anything else: still one line, details in the Prefect run
-        from tasks.chain.localnode import LocalNodeError
-
-        if isinstance(exc, LocalNodeError):
-            typer.echo(f"chainsignal: error: {exc}", err=True)
-            sys.exit(2)
-        raise
 
 
 if __name__ == "__main__":

@@ -53,6 +53,14 @@ def ensure_notification_block(webhook_url: str | None, block_name: str) -> bool:
     return True
 
 
+def deployment_pools(prefect_file: Path = PREFECT_FILE) -> list[str]:
+    """Work pools the deployments in prefect.yaml run on (they must exist before `prefect deploy`)."""
+    import yaml
+
+    spec = yaml.safe_load(prefect_file.read_text())
+    return sorted({d["work_pool"]["name"] for d in spec.get("deployments", []) if d.get("work_pool")})
+
+
 def deploy_all(prefect_file: Path = PREFECT_FILE, repo_dir: Path = REPO_ROOT, timeout_s: float = 300) -> str:
     """Run ``prefect --no-prompt deploy --all`` from the repo root with the checkout's path filled in."""
     prefect = Path(sys.executable).parent / "prefect"
@@ -60,8 +68,8 @@ def deploy_all(prefect_file: Path = PREFECT_FILE, repo_dir: Path = REPO_ROOT, ti
     proc = subprocess.run([str(prefect), "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)],
                           cwd=repo_dir, env=env, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
-        tail = [x for x in (proc.stdout + proc.stderr).splitlines() if x.strip()][-1:]
-        raise SetupError(f"prefect deploy failed ({proc.returncode}): {tail[0] if tail else 'no output'}")
+        text = " ".join(x.strip(" │╭╰─") for x in (proc.stdout + proc.stderr).splitlines() if x.strip(" │╭╰─"))
+        raise SetupError(f"prefect deploy failed ({proc.returncode}): {text[-300:] or 'no output'}")
     return proc.stdout
 
 
@@ -73,7 +81,7 @@ def setup(settings: Any) -> dict[str, Any]:
     report: dict[str, Any] = {"api_url": os.environ.get("PREFECT_API_URL") or "(ephemeral)"}
     if not os.environ.get("PREFECT_API_URL"):
         raise SetupError("PREFECT_API_URL is not set: start a server (`chainsignal up`) and export the URL it prints")
-    report["pools_created"] = ensure_work_pools(tuple(settings.services.worker_pools))
+    report["pools_created"] = ensure_work_pools(tuple(dict.fromkeys([*deployment_pools(), *settings.services.worker_pools])))
     report["rate_limit"] = ensure_credit_limit_from_settings(settings.rpc)
     hook = settings.services.slack_webhook_url
     report["notification_block"] = (settings.services.notification_block

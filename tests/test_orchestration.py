@@ -1,0 +1,67 @@
+"""The deployed product on real processes: `chainsignal up` (Prefect server, MLflow server, a
+process worker), `chainsignal setup` (pools + deployments from deployments/prefect.yaml), then
+`prefect deployment run train-lora/train-lora`, the run found in the MLflow server, and
+`chainsignal down`. Loopback ports only."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.build_dataset import build_dataset
+from tasks.chain.localnode import free_port
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def sh(*cmd: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    out = subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{cmd[:3]} failed: {out.stdout[-1500:]} {out.stderr[-1500:]}"
+    return out
+
+
+def test_up_setup_deployment_run_down(lake_copy, data_dir):
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import SyncPrefectClient
+
+    build_dataset()
+    prefect_port, mlflow_port = free_port(), free_port()
+    env = {**os.environ,
+           "CHAINSIGNAL_STORAGE__DATA_DIR": str(data_dir),
+           "CHAINSIGNAL_SERVICES__PREFECT_PORT": str(prefect_port),
+           "CHAINSIGNAL_SERVICES__MLFLOW_PORT": str(mlflow_port),
+           "CHAINSIGNAL_SERVICES__WORKER_POOLS": '["gpu"]',
+           "CHAINSIGNAL_SERVICES__WORKER_QUERY_SECONDS": "1",
+           "CHAINSIGNAL_TRACKING__TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+    env.pop("PREFECT_API_URL", None)
+    api = f"http://127.0.0.1:{prefect_port}/api"
+    try:
+        sh(str(BIN / "chainsignal"), "up", env=env, timeout=240)
+        env["PREFECT_API_URL"] = api
+        setup = sh(str(BIN / "chainsignal"), "setup", env=env, timeout=240)
+        assert "train-lora/train-lora" in setup.stdout and "daily/daily" in setup.stdout
+        run = sh(str(BIN / "prefect"), "deployment", "run", "train-lora/train-lora", "-p", "epochs=1", "-p", "batch_size=16",
+                 "-p", "micro_batch_size=16", "--watch", "--watch-timeout", "400", env=env, timeout=450)
+        assert "Completed" in run.stdout
+
+        client = MlflowClient(f"http://127.0.0.1:{mlflow_port}")
+        exp = client.get_experiment_by_name("chainsignal")
+        runs = client.search_runs([exp.experiment_id], "tags.model_kind = 'lora'")
+        assert len(runs) == 1
+        metrics = runs[0].data.metrics
+        assert {"test_macro_f1", "baseline_majority_test_macro_f1", "train_loss"} <= set(metrics)
+        adapter = {a.path for a in client.list_artifacts(runs[0].info.run_id, "adapter")}
+        assert "adapter/adapter_config.json" in adapter and "adapter/adapter_model.safetensors" in adapter
+
+        with SyncPrefectClient(api) as pc:
+            daily = pc.read_deployment_by_name("daily/daily")
+            cron = [s.schedule.cron for s in daily.schedules]
+            assert cron == ["0 6 * * *"] and daily.schedules[0].schedule.timezone == "UTC"
+            assert pc.read_deployment_by_name("train-lora/train-lora").work_pool_name == "gpu"
+    finally:
+        down = subprocess.run([str(BIN / "chainsignal"), "down"], env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0 and "prefect-server" in down.stdout and "worker-gpu" in down.stdout
+    assert not list((data_dir / "services" / "run").glob("*.json"))  # no process left registered
