@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help env demo test lock clean
+.PHONY: help env demo test lock clean up down deploy
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,15 @@ demo: env  ## run the whole DAG offline on the embedded default, then print the 
 
 test: env  ## run the test suite
 	$(PY) -m pytest
+
+up: env  ## start a local Prefect server, MLflow server and workers (no docker); prints the env to export
+	$(VENV)/bin/chainsignal up
+
+down: env  ## stop what `make up` started
+	$(VENV)/bin/chainsignal down
+
+deploy: env  ## work pools, rate limits and deployments on the server in PREFECT_API_URL
+	$(VENV)/bin/chainsignal setup
 
 lock: env  ## record the installed versions into constraints.txt
 	@{ echo "# Tested versions: \`make\` installs with \`pip install -c constraints.txt\`. Regenerate with \`make lock\`."; \

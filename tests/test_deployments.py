@@ -45,3 +45,23 @@ def test_docker_files_copy_only_what_exists():
     for svc in compose["services"].values():
         if "build" in svc:
             assert (ROOT / "docker" / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
+
+
+def test_compose_file_matches_the_compose_specification():
+    import subprocess
+    import sys
+
+    tool = Path(sys.executable).parent / "check-jsonschema"
+    out = subprocess.run([str(tool), "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker" / "compose.yaml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dockerfiles_pass_hadolint():
+    import subprocess
+    import sys
+
+    tool = Path(sys.executable).parent / "hadolint"
+    files = sorted(str(p) for p in (ROOT / "docker").glob("Dockerfile.*"))
+    out = subprocess.run([str(tool), "--no-color", *files], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
