@@ -43,6 +43,23 @@ def ensure_work_pools(names: tuple[str, ...]) -> list[str]:
     return created
 
 
+def ensure_source_limits(settings: Any) -> list[dict[str, Any]]:
+    """Global concurrency limits for the live price/social APIs, one slot per request decaying at the
+    source's configured requests per second (so every worker sharing the key keeps that rate)."""
+    from tasks.clients.rpc import ensure_credit_limit
+
+    out = []
+    p, t = settings.prices, settings.tweets
+    if p.concurrency_limit and p.source != "file":
+        rate = p.coingecko_requests_per_second if p.source == "coingecko" else p.binance_requests_per_second
+        out.append(ensure_credit_limit(p.concurrency_limit, rate, burst_credits=1))
+    live = [n for n in t.sources if n in ("x_api", "gdelt")]
+    if t.concurrency_limit and live:
+        rate = min(t.x_requests_per_second if n == "x_api" else t.gdelt_requests_per_second for n in live)
+        out.append(ensure_credit_limit(t.concurrency_limit, rate, burst_credits=1))
+    return out
+
+
 def ensure_notification_block(webhook_url: str | None, block_name: str) -> bool:
     """A Slack webhook block (from settings, never written to a file) that flows notify on failure."""
     if not webhook_url:
@@ -83,6 +100,7 @@ def setup(settings: Any) -> dict[str, Any]:
         raise SetupError("PREFECT_API_URL is not set: start a server (`chainsignal up`) and export the URL it prints")
     report["pools_created"] = ensure_work_pools(tuple(dict.fromkeys([*deployment_pools(), *settings.services.worker_pools])))
     report["rate_limit"] = ensure_credit_limit_from_settings(settings.rpc)
+    report["source_limits"] = ensure_source_limits(settings)
     hook = settings.services.slack_webhook_url
     report["notification_block"] = (settings.services.notification_block
                                     if ensure_notification_block(hook.get_secret_value() if hook else None,

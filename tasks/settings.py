@@ -94,6 +94,7 @@ class PriceSettings(_Section):
     assets: tuple[str, ...] = ("ETH", "BTC")  # tickers; AAVE is one entry away where you have it
     file_dir: Path = SAMPLE_DIR / "prices"  # <asset lowercase>_usd_daily.csv files
     timeout_s: float = Field(default=20.0, gt=0)  # per HTTP request to a live price API
+    concurrency_limit: str | None = None  # Prefect global concurrency limit shared by workers on one key (1 slot/request)
     max_retries: int = Field(default=5, ge=0)  # per request, on 429 / 418 / 5xx / timeouts / non-JSON bodies
     backoff_initial_s: float = Field(default=1.0, ge=0)  # doubled every retry (Retry-After wins)
     backoff_max_s: float = Field(default=60.0, ge=0)
@@ -128,6 +129,7 @@ class TweetSettings(_Section):
     file_path: Path = SAMPLE_DIR / "tweets" / "ethereum_tweets.csv"
     max_posts_per_day: int = Field(default=1000, ge=1)
     timeout_s: float = Field(default=20.0, gt=0)  # per HTTP request (x_api, gdelt)
+    concurrency_limit: str | None = None  # Prefect global concurrency limit shared by workers on one key (1 slot/request)
     max_retries: int = Field(default=4, ge=0)  # per request, on 429 / 5xx / timeouts / non-JSON bodies
     backoff_initial_s: float = Field(default=2.0, ge=0)  # doubled every retry (Retry-After / x-rate-limit-reset win)
     backoff_max_s: float = Field(default=120.0, ge=0)

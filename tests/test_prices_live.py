@@ -161,3 +161,29 @@ def test_price_source_setting_selects_and_secret_stays_hidden(monkeypatch):
     monkeypatch.setenv("CHAINSIGNAL_PRICES__SOURCE", "kraken")
     with pytest.raises(Exception, match="bad setting prices.source"):
         load_settings()
+
+
+def test_shared_concurrency_limit_paces_through_the_prefect_server(monkeypatch, data_dir):
+    """Workers sharing one key: every request takes a slot of a Prefect global concurrency limit
+    (created by setup) on the real harness server; a missing limit is a one-line error."""
+    from tasks.orchestration import ensure_source_limits
+    from tasks.settings import load_settings
+
+    with HttpReplay({"/api/v3/klines": binance_route}) as server:
+        missing = BinancePriceSource(PacedJsonGet("binance", server.url, concurrency_limit="chainsignal-nope", **FAST))
+        with pytest.raises(PriceSourceError) as err:
+            missing.fetch_daily("ETH", START, END)
+        assert "chainsignal-nope" in str(err.value) and "\n" not in str(err.value)
+        monkeypatch.setenv("CHAINSIGNAL_PRICES__SOURCE", "binance")
+        monkeypatch.setenv("CHAINSIGNAL_PRICES__BINANCE_REQUESTS_PER_SECOND", "50")
+        monkeypatch.setenv("CHAINSIGNAL_PRICES__CONCURRENCY_LIMIT", "chainsignal-binance-test")
+        created = ensure_source_limits(load_settings())
+        assert created == [{"name": "chainsignal-binance-test", "limit": 50, "slot_decay_per_second": 50.0}]
+        shared = BinancePriceSource(PacedJsonGet("binance", server.url, concurrency_limit="chainsignal-binance-test", **FAST))
+        assert_frame_equal(shared.fetch_daily("ETH", START, END).drop("source"), real("ETH"))
+
+
+def test_parquet_export_is_read_like_the_csv(tmp_path):
+    pl.read_csv(SAMPLE_DIR / "prices" / "eth_usd_daily.csv", try_parse_dates=True).write_parquet(tmp_path / "eth_usd_daily.parquet")
+    got = CsvPriceSource(tmp_path).fetch_daily("ETH", START, END)
+    assert_frame_equal(got.drop("source"), real("ETH"))

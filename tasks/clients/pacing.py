@@ -39,7 +39,7 @@ class PacedJsonGet:
     def __init__(self, name: str, base_url: str, *, requests_per_second: float, timeout_s: float,
                  max_retries: int, backoff_initial_s: float, backoff_max_s: float,
                  headers: Mapping[str, str] | None = None, secrets: tuple[str, ...] = (),
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, concurrency_limit: str | None = None):
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.limiter = RateLimiter(requests_per_second)
@@ -52,6 +52,21 @@ class PacedJsonGet:
         self._session.headers.update({"Accept": "application/json", **(headers or {})})
         self._sleep = sleep
         self.stats = {"requests": 0, "retries": 0, "waited_s": 0.0}
+        # When workers on several hosts share one key: a Prefect global concurrency limit (one slot
+        # per request, decaying at the source's rate) created by `chainsignal setup`.
+        self.concurrency_limit = concurrency_limit
+
+    def _shared_slot(self) -> None:
+        if not self.concurrency_limit:
+            return
+        try:
+            from prefect.concurrency.sync import rate_limit
+
+            rate_limit(self.concurrency_limit, occupy=1, strict=True)
+        except Exception as exc:  # noqa: BLE001 - one line whatever Prefect raises
+            first = self.scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:160]
+            raise HttpGiveUp(f"{self.name}: Prefect concurrency limit {self.concurrency_limit!r} unavailable ({first}); "
+                             "create it with `chainsignal setup`") from None
 
     def scrub(self, text: str) -> str:
         for s in self._secrets:
@@ -78,6 +93,7 @@ class PacedJsonGet:
             if attempt:
                 self.stats["retries"] += 1
             self.stats["waited_s"] += self.limiter.acquire()
+            self._shared_slot()
             self.stats["requests"] += 1
             headers: Mapping[str, str] | None = None
             try:

@@ -32,7 +32,8 @@ class PriceSource(Protocol):
 
 
 class CsvPriceSource:
-    """Candles from ``<dir>/<asset>_usd_daily.csv`` (columns date,open,high,low,close,volume[,source])."""
+    """Candles from ``<dir>/<asset>_usd_daily.csv`` or ``.parquet`` (columns date, open, high, low,
+    close, volume[, source]) - the bundled sample, or an export for backfills."""
 
     name = "file"
 
@@ -40,22 +41,27 @@ class CsvPriceSource:
         self.directory = Path(directory)
 
     def path(self, asset: str) -> Path:
-        return self.directory / f"{asset.lower()}_usd_daily.csv"
+        stem = self.directory / f"{asset.lower()}_usd_daily"
+        parquet = stem.with_suffix(".parquet")
+        return parquet if parquet.is_file() else stem.with_suffix(".csv")
 
     def fetch_daily(self, asset: str, start: date, end: date) -> pl.DataFrame:
         path = self.path(asset)
         if not path.is_file():
-            raise PriceSourceError(f"prices.file_dir: no candles for {asset} (expected {path})")
+            raise PriceSourceError(f"prices.file_dir: no candles for {asset} (expected {path} or .parquet)")
         try:
-            raw = pl.read_csv(path, try_parse_dates=False, infer_schema_length=0)
+            if path.suffix == ".parquet":
+                raw = pl.read_parquet(path).with_columns(pl.col("date").cast(pl.String))
+            else:
+                raw = pl.read_csv(path, try_parse_dates=False, infer_schema_length=0)
             frame = raw.select(
-                pl.col("date").str.to_date("%Y-%m-%d"),
+                pl.col("date").str.slice(0, 10).str.to_date("%Y-%m-%d"),
                 pl.lit(asset.upper()).alias("asset"),
                 *(pl.col(c).cast(pl.Float64).alias(f"{c}_usd") for c in ("open", "high", "low", "close")),
                 pl.col("volume").cast(pl.Float64).alias("volume_base"),
-                (pl.col("source") if "source" in raw.columns else pl.lit(f"file:{path.name}")).alias("source"),
+                (pl.col("source").cast(pl.String) if "source" in raw.columns else pl.lit(f"file:{path.name}")).alias("source"),
             )
-        except (pl.exceptions.PolarsError, KeyError) as exc:
+        except (pl.exceptions.PolarsError, KeyError, OSError) as exc:
             raise PriceSourceError(f"{path}: malformed candle file ({str(exc).splitlines()[0][:160]})") from None
         return frame.filter(pl.col("date").is_between(start, end)).sort("date").select(list(PRICES))
 
@@ -222,7 +228,8 @@ def build_price_source(prices: Any) -> PriceSource:
     if prices.source == "file":
         return CsvPriceSource(prices.file_dir)
     common = dict(timeout_s=prices.timeout_s, max_retries=prices.max_retries,
-                  backoff_initial_s=prices.backoff_initial_s, backoff_max_s=prices.backoff_max_s)
+                  backoff_initial_s=prices.backoff_initial_s, backoff_max_s=prices.backoff_max_s,
+                  concurrency_limit=prices.concurrency_limit)
     if prices.source == "coingecko":
         key = prices.coingecko_api_key.get_secret_value() if prices.coingecko_api_key else None
         headers = {f"x-cg-{prices.coingecko_key_kind}-api-key": key} if key else {}

@@ -238,7 +238,8 @@ SOURCE_NAMES = ("file", "snscrape", "x_api", "gdelt")
 def build_social_sources(tweets: Any) -> list[SocialSource]:
     """The sources named in ``tweets.sources`` (settings section), in order, each with its own pacing."""
     common = dict(timeout_s=tweets.timeout_s, max_retries=tweets.max_retries,
-                  backoff_initial_s=tweets.backoff_initial_s, backoff_max_s=tweets.backoff_max_s)
+                  backoff_initial_s=tweets.backoff_initial_s, backoff_max_s=tweets.backoff_max_s,
+                  concurrency_limit=tweets.concurrency_limit)
 
     def x_api() -> XApiPostSource:
         token = tweets.x_bearer_token.get_secret_value() if tweets.x_bearer_token else None
