@@ -184,10 +184,6 @@ class StorageSettings(_Section):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/") if v else v
 
-    @property
-    def lake_dir(self) -> Path:
-        return self.data_dir / "lake"
-
 
 # ----------------------------------------------------------------------------- dataset
 class DatasetSettings(_Section):
