@@ -54,7 +54,8 @@ def evaluate(run_id: str | None = None) -> dict:
                           "collapse_warning": "; ".join(report["warnings"]) or "none"})
         tracker.set_description(report["verdict"])
     promotion = None
-    if tags.get("registered_version"):
+    # Only direction-task runs compete for the alias: `predict` serves that task's signal.
+    if tags.get("registered_version") and tags.get("task") == "direction":
 
         def rescore_champion(mv) -> float:  # the champion, re-scored on THIS dataset version's validation split
             champ = tracker.client.get_run(mv.run_id)
