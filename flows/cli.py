@@ -112,13 +112,14 @@ def train(
     micro_batch_size: Annotated[Optional[int], typer.Option()] = None,
     cutoff_len: Annotated[Optional[int], typer.Option()] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
+    model_kind: Annotated[Optional[str], typer.Option(help="causal (default) or encoder (MiniLM + LoRA + head).")] = None,
     evaluate: Annotated[bool, typer.Option(help="Run the evaluate flow on the new run.")] = True,
 ) -> None:
     """Train LoRA adapters (train-lora flow), log them to MLflow, then evaluate."""
     from flows.train_lora import train_lora
 
     _print(train_lora(dataset, base_model, lora_r, lora_alpha, None, batch_size, micro_batch_size, epochs,
-                      learning_rate, cutoff_len, seed, evaluate))
+                      learning_rate, cutoff_len, seed, model_kind, evaluate))
 
 
 @app.command("evaluate")

@@ -18,7 +18,7 @@ from flows.common import settings_for, workspace
 from tasks.evaluate import evaluate_adapter
 from tasks.logs import get_logger
 from tasks.runs import publish_summary, started
-from tasks.tracking import MlflowTracker
+from tasks.tracking import MlflowTracker, run_base_model
 from tasks.orchestration import notify_failure
 
 
@@ -37,10 +37,10 @@ def evaluate(run_id: str | None = None) -> dict:
     ds_dir = ws.dataset_dir(tags["task"], tags["dataset_fingerprint"])
     work = ws.reset_dir(ws.run_dir(run_id) / "eval")
     adapter = tracker.download(run_id, "adapter", work)
-    base = str(tracker.download(run_id, "base_model", work)) if tags.get("base_model_logged") == "true" else run.data.params["train.base_model"]
+    base, model_type = run_base_model(tracker, run, work)
     run_eval = task(evaluate_adapter, name="evaluate-adapter", cache_policy=NO_CACHE)
     report = run_eval(adapter, base, ds_dir, cutoff_len=int(run.data.params["train.cutoff_len"]),
-                      seed=int(run.data.params["dataset.seed"]), plots_dir=work / "plots")
+                      seed=int(run.data.params["dataset.seed"]), plots_dir=work / "plots", model_type=model_type)
     for warning in report["warnings"]:
         log.warning(warning)
     with tracker.run(run_id=run_id):
@@ -61,10 +61,10 @@ def evaluate(run_id: str | None = None) -> dict:
             champ = tracker.client.get_run(mv.run_id)
             cdir = ws.reset_dir(ws.run_dir(run_id) / "champion")
             c_adapter = tracker.download_alias(tracker.CHAMPION, cdir / "adapter")
-            c_base = (str(tracker.download(mv.run_id, "base_model", cdir)) if champ.data.tags.get("base_model_logged") == "true"
-                      else champ.data.params["train.base_model"])
+            c_base, c_type = run_base_model(tracker, champ, cdir)
             return run_eval(c_adapter, c_base, ds_dir, cutoff_len=int(champ.data.params["train.cutoff_len"]),
-                            seed=int(run.data.params["dataset.seed"]), plots_dir=cdir / "plots")["metrics"]["validation_macro_f1"]
+                            seed=int(run.data.params["dataset.seed"]), plots_dir=cdir / "plots",
+                            model_type=c_type)["metrics"]["validation_macro_f1"]
 
         best_val = report["baselines"][report["best_baseline"]]["validation_macro_f1"]
         promotion = tracker.promote_if_better(tags["registered_version"], report["metrics"]["validation_macro_f1"], best_val,

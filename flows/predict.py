@@ -17,7 +17,7 @@ from tasks.orchestration import emit, notify_failure
 from tasks.predict import find_champion, score_newest_day, signal_frame, track_record
 from tasks.runs import publish_summary, started
 from tasks.storage import read_json
-from tasks.tracking import MlflowTracker
+from tasks.tracking import MlflowTracker, run_base_model
 
 
 @flow(name="predict", log_prints=True, on_failure=[notify_failure])
@@ -40,10 +40,9 @@ def predict(dataset: str | None = None) -> dict:
     manifest = read_json(ds_dir / "manifest.json")
     work = ws.reset_dir(ws.run_dir(champion.run_id) / "predict")
     adapter = tracker.download(champion.run_id, "adapter", work)
-    base = (str(tracker.download(champion.run_id, "base_model", work)) if run.data.tags.get("base_model_logged") == "true"
-            else run.data.params["train.base_model"])
+    base, model_type = run_base_model(tracker, run, work)
     scored = task(score_newest_day, name="score-newest-day", cache_policy=NO_CACHE)(
-        adapter, base, ds_dir, int(run.data.params["train.cutoff_len"]))
+        adapter, base, ds_dir, int(run.data.params["train.cutoff_len"]), model_type=model_type)
     signal = signal_frame(scored, target_asset=manifest["target_asset"], model_name=name, model_version=champion.version,
                           run_id=champion.run_id, dataset_fingerprint=manifest["fingerprint"])
     day = signal["date"][0]

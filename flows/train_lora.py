@@ -40,6 +40,7 @@ def train_lora(
     learning_rate: float | None = None,
     cutoff_len: int | None = None,
     seed: int | None = None,
+    model_kind: str | None = None,
     run_evaluation: bool = True,
 ) -> dict:
     from tasks.train import train_lora_adapter  # torch loads here, not when the module is imported
@@ -48,6 +49,7 @@ def train_lora(
     settings = settings_for(train=dict(
         base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, batch_size=batch_size,
         micro_batch_size=micro_batch_size, epochs=epochs, learning_rate=learning_rate, cutoff_len=cutoff_len, seed=seed,
+        model_kind=model_kind,
     ))
     cfg = settings.train
     ws = workspace(settings)
@@ -56,24 +58,32 @@ def train_lora(
     train_records, val_records = load_split(ds_dir, "train"), load_split(ds_dir, "validation")
     prompter = Prompter.load()
     corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in train_records] + list(prompter.labels)
-    base, built_here = resolve_base_model(cfg, ws.model_dir, corpus)
+    encoder = cfg.model_kind == "encoder"
+    base, built_here = (cfg.encoder_model, False) if encoder else resolve_base_model(cfg, ws.model_dir, corpus)
     tracker = MlflowTracker.from_settings(settings, ws.mlflow_artifacts_dir())
     tags = {
         "model_kind": "lora", "task": manifest["task"], "dataset_fingerprint": manifest["fingerprint"],
-        "chain_data": manifest["chain_label"], "base_model": cfg.base_model, "git_commit": git_commit(),
+        "chain_data": manifest["chain_label"], "base_model": base if encoder else cfg.base_model,
+        "model_type": cfg.model_kind, "git_commit": git_commit(),
         "base_model_logged": str(built_here).lower(),
     }
-    with tracker.run(run_name=f"lora-r{cfg.lora_r}-{manifest['fingerprint'][:8]}", tags=tags) as run_id:
+    with tracker.run(run_name=f"lora-{'enc-' if encoder else ''}r{cfg.lora_r}-{manifest['fingerprint'][:8]}", tags=tags) as run_id:
         tracker.log_params({**settings.flat_params(), "dataset.fingerprint": manifest["fingerprint"],
                             "dataset.rows_train": manifest["rows"]["train"], "dataset.rows_validation": manifest["rows"]["validation"],
                             "dataset.thresholds": manifest["thresholds"]})
         tracker.log_dataset(ds_dir / "features.parquet", manifest)
         tracker.log_dict(settings.public_dict(), "settings.json")
         tracker.log_dict(manifest, "dataset_manifest.json")
-        train = task(train_lora_adapter, name="train-lora-adapter", cache_policy=NO_CACHE)
-        result = train(cfg, base, train_records, val_records, ws.run_dir(run_id) / "adapter",
-                       lambda m, step: tracker.log_metrics(m, step, run_id=run_id),
-                       checkpoint_dir=ws.model_dir(f"checkpoints-{manifest['fingerprint']}"))  # resumed only if settings match
+        log_step = lambda m, step: tracker.log_metrics(m, step, run_id=run_id)  # noqa: E731
+        if encoder:
+            from tasks.encoder import train_encoder_adapter
+
+            train = task(train_encoder_adapter, name="train-encoder-adapter", cache_policy=NO_CACHE)
+            result = train(cfg, train_records, val_records, ws.run_dir(run_id) / "adapter", manifest.get("kind", "class"), log_step)
+        else:
+            train = task(train_lora_adapter, name="train-lora-adapter", cache_policy=NO_CACHE)
+            result = train(cfg, base, train_records, val_records, ws.run_dir(run_id) / "adapter", log_step,
+                           checkpoint_dir=ws.model_dir(f"checkpoints-{manifest['fingerprint']}"))  # resumed only if settings match
         tracker.log_metrics({"trainable_params": result.trainable_params, "trainable_share": result.trainable_share,
                              "peak_memory_mb": result.peak_memory_mb, "train_tokens_per_s": result.tokens_per_s,
                              "train_seconds": result.seconds})

@@ -291,36 +291,70 @@ def plot_backtest(dates: Sequence[Any], curves: dict[str, np.ndarray], title: st
 
 
 # ----------------------------------------------------------------------------- the evaluation task
+class CausalScorer:
+    """A causal LoRA model: classes by label likelihood, numbers generated and parsed strictly."""
+
+    def __init__(self, adapter_dir: Path, base_model: str, cutoff_len: int, device: str = "auto"):
+        from peft import PeftModel
+
+        from tasks.prompter import Prompter
+        from tasks.train import load_base_model, pick_device
+
+        dev = pick_device(device)
+        self.tokenizer, base = load_base_model(base_model, dev)
+        self.model = PeftModel.from_pretrained(base, str(adapter_dir)).to(dev)
+        self.prompter = Prompter.load()
+        self.cutoff_len = cutoff_len
+
+    def labels(self, records: Sequence[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
+        return predict_labels(label_loglik(self.model, self.tokenizer, self.prompter, records, self.cutoff_len),
+                              self.prompter.labels)
+
+    def answers(self, records: Sequence[dict[str, Any]]) -> list[str]:
+        return generate_answers(self.model, self.tokenizer, self.prompter, records, self.cutoff_len)
+
+
+class EncoderScorer:
+    """An encoder LoRA model: its head's outputs (class probabilities, or the regressed number)."""
+
+    def __init__(self, adapter_dir: Path, base_model: str, cutoff_len: int, kind: str, device: str = "auto"):
+        from tasks.encoder import EncoderPredictor
+
+        self.predictor = EncoderPredictor(adapter_dir, base_model, kind, device, max_len=cutoff_len)
+
+    def labels(self, records: Sequence[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
+        return self.predictor.predict_labels([r["input"] for r in records])
+
+    def answers(self, records: Sequence[dict[str, Any]]) -> list[str]:
+        return [f"{x:.4f}" for x in self.predictor.predict_numbers([r["input"] for r in records])]
+
+
 def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, cutoff_len: int, seed: int,
-                     plots_dir: Path, device: str = "auto") -> dict[str, Any]:
+                     plots_dir: Path, device: str = "auto", model_type: str = "causal") -> dict[str, Any]:
     """Score the LoRA model and the baselines on validation and test; metrics, plots, verdict.
 
-    Classes are scored by label likelihood, numbers generated and parsed strictly. The best
-    baseline is chosen on validation; the verdict compares the test scores, with a paired
-    bootstrap 95% interval of the difference.
+    Causal models: classes by label likelihood, numbers generated and parsed strictly; encoder
+    models: their head. The best baseline is chosen on validation; the verdict compares the test
+    scores, with a paired bootstrap 95% interval of the difference.
     """
     import json
 
-    from peft import PeftModel
-
     from tasks.prompter import Prompter
-    from tasks.train import load_base_model, pick_device
 
-    dev = pick_device(device)
-    tokenizer, base = load_base_model(base_model, dev)
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).to(dev)
-    prompter = Prompter.load()
     features = pl.read_parquet(Path(dataset_dir) / "features.parquet")
     manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
+    kind = manifest.get("kind", "class")
+    scorer = (EncoderScorer(adapter_dir, base_model, cutoff_len, kind, device) if model_type == "encoder"
+              else CausalScorer(adapter_dir, base_model, cutoff_len, device))
     plots_dir.mkdir(parents=True, exist_ok=True)
-    ctx = dict(model=model, tokenizer=tokenizer, prompter=prompter, features=features, manifest=manifest,
-               dataset_dir=Path(dataset_dir), cutoff_len=cutoff_len, seed=seed, plots_dir=plots_dir)
-    if manifest.get("kind", "class") == "number":
+    ctx = dict(scorer=scorer, prompter=Prompter.load(), features=features, manifest=manifest,
+               dataset_dir=Path(dataset_dir), seed=seed, plots_dir=plots_dir)
+    if kind == "number":
         return _evaluate_numbers(**ctx)
     return _evaluate_classes(**ctx)
 
 
-def _evaluate_classes(model, tokenizer, prompter, features, manifest, dataset_dir, cutoff_len, seed, plots_dir) -> dict[str, Any]:
+def _evaluate_classes(scorer, prompter, features, manifest, dataset_dir, seed, plots_dir) -> dict[str, Any]:
     task = manifest.get("task", "direction")
     results: dict[str, dict[str, Scores]] = {}
     lora_preds: dict[str, list[str]] = {}
@@ -338,8 +372,7 @@ def _evaluate_classes(model, tokenizer, prompter, features, manifest, dataset_di
     for split in ("validation", "test"):
         records = load_split(dataset_dir, split)
         truth[split] = [r["output"] for r in records]
-        ll = label_loglik(model, tokenizer, prompter, records, cutoff_len)
-        lora_preds[split], probs = predict_labels(ll, prompter.labels)
+        lora_preds[split], probs = scorer.labels(records)
         probs_out[split] = probs.round(4).tolist()
         results.setdefault("lora", {})[split] = score(truth[split], lora_preds[split])
         test_preds["lora"] = lora_preds[split]
@@ -410,7 +443,7 @@ def _evaluate_classes(model, tokenizer, prompter, features, manifest, dataset_di
     }
 
 
-def _evaluate_numbers(model, tokenizer, prompter, features, manifest, dataset_dir, cutoff_len, seed, plots_dir) -> dict[str, Any]:
+def _evaluate_numbers(scorer, prompter, features, manifest, dataset_dir, seed, plots_dir) -> dict[str, Any]:
     task = manifest["task"]
     train = features.filter(pl.col("split") == "train")
     if task == "return":
@@ -432,7 +465,7 @@ def _evaluate_numbers(model, tokenizer, prompter, features, manifest, dataset_di
             sub = sub.sort(order)
         records = load_split(dataset_dir, split)
         y = target(sub)
-        answers = generate_answers(model, tokenizer, prompter, records, cutoff_len)
+        answers = scorer.answers(records)
         parsed = [parse_number(a) for a in answers]
         errors = sum(p is None for p in parsed)
         lora = [p if p is not None else constant for p in parsed]  # an unparseable answer scores as the constant

@@ -28,24 +28,20 @@ def find_champion(client, model_name: str, alias: str = CHAMPION):
         return None
 
 
-def score_newest_day(adapter_dir: Path, base_model: str, dataset_dir: Path, cutoff_len: int, device: str = "auto") -> dict[str, Any]:
+def score_newest_day(adapter_dir: Path, base_model: str, dataset_dir: Path, cutoff_len: int, device: str = "auto",
+                     model_type: str = "causal") -> dict[str, Any]:
     """Label and class probabilities for the dataset's ``predict`` split (its newest, unlabelled day)."""
-    from peft import PeftModel
-
-    from tasks.evaluate import label_loglik, load_split, predict_labels
-    from tasks.prompter import Prompter
-    from tasks.train import load_base_model, pick_device
+    from tasks.evaluate import CausalScorer, EncoderScorer, load_split
 
     records = load_split(dataset_dir, "predict")
     if not records:
         raise LookupError(f"{dataset_dir}: no unlabelled newest day to predict (the predict split is empty)")
-    dev = pick_device(device)
-    tokenizer, base = load_base_model(base_model, dev)
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).to(dev)
-    prompter = Prompter.load()
-    labels, probs = predict_labels(label_loglik(model, tokenizer, prompter, records[-1:], cutoff_len), prompter.labels)
-    p = dict(zip(prompter.labels, probs[0].tolist()))
-    return {"date": records[-1]["date"], "label": labels[0], "probs": p}
+    scorer = (EncoderScorer(adapter_dir, base_model, cutoff_len, "class", device) if model_type == "encoder"
+              else CausalScorer(adapter_dir, base_model, cutoff_len, device))
+    labels, probs = scorer.labels(records[-1:])
+    from tasks.schemas import LABELS
+
+    return {"date": records[-1]["date"], "label": labels[0], "probs": dict(zip(LABELS, probs[0].tolist()))}
 
 
 def signal_frame(scored: dict[str, Any], *, target_asset: str, model_name: str, model_version: str, run_id: str,

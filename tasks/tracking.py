@@ -194,3 +194,15 @@ class MlflowTracker:
         for key in ("promoted", "reason"):
             self.client.set_model_version_tag(self.registered_model, str(version), f"champion_{key}", str(decision[key]))
         return decision
+
+
+def run_base_model(tracker: "MlflowTracker", run: Any, dst: Path) -> tuple[str, str]:
+    """(base model to load, model type) for a training run: the logged base model when it was
+    built on the fly, else the id/path the run trained from (its tag), and causal or encoder."""
+    tags = run.data.tags
+    model_type = tags.get("model_type", "causal")
+    if tags.get("base_model_logged") == "true":
+        return str(tracker.download(run.info.run_id, "base_model", dst)), model_type
+    if model_type == "encoder":
+        return tags["base_model"], model_type
+    return run.data.params["train.base_model"], model_type

