@@ -102,7 +102,7 @@ def author_sentiment(
         .agg(
             pl.col("compound").mean().alias("author_mean"),
             pl.len().alias("author_posts"),
-            pl.col("author_followers").sort_by("created_at").drop_nulls().last().alias("author_followers"),
+            pl.col("author_followers").sort_by("created_at", "post_id").drop_nulls().last().alias("author_followers"),
         )
         .filter(pl.col("author_posts") >= min_posts)
         .with_columns(label_from_score(pl.col("author_mean"), positive_at, negative_at).alias("author_label"))

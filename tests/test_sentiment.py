@@ -50,7 +50,7 @@ def _reference(rows, excluded, min_posts, pos, neg):
             continue
         mean = sum(p["compound"] for p in posts) / len(posts)
         label = "POSITIVE" if mean >= pos else "NEGATIVE" if mean <= neg else "NEUTRAL"
-        known = [p for p in sorted(posts, key=lambda p: p["created_at"]) if p["author_followers"] is not None]
+        known = [p for p in sorted(posts, key=lambda p: (p["created_at"], p["post_id"])) if p["author_followers"] is not None]
         out[key] = (mean, len(posts), known[-1]["author_followers"] if known else None, label)
     return out
 
