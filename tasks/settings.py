@@ -281,7 +281,9 @@ class ServicesSettings(_Section):
     # `chainsignal up` / `make up`: local Prefect server, MLflow server and workers (no docker).
     prefect_port: int = Field(default=4200, ge=1, le=65535)
     mlflow_port: int = Field(default=5000, ge=1, le=65535)
-    prefect_database: Literal["sqlite", "postgres"] = "sqlite"  # postgres: a local cluster for shared rate limits
+    # postgres (Debian's package): a local cluster, needed for global concurrency limits under load;
+    # sqlite: zero setup (the demo and `chainsignal` commands without a server use an ephemeral one).
+    prefect_database: Literal["sqlite", "postgres"] = "postgres"
     postgres_port: int = Field(default=5433, ge=1, le=65535)
     worker_pools: tuple[str, ...] = ("cpu", "gpu")  # process work pools created by setup and served by `up`
     worker_query_seconds: float = Field(default=5.0, gt=0)  # how often a worker polls for runs

@@ -35,6 +35,7 @@ def test_up_setup_deployment_run_down(lake_copy, data_dir):
            "CHAINSIGNAL_SERVICES__MLFLOW_PORT": str(mlflow_port),
            "CHAINSIGNAL_SERVICES__WORKER_POOLS": '["gpu"]',
            "CHAINSIGNAL_SERVICES__WORKER_QUERY_SECONDS": "1",
+           "CHAINSIGNAL_SERVICES__PREFECT_DATABASE": "sqlite",  # PostgreSQL is covered by the test below
            "CHAINSIGNAL_TRACKING__TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
     env.pop("PREFECT_API_URL", None)
     api = f"http://127.0.0.1:{prefect_port}/api"
@@ -65,3 +66,32 @@ def test_up_setup_deployment_run_down(lake_copy, data_dir):
         down = subprocess.run([str(BIN / "chainsignal"), "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0 and "prefect-server" in down.stdout and "worker-gpu" in down.stdout
     assert not list((data_dir / "services" / "run").glob("*.json"))  # no process left registered
+
+
+def test_prefect_server_on_a_local_postgres_cluster(tmp_path):
+    """`make up`'s default database: a local PostgreSQL cluster (Debian's package) under the data
+    dir, a Prefect server on it that answers, then both stopped."""
+    import tempfile
+
+    import requests
+
+    from tasks.services import ServiceManager, ensure_postgres, prefect_server, stop_postgres
+
+    base = Path(tempfile.mkdtemp(prefix="chainsignal-pg-", dir="/tmp"))  # traversable by the postgres user
+    base.chmod(0o755)
+    pgdata, port, api_port = base / "pg", free_port(), free_port()
+    url = ensure_postgres(pgdata, port)
+    assert url == f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
+    mgr = ServiceManager(base / "run")
+    try:
+        mgr.start(prefect_server(api_port, base / "home", url), timeout_s=120)
+        flows = requests.post(f"http://127.0.0.1:{api_port}/api/flows/filter", json={}, timeout=10)
+        assert flows.status_code == 200 and flows.json() == []
+        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        rows = subprocess.run([*as_user, "psql", "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "-d", "prefect",
+                               "-tAc", "select count(*) from flow"], capture_output=True, text=True, timeout=30)
+        assert rows.returncode == 0 and rows.stdout.strip() == "0"  # the server's tables live in PostgreSQL
+    finally:
+        mgr.stop("prefect-server")
+        stop_postgres(pgdata)
+    assert not (pgdata / "postmaster.pid").exists()
