@@ -56,10 +56,48 @@ def label_from_score(score: pl.Expr, positive_at: float = POSITIVE_AT, negative_
     )
 
 
+@lru_cache(maxsize=2)
+def _classifier(model: str, device: str):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+    try:
+        tok = AutoTokenizer.from_pretrained(model)
+        clf = AutoModelForSequenceClassification.from_pretrained(model).to(dev).eval()
+    except OSError as exc:
+        raise ValueError(f"sentiment.model: cannot load {model!r} ({str(exc).splitlines()[0][:120]})") from None
+    labels = {i: str(l).upper() for i, l in clf.config.id2label.items()}
+    if not any(l.startswith("POS") for l in labels.values()) or not any(l.startswith("NEG") for l in labels.values()):
+        raise ValueError(f"sentiment.model: {model!r} has labels {sorted(labels.values())}, needs POSITIVE and NEGATIVE")
+    return tok, clf, labels, dev
+
+
+def score_texts_with_model(texts: list[str], model: str, batch_size: int = 32, device: str = "auto") -> list[float]:
+    """A transformers sentiment classifier (hub id or local path), batched, on GPU when present:
+    compound = P(positive) - P(negative), in [-1, 1] like VADER's."""
+    import torch
+
+    tok, clf, labels, dev = _classifier(model, device)
+    pos = [i for i, l in labels.items() if l.startswith("POS")]
+    neg = [i for i, l in labels.items() if l.startswith("NEG")]
+    out: list[float] = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tok([t or "" for t in texts[i:i + batch_size]], truncation=True, max_length=256, padding=True,
+                      return_tensors="pt").to(dev)
+            p = torch.softmax(clf(**enc).logits.float(), dim=-1)
+            out += (p[:, pos].sum(-1) - p[:, neg].sum(-1)).cpu().tolist()
+    return out
+
+
 def compute_sentiment(posts: pl.DataFrame, *, crypto_lexicon: bool = True, positive_at: float = POSITIVE_AT,
-                      negative_at: float = NEGATIVE_AT) -> pl.DataFrame:
-    """posts (POSTS shape) -> one sentiment row per post (SENTIMENT shape)."""
-    scores = pl.Series("compound", score_texts(posts["text"].to_list(), crypto_lexicon), dtype=pl.Float64)
+                      negative_at: float = NEGATIVE_AT, model: str | None = None) -> pl.DataFrame:
+    """posts (POSTS shape) -> one sentiment row per post (SENTIMENT shape). VADER (+ crypto
+    lexicon) by default; a transformers classifier when ``model`` names one."""
+    texts = posts["text"].to_list()
+    raw = score_texts_with_model(texts, model) if model else score_texts(texts, crypto_lexicon)
+    scores = pl.Series("compound", raw, dtype=pl.Float64)
     return (
         posts.select("post_id", "source", "created_at", "author_username")
         .with_columns(scores)

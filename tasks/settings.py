@@ -145,6 +145,7 @@ class TweetSettings(_Section):
 # ----------------------------------------------------------------------------- sentiment
 class SentimentSettings(_Section):
     crypto_lexicon: bool = True  # add crypto slang (bullish, moon, rekt, fud, ...) to VADER's lexicon
+    model: str | None = None  # optional transformers sentiment classifier (hub id or local path) instead of VADER
     positive_at: float = Field(default=0.05, ge=-1, le=1)  # compound >= this: POSITIVE (post and author mean)
     negative_at: float = Field(default=-0.05, ge=-1, le=1)  # compound <= this: NEGATIVE
     excluded_authors: tuple[str, ...] = ()  # usernames (case-insensitive) left out of every aggregate

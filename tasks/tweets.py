@@ -43,6 +43,7 @@ def scrape_posts_day(sources: list[SocialSource], lake: Lake, day: date, query: 
         "crypto_lexicon": getattr(sentiment, "crypto_lexicon", True),
         "positive_at": getattr(sentiment, "positive_at", POSITIVE_AT),
         "negative_at": getattr(sentiment, "negative_at", NEGATIVE_AT),
+        "model": getattr(sentiment, "model", None),
     }
     names = [s.name for s in sources]
     statuses: dict[str, str] = {}

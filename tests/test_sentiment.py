@@ -98,3 +98,41 @@ def test_compute_sentiment_uses_thresholds():
     out = compute_sentiment(posts, positive_at=0.9)
     assert out["label"].to_list() == ["NEUTRAL", "NEUTRAL"]
     assert compute_sentiment(posts)["label"].to_list() == ["POSITIVE", "NEUTRAL"]
+
+
+def test_transformers_sentiment_model_by_local_path(tmp_path):
+    """The optional classifier path, on a local model directory (the bundled MiniLM encoder with a
+    fresh two-label head saved next to its tokenizer): batched scores are P(pos) - P(neg)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tasks.encoder import BUNDLED, resolve_encoder
+    from tasks.sentiment import score_texts_with_model
+
+    src = resolve_encoder(BUNDLED)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                                                               label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    model.save_pretrained(tmp_path / "clf")
+    AutoTokenizer.from_pretrained(src).save_pretrained(tmp_path / "clf")
+    texts = ["ETH to the moon", "rekt again, dumping everything", "", "neutral update"] * 9  # more than one batch
+    got = score_texts_with_model(texts, str(tmp_path / "clf"), batch_size=8)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "clf")
+    with torch.no_grad():
+        p = torch.softmax(model.eval()(**tok(texts[:4], padding=True, return_tensors="pt")).logits, -1)
+    assert len(got) == len(texts) and all(-1 <= g <= 1 for g in got)
+    assert got[:4] == pytest.approx((p[:, 1] - p[:, 0]).tolist(), abs=1e-5)
+    out = compute_sentiment(pl.DataFrame({"post_id": ["1"], "source": ["x"],
+                                          "created_at": [datetime(2021, 1, 1, tzinfo=timezone.utc)],
+                                          "author_username": ["a"], "text": ["ETH to the moon"]},
+                                         schema_overrides={"created_at": pl.Datetime("us", "UTC")}),
+                            model=str(tmp_path / "clf"))
+    assert out["compound"][0] == pytest.approx(got[0], abs=1e-5)
+
+
+def test_sentiment_model_errors_are_one_line(tmp_path):
+    from tasks.sentiment import score_texts_with_model
+
+    with pytest.raises(ValueError) as err:
+        score_texts_with_model(["x"], str(tmp_path / "missing"))
+    assert str(err.value).startswith("sentiment.model: cannot load") and "\n" not in str(err.value)
