@@ -29,7 +29,7 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
     t0 = started()
     settings = settings_for(rpc={"url": rpc_url} if rpc_url else None)
     ws = workspace(settings)
-    rpc = HttpJsonRpc.from_settings(settings.rpc, ws.cache_path(f"{settings.rpc.chain}_credits_by_utc_day.json"))
+    rpc = HttpJsonRpc.from_settings(settings.rpc, ws.credit_ledger(settings.rpc.chain))
     clock = BlockClock(rpc, ws.block_ranges_cache(settings.rpc.chain))
     reports: list[dict] = []
     stopped = None

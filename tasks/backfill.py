@@ -26,7 +26,7 @@ def shared_chain_clients(settings, ws):
     key = f"{settings.rpc.url}|{ws.lake.root}"
     with _lock:
         if key not in _clients:
-            rpc = HttpJsonRpc.from_settings(settings.rpc, ws.cache_path(f"{settings.rpc.chain}_credits_by_utc_day.json"))
+            rpc = HttpJsonRpc.from_settings(settings.rpc, ws.credit_ledger(settings.rpc.chain))
             clock = BlockClock(rpc, ws.block_ranges_cache(settings.rpc.chain))
             _clients[key] = (rpc, clock, int(rpc.call("eth_chainId", []), 16), clock.latest())
         return _clients[key]

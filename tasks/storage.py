@@ -345,6 +345,10 @@ class Workspace:
     def cache_path(self, name: str) -> Path:
         return self.data_dir / "cache" / name
 
+    def credit_ledger(self, chain: str) -> Path:
+        """Credits spent per UTC day against the provider (the daily budget survives restarts)."""
+        return self.cache_path(f"{chain}_credits_by_utc_day.json")
+
     def block_ranges_cache(self, chain: str) -> Path:
         return self.cache_path(f"{chain}_day_block_ranges.json")
 
