@@ -421,5 +421,3 @@ def build_dataset_version(lake, out_root: Path, pointer: Path, *, dataset_settin
     write_bytes_atomic(pointer, (fp + "\n").encode())
     return manifest
 
-
-build_direction_dataset = build_dataset_version  # the name the first flows used

@@ -27,7 +27,6 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -357,10 +356,6 @@ class Workspace:
             shutil.rmtree(path)
         path.mkdir(parents=True)
         return path
-
-    @staticmethod
-    def paths_exist(paths: Iterable[Path]) -> bool:
-        return all(p.exists() for p in paths)
 
     def mlflow_artifacts_dir(self) -> Path | str:
         """Where MLflow keeps artifacts: ``storage.artifacts_uri`` (``s3://...``) or a local folder."""
