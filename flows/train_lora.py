@@ -5,8 +5,13 @@ throughput, the adapter and tokenizer (and, for the on-the-fly tiny model, the b
 artifacts, registers the adapter as a new version of ``tracking.registered_model`` and then runs
 ``evaluate`` on the same run. Parameters left as None keep the value from settings.
 
+With ``train.nproc`` > 1 the training runs in that many processes (one per GPU) started by
+torchrun (tasks/train_launch.py): DDP, or FSDP with ``train.parallelism = "fsdp"``; rank 0 logs
+the per-step metrics into this flow's MLflow run and saves the adapter; the flow logs the rest.
+
 Run locally:  chainsignal train --epochs 3 --lora-r 8
-Deployed:     prefect deployment run train-lora/train-lora -p epochs=5
+              CHAINSIGNAL_TRAIN__NPROC=4 chainsignal train      (4 GPUs of this host)
+Deployed:     prefect deployment run train-lora/train-lora -p epochs=5 -p nproc=4
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ def train_lora(
     seed: int | None = None,
     model_kind: str | None = None,
     run_evaluation: bool = True,
+    nproc: int | None = None,
+    parallelism: str | None = None,
 ) -> dict:
     from tasks.train import train_lora_adapter  # torch loads here, not when the module is imported
 
@@ -49,7 +56,7 @@ def train_lora(
     settings = settings_for(train=dict(
         base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, batch_size=batch_size,
         micro_batch_size=micro_batch_size, epochs=epochs, learning_rate=learning_rate, cutoff_len=cutoff_len, seed=seed,
-        model_kind=model_kind,
+        model_kind=model_kind, nproc=nproc, parallelism=parallelism,
     ))
     cfg = settings.train
     ws = workspace(settings)
@@ -80,13 +87,20 @@ def train_lora(
 
             train = task(train_encoder_adapter, name="train-encoder-adapter", cache_policy=NO_CACHE)
             result = train(cfg, train_records, val_records, ws.run_dir(run_id) / "adapter", manifest.get("kind", "class"), log_step)
+        elif cfg.nproc > 1:
+            from tasks.train_launch import launch_training
+
+            train = task(launch_training, name="train-lora-torchrun", cache_policy=NO_CACHE)
+            result = train(cfg, base, train_records, val_records, ws.run_dir(run_id) / "adapter", nproc=cfg.nproc,
+                           work_dir=ws.run_dir(run_id) / "launch", mlflow={"tracking_uri": settings.tracking_uri, "run_id": run_id},
+                           checkpoint_dir=ws.model_dir(f"checkpoints-{manifest['fingerprint']}"))
         else:
             train = task(train_lora_adapter, name="train-lora-adapter", cache_policy=NO_CACHE)
             result = train(cfg, base, train_records, val_records, ws.run_dir(run_id) / "adapter", log_step,
                            checkpoint_dir=ws.model_dir(f"checkpoints-{manifest['fingerprint']}"))  # resumed only if settings match
         tracker.log_metrics({"trainable_params": result.trainable_params, "trainable_share": result.trainable_share,
                              "peak_memory_mb": result.peak_memory_mb, "train_tokens_per_s": result.tokens_per_s,
-                             "train_seconds": result.seconds})
+                             "train_seconds": result.seconds, "train_processes": result.world_size})
         tracker.log_artifacts(ws.run_dir(run_id) / "adapter", "adapter")
         if built_here:
             tracker.log_artifacts(Path(base), "base_model")
@@ -96,6 +110,7 @@ def train_lora(
                "version": version, "steps": result.steps, "train_loss_last": round(result.train_loss_last, 4),
                "val_loss": round(result.val_loss, 4) if result.val_loss is not None else None,
                "tokens_per_s": round(result.tokens_per_s), "device": result.device,
+               "processes": result.world_size,
                "dataset": manifest["fingerprint"], "seconds": round(started() - t0, 2)}
     publish_summary(summary, "train-lora summary")
     if run_evaluation:

@@ -249,6 +249,8 @@ class TrainSettings(_Section):
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     qlora: bool = False  # 4-bit NF4 frozen base through bitsandbytes (CUDA only)
     distributed: bool = False  # join the torchrun/accelerate process group, DDP-wrap, log on rank 0
+    nproc: int = Field(default=1, ge=1, le=64)  # train-lora: > 1 launches that many processes (GPUs) on this host through torchrun
+    parallelism: Literal["ddp", "fsdp"] = "ddp"  # several processes: a replica each (ddp) or base + LoRA sharded (fsdp, FSDP2)
     checkpoint_every_steps: int = Field(default=0, ge=0)  # optimizer steps between resumable checkpoints; 0 = off
     # tiny offline model (used when base_model == "tiny-llama")
     tiny_hidden_size: int = 64
@@ -263,6 +265,12 @@ class TrainSettings(_Section):
     def _check(self) -> "TrainSettings":
         if self.batch_size % self.micro_batch_size:
             raise ValueError("batch_size must be a multiple of micro_batch_size")
+        if self.nproc > 1 and self.batch_size % (self.micro_batch_size * self.nproc):
+            raise ValueError("batch_size must be a multiple of micro_batch_size x nproc")
+        if self.nproc > 1 and self.model_kind != "causal":
+            raise ValueError("nproc > 1 trains the causal kind only")
+        if self.parallelism == "fsdp" and self.qlora:
+            raise ValueError("qlora cannot be combined with parallelism='fsdp' (4-bit weights are not sharded); use ddp")
         return self
 
     @property

@@ -45,6 +45,9 @@ class TrainResult:
     peak_memory_mb: float
     seconds: float
     device: str
+    world_size: int = 1  # processes that trained together (torchrun / accelerate)
+    parallelism: str = "single"  # single, ddp or fsdp
+    lora_digest: str | None = None  # sha256 of this process's LoRA weights (DDP replicas must agree); None under FSDP
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,7 +183,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 def init_distributed(enabled: bool, device: torch.device) -> tuple[int, int, torch.device]:
     """(rank, world size, this rank's device). ``train.distributed`` joins the process group that
-    torchrun (or ``accelerate launch``) set up; a group already initialised by the caller is used as is."""
+    torchrun (or ``accelerate launch``) set up; a group already initialised by the caller is used as is.
+    On CUDA each process takes the GPU of its rank on this host (LOCAL_RANK)."""
     if not enabled:
         return 0, 1, device
     import torch.distributed as dist
@@ -189,15 +193,115 @@ def init_distributed(enabled: bool, device: torch.device) -> tuple[int, int, tor
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # env:// rendezvous from the launcher
     rank, world = dist.get_rank(), dist.get_world_size()
     if device.type == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+        local = dist.get_node_local_rank(fallback_rank=rank)
+        device = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(device)
     return rank, world, device
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The repeated transformer blocks (LlamaDecoderLayer & co.): the unit of compile and of FSDP sharding."""
+    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+
+
+def load_base_model_for_fsdp(name_or_path: str, rank: int, dtype: torch.dtype, *, attention: str | None = None):
+    """Tokenizer and causal LM for FSDP: rank 0 reads the weights into CPU memory, every other rank
+    builds the same architecture on the meta device (no memory). :func:`shard_fsdp` then gives each
+    rank its shard of rank 0's weights, so no GPU ever holds the whole model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attention:
+        kwargs["attn_implementation"] = attention
+    if rank == 0:
+        return tokenizer, AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    config = AutoConfig.from_pretrained(name_or_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    return tokenizer, model
+
+
+def shard_fsdp(model, device: torch.device, rank: int, world: int) -> int:
+    """FSDP2: ``fully_shard`` every decoder layer, then the root (embeddings, final norm, head).
+
+    ``model`` holds real weights on rank 0 and meta tensors elsewhere (:func:`load_base_model_for_fsdp`);
+    rank 0's full state dict is scattered into the shards and its buffers (rotary frequencies, not
+    in the state dict) are broadcast. Returns how many layers were sharded.
+    """
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    full = model.state_dict() if rank == 0 else {}
+    buffers = {name: (b.shape, b.dtype) for name, b in model.named_buffers()}
+    mesh = init_device_mesh(device.type, (world,))
+    layers = decoder_layers(model)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    for name, (shape, dtype) in buffers.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        value = owner._buffers[leaf].to(device) if rank == 0 else torch.empty(shape, dtype=dtype, device=device)
+        dist.broadcast(value, src=0)
+        owner._buffers[leaf] = value
+    return len(layers)
+
+
+def lora_state(model, fsdp: bool, rank: int) -> dict[str, torch.Tensor]:
+    """The trainable (LoRA) weights by parameter name, on CPU. Under FSDP every rank must call this
+    (the shards are gathered) and only rank 0 gets them; otherwise it is a local copy."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                    ignore_frozen_params=True))
+    if rank != 0:
+        return {}
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def lora_digest(model) -> str:
+    """sha256 over this process's trainable weights: DDP replicas that stayed in sync give the same digest."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def rng_states(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def gather_rng_states(device: torch.device, world: int) -> list[dict[str, Any]]:
+    """Every rank's RNG state (dropout draws differ per rank), in rank order."""
+    mine = rng_states(device)
+    if world == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, mine)
+    return out
 
 
 def compile_decoder_layers(model) -> int:
     """Regional ``torch.compile``: each decoder layer is compiled (one graph reused by all layers),
     mask building and the loss stay eager. Returns how many layers were compiled."""
-    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    layers = decoder_layers(model)
     for layer in layers:
         layer.compile()
     return len(layers)
@@ -246,6 +350,11 @@ def train_lora_adapter(
     ``cfg.attention``, ``cfg.compile``. With ``checkpoint_dir`` and ``cfg.checkpoint_every_steps``
     the run saves its state every N steps and a rerun with the same settings and data resumes
     from the last checkpoint (the checkpoint is removed once the adapter is saved).
+
+    Under torchrun (``cfg.distributed``) every process runs this function: ``cfg.parallelism``
+    "ddp" keeps a replica per process, "fsdp" shards base and LoRA weights over the processes
+    (FSDP2, per decoder layer). Each process trains on its own slice of every step's examples;
+    the logged loss and tokens/s are over all processes; only rank 0 logs, checkpoints and saves.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import get_linear_schedule_with_warmup
@@ -255,8 +364,10 @@ def train_lora_adapter(
     t_start = time.perf_counter()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    rank, world, device = init_distributed(getattr(cfg, "distributed", False), pick_device(cfg.device))
+    distributed = getattr(cfg, "distributed", False)
+    rank, world, device = init_distributed(distributed, pick_device(cfg.device))
     is_main = rank == 0
+    fsdp = distributed and getattr(cfg, "parallelism", "ddp") == "fsdp"
     if cfg.batch_size % (cfg.micro_batch_size * world):
         raise ValueError(f"train.batch_size {cfg.batch_size} must be a multiple of micro_batch_size x processes "
                          f"({cfg.micro_batch_size} x {world})")
@@ -264,7 +375,12 @@ def train_lora_adapter(
     attention = getattr(cfg, "attention", None)
     qlora = getattr(cfg, "qlora", False)
     dtype = pick_train_dtype(getattr(cfg, "precision", "auto"), device)
-    tokenizer, model = load_base_model(base_model, device, dtype, attention=attention, qlora=qlora)
+    if fsdp and qlora:
+        raise ValueError("train.qlora cannot be combined with train.parallelism='fsdp'; use ddp")
+    if fsdp:
+        tokenizer, model = load_base_model_for_fsdp(base_model, rank, dtype, attention=attention)
+    else:
+        tokenizer, model = load_base_model(base_model, device, dtype, attention=attention, qlora=qlora)
     grad_ckpt = getattr(cfg, "gradient_checkpointing", False)
     if qlora:
         from peft import prepare_model_for_kbit_training
@@ -279,28 +395,31 @@ def train_lora_adapter(
         target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
     ))
     trainable, total = count_params(model)
+    unwrapped = model
+    if getattr(cfg, "compile", False):
+        compile_decoder_layers(unwrapped)
+    if fsdp:
+        shard_fsdp(unwrapped, device, rank, world)
+    elif distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     prompter = Prompter.load()
     train_ex = tokenize_records(tokenizer, prompter, train_records, cfg.cutoff_len, cfg.train_on_inputs)
     val_ex = tokenize_records(tokenizer, prompter, val_records, cfg.cutoff_len, cfg.train_on_inputs)
     accum = cfg.batch_size // (cfg.micro_batch_size * world)
     steps_per_epoch = max(1, math.ceil(len(train_ex) / cfg.batch_size))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in unwrapped.parameters() if p.requires_grad]  # after sharding: FSDP swaps in DTensor shards
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total_steps - 1), total_steps)
-    unwrapped = model
-    if getattr(cfg, "compile", False):
-        compile_decoder_layers(unwrapped)
-    if world > 1 or getattr(cfg, "distributed", False):
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    mode = "fsdp" if fsdp else "ddp" if distributed else "single"
     mean_len = sum(len(e["input_ids"]) for e in train_ex) / max(1, len(train_ex))
     if is_main:
         log.info(
-            "train: %d examples (%.0f tokens each on average), %d steps of %d (micro %d x accum %d x %d processes), "
+            "train: %d examples (%.0f tokens each on average), %d steps of %d (micro %d x accum %d x %d processes, %s), "
             "device %s %s, attention %s, packing %s, compile %s, trainable %d / %d params (%.3f%%)", len(train_ex),
-            mean_len, total_steps, cfg.batch_size, cfg.micro_batch_size, accum, world, device, dtype, attention,
+            mean_len, total_steps, cfg.batch_size, cfg.micro_batch_size, accum, world, mode, device, dtype, attention,
             packing, getattr(cfg, "compile", False), trainable, total, 100 * trainable / total,
         )
     every = getattr(cfg, "checkpoint_every_steps", 0)
@@ -310,15 +429,29 @@ def train_lora_adapter(
     step, tokens_seen, last_loss = 0, 0, float("nan")
     state = load_checkpoint(checkpoint_dir, key) if every else None
     if state is not None:
-        named = dict(unwrapped.named_parameters())
-        with torch.no_grad():
-            for name, value in state["lora"].items():
-                named[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            full = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(unwrapped, state["lora"], options=full)
+            set_optimizer_state_dict(unwrapped, optimizer, state["optimizer"], options=full)
+        else:
+            named = dict(unwrapped.named_parameters())
+            with torch.no_grad():
+                for name, value in state["lora"].items():
+                    named[name].copy_(value)
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, tokens_seen, order = state["step"], state["tokens_seen"], list(state["order"])
         gen.setstate(state["order_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        ranks_rng = state.get("rng_ranks")
+        if ranks_rng and len(ranks_rng) == world:
+            torch.set_rng_state(ranks_rng[rank]["cpu"])
+            if "cuda" in ranks_rng[rank] and device.type == "cuda":
+                torch.cuda.set_rng_state(ranks_rng[rank]["cuda"], device)
+        else:
+            torch.set_rng_state(state["torch_rng"])
         if is_main:
             log.info("resumed from checkpoint at step %d/%d (%s)", step, total_steps, checkpoint_dir)
     if device.type == "cuda":
@@ -338,6 +471,8 @@ def train_lora_adapter(
             idx, order = order[:per_step], order[per_step:]
             mine = [train_ex[i] for i in idx[rank * cfg.micro_batch_size:(rank + 1) * cfg.micro_batch_size]]
             sync = world == 1 or micro == accum - 1
+            if fsdp:
+                unwrapped.set_requires_gradient_sync(sync)  # FSDP2's no_sync: reduce-scatter once per step
             ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else _null()
             with ctx:
                 if packing:
@@ -350,6 +485,12 @@ def train_lora_adapter(
                     step_tokens += int(batch["attention_mask"].sum())
                 (loss / accum).backward()
             step_loss += loss.item() / accum
+        if world > 1:  # what is logged is over every process: mean loss, all tokens
+            import torch.distributed as dist
+
+            both = torch.tensor([step_loss, float(step_tokens)], dtype=torch.float64, device=device)
+            dist.all_reduce(both)
+            step_loss, step_tokens = float(both[0]) / world, int(both[1])
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -361,12 +502,17 @@ def train_lora_adapter(
         dt = time.perf_counter() - t_step
         if not math.isfinite(last_loss):
             raise FloatingPointError(f"train loss became {last_loss} at step {step}; lower train.learning_rate")
-        if every and checkpoint_dir is not None and is_main and step % every == 0 and step < total_steps:
-            save_checkpoint(checkpoint_dir, {
-                "run_key": key, "step": step, "tokens_seen": tokens_seen, "order": order, "order_rng": gen.getstate(),
-                "torch_rng": torch.get_rng_state(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "lora": {n: p.detach().cpu().clone() for n, p in unwrapped.named_parameters() if p.requires_grad},
-            })
+        if every and checkpoint_dir is not None and step % every == 0 and step < total_steps:
+            # Collective under FSDP (shards gathered) and for the per-rank RNG states: every rank takes part.
+            lora = lora_state(unwrapped, fsdp, rank)
+            optim = _full_optimizer_state(unwrapped, optimizer) if fsdp else optimizer.state_dict()
+            rngs = gather_rng_states(device, world)
+            if is_main:
+                save_checkpoint(checkpoint_dir, {
+                    "run_key": key, "step": step, "tokens_seen": tokens_seen, "order": order, "order_rng": gen.getstate(),
+                    "torch_rng": torch.get_rng_state(), "rng_ranks": rngs, "optimizer": optim,
+                    "scheduler": scheduler.state_dict(), "lora": lora,
+                })
         if is_main and (step % cfg.log_every_steps == 0 or step == total_steps):
             metrics = {"train_loss": last_loss, "learning_rate": scheduler.get_last_lr()[0],
                        "tokens_per_s": step_tokens / dt, "step_time_s": dt}
@@ -375,21 +521,26 @@ def train_lora_adapter(
                      metrics["learning_rate"], metrics["tokens_per_s"], dt)
     train_seconds = time.perf_counter() - t_train
     val_loss = None
-    if is_main and val_ex:
+    if val_ex and (is_main or fsdp):  # a sharded model only runs forward with every rank taking part
         val_loss = evaluate_loss(unwrapped, val_ex, tokenizer.pad_token_id, cfg.micro_batch_size, device)
-        log_metrics({"val_loss": val_loss}, step)
-        log.info("validation loss %.4f", val_loss)
+        if is_main:
+            log_metrics({"val_loss": val_loss}, step)
+            log.info("validation loss %.4f", val_loss)
+        else:
+            val_loss = None
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb()
     result = TrainResult(
         adapter_dir=str(out_dir), steps=step, epochs=step / steps_per_epoch, examples=len(train_ex),
         train_loss_last=last_loss, val_loss=val_loss, tokens_seen=tokens_seen,
         tokens_per_s=tokens_seen / max(train_seconds, 1e-9) if steps_this_run else 0.0, trainable_params=trainable,
         total_params=total, trainable_share=trainable / total, peak_memory_mb=peak,
-        seconds=time.perf_counter() - t_start, device=str(device),
+        seconds=time.perf_counter() - t_start, device=str(device), world_size=world, parallelism=mode,
+        lora_digest=None if fsdp else lora_digest(unwrapped),
     )
+    adapter_state = lora_state(unwrapped, fsdp, rank) if fsdp else None  # FSDP: gathered on rank 0
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        unwrapped.save_pretrained(out_dir)
+        unwrapped.save_pretrained(out_dir, state_dict=adapter_state)
         tokenizer.save_pretrained(out_dir)
         (out_dir / "chainsignal_train.json").write_text(json.dumps({"base_model": base_model, **result.as_dict()}, indent=2))
         if checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_FILE).is_file():
@@ -399,6 +550,13 @@ def train_lora_adapter(
 
         dist.barrier()
     return result
+
+
+def _full_optimizer_state(model, optimizer) -> dict[str, Any]:
+    """FSDP: the optimizer state gathered to full tensors on rank 0 (keyed by parameter name)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _null():
