@@ -197,6 +197,7 @@ def run_job(job_path: Path, on_step: StepHook | None = None):
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps({**result.as_dict(), "rank": rank}, indent=2))
         tmp.replace(out)
+        dist.barrier()  # nobody tears the group down while rank 0 still logs (gloo aborts the process otherwise)
         return result
     finally:
         if dist.is_initialized():
