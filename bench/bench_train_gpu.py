@@ -9,7 +9,18 @@ distribution (64-512 tokens, loss on the response only). The same examples feed 
   flex-packed  the same with flex_attention
   flex-packed-compile   + torch.compile of each decoder layer (fixed row length: no recompiles)
   flex-packed-liger     + liger-kernel RMSNorm/SwiGLU/RoPE (only if liger_kernel imports)
-  flex-packed-compile-8k  compile with 8192-token rows (more memory)
+  flex-packed-compile-8k  compile with 8192-token rows (more memory); any "-<N>k" suffix sets the row length
+  flex-packed-compile-liger     compile + liger RMSNorm/SwiGLU (RoPE left to compile)
+  flex-packed-compile-blockmask  the document BlockMask built by us and passed as attention_mask (no per-step host sync)
+  flex-packed-compile-autotune  compile with mode="max-autotune-no-cudagraphs" (Triton GEMM templates tried)
+
+Every variant runs its forward under torch.autocast(bf16), as the HF Trainer (alpaca-lora's
+recipe) does: the LoRA weights stay fp32 (peft's default) and their matmuls run in bf16. A
+"-fp32lora" suffix turns autocast off (LoRA matmuls and their inputs in fp32, measured slower).
+
+--profile VARIANT[,VARIANT]: after timing, two more steps run under torch.profiler; the GPU time
+by kernel family (GEMM, attention, fused Triton, other) and the busy share of the wall time go in
+the variant's JSON, the top kernels in profile_<variant>.txt.
 
 Measured: real (non-pad) tokens per second over the timed steps (forward, backward, AdamW step),
 and peak allocated GPU memory. Before timing, each packed variant checks document masking on
@@ -25,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ["reference", "sdpa-packed", "flex-packed", "flex-packed-compile", "flex-packed-liger", "flex-packed-compile-8k"]
+VARIANTS = ["reference", "flex-packed-compile", "flex-packed-compile-blockmask", "flex-packed-compile-blockmask-6k", "flex-packed-compile-blockmask-autotune"]
 IGNORE_INDEX = -100
 
 
@@ -80,7 +92,7 @@ def pack_rows(examples: list[dict], pack_tokens: int) -> list[list[dict]]:
     return rows
 
 
-def masking_check(model, examples: list[dict], device: str) -> dict:
+def masking_check(model, examples: list[dict], device: str, block_mask: bool = False) -> dict:
     """Document masking on this model, in bf16: a packed row's logits vs each example alone.
 
     bf16 logits of a deep random model differ between kernel shapes (reported: the first document
@@ -90,16 +102,17 @@ def masking_check(model, examples: list[dict], device: str) -> dict:
     """
     import torch
 
-    from tasks.packing import collate_packed
+    from tasks.packing import collate_packed, document_block_mask
 
     model.eval()
     exs = examples[:4]
     b = collate_packed(exs, device)
+    extra = {"attention_mask": document_block_mask(b["position_ids"])} if block_mask else {}
     bounds = [0]
     for e in exs:
         bounds.append(bounds[-1] + len(e["input_ids"]))
     with torch.no_grad():
-        masked = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits[0].float()
+        masked = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False, **extra).logits[0].float()
         running = torch.arange(b["input_ids"].shape[1], device=device).unsqueeze(0)
         unmasked = model(input_ids=b["input_ids"], position_ids=running, use_cache=False).logits[0].float()
         alone = [model(input_ids=torch.tensor([e["input_ids"]], device=device), use_cache=False).logits[0].float() for e in exs]
@@ -121,14 +134,15 @@ def masking_check(model, examples: list[dict], device: str) -> dict:
 def run_variant(name: str, args) -> dict:
     import torch
 
-    from tasks.packing import collate_packed, packed_loss
+    from tasks.packing import collate_packed, document_block_mask, packed_loss
 
-    attention = "eager" if name == "reference" else ("sdpa" if name.startswith("sdpa") else "flex_attention")
-    if name.endswith("liger"):
+    attention = "eager" if name.startswith("reference") else ("sdpa" if name.startswith("sdpa") else "flex_attention")
+    if "liger" in name:
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
-        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                    fused_linear_cross_entropy=False)
+        # with compile, RoPE stays with inductor (liger's RoPE under compile crashed in issue #7)
+        apply_liger_kernel_to_llama(rope="compile" not in name or name.endswith("-rope"), rms_norm=True, swiglu=True,
+                                    cross_entropy=False, fused_linear_cross_entropy=False)
     model = build_model(attention, args.layers, args.hidden, args.device)
     examples = make_examples(args.examples, 32000, seed=1)
     info: dict = {"variant": name, "attention": attention, "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu (smoke test)",
@@ -137,14 +151,15 @@ def run_variant(name: str, args) -> dict:
     import transformers
 
     info.update(transformers=transformers.__version__, peft=peft.__version__)
-    if name != "reference":
-        info.update(masking_check(model, examples, args.device))
+    if not name.startswith("reference"):
+        info.update(masking_check(model, examples, args.device, block_mask="blockmask" in name))
     if "compile" in name:
+        mode = "max-autotune-no-cudagraphs" if "autotune" in name else None
         for m in model.modules():
             if type(m).__name__.endswith("DecoderLayer"):
-                m.compile()
+                m.compile(mode=mode)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    if name == "reference":
+    if name.startswith("reference"):
         batches = [examples[i:i + 4] for i in range(0, len(examples), 4)]
 
         def step(batch):
@@ -158,15 +173,26 @@ def run_variant(name: str, args) -> dict:
             loss = model(input_ids=ids.to(args.device), attention_mask=att.to(args.device), labels=lab.to(args.device), use_cache=False).loss
             return loss, int(att.sum())
     else:
-        pack = 8192 if name.endswith("-8k") else args.pack_tokens
+        sized = re.search(r"-(\d+)k(?:-|$)", name)
+        pack = int(sized.group(1)) * 1024 if sized else args.pack_tokens
         batches = pack_rows(examples, pack)
         fixed = pack if "compile" in name else None
 
         def step(batch):
             b = collate_packed(batch, args.device, pad_to=fixed)
+            if "blockmask" in name:
+                b["block_mask"] = document_block_mask(b["position_ids"])
             loss, _ = packed_loss(model, b)
             return loss, sum(len(e["input_ids"]) for e in batch)
 
+    if args.device == "cuda" and "fp32lora" not in name:
+        plain_step = step
+
+        def step(batch):  # noqa: F811 - the same step, its forward under bf16 autocast
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return plain_step(batch)
+
+    info["autocast"] = args.device == "cuda" and "fp32lora" not in name
     warm = args.warmup_compile if "compile" in name else args.warmup
     model.train()
     losses = []
@@ -192,10 +218,58 @@ def run_variant(name: str, args) -> dict:
             break
     sync()
     dt = time.perf_counter() - t0
+    if name in args.profile.split(","):
+        info["profile"] = profile_steps(step, opt, batches[warm + len(losses):][:2] or timed[:2], sync,
+                                        Path(args.out) / f"profile_{name}.txt")
     info.update(tokens=tokens, seconds=dt, tokens_per_s=tokens / dt, peak_gb=torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else float("nan"),
                 steps=len(losses), loss_first=float(losses[0]), loss_last=float(losses[-1]),
-                pack_tokens=None if name == "reference" else pack)
+                pack_tokens=None if name.startswith("reference") else pack)
     return info
+
+
+def kernel_family(name: str) -> str:
+    n = name.lower()
+    if any(k in n for k in ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "ampere_bf16", "triton_tem_fused_mm", "_mm_")):
+        return "gemm"
+    if "flex" in n or "attention" in n or "fmha" in n or "flash" in n:
+        return "attention"
+    if n.startswith("triton_") or "triton" in n:
+        return "fused-triton"
+    return "other"
+
+
+def profile_steps(step, opt, batches, sync, path: Path) -> dict:
+    """GPU time per kernel family over a few steps, and how busy the GPU was (kernel time / wall time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for batch in batches:
+            loss, _ = step(batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sync()
+    wall_us = (time.perf_counter() - t0) * 1e6
+    fam: dict[str, float] = {}
+    rows = []
+    for e in prof.key_averages():
+        if getattr(e, "device_type", None) is None or "CUDA" not in str(e.device_type):
+            continue
+        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+        if not us:
+            continue
+        fam[kernel_family(e.key)] = fam.get(kernel_family(e.key), 0.0) + us
+        rows.append((us, e.count, e.key))
+    rows.sort(reverse=True)
+    busy = sum(fam.values())
+    lines = [f"wall {wall_us / 1e3:.1f} ms over {len(batches)} steps; GPU kernel time {busy / 1e3:.1f} ms ({busy / wall_us:.1%})"]
+    lines += [f"{k:14s} {v / 1e3:9.1f} ms {v / busy:6.1%}" for k, v in sorted(fam.items(), key=lambda kv: -kv[1])]
+    lines += ["", "top kernels (self GPU time ms, calls, name):"]
+    lines += [f"{us / 1e3:9.2f} {n:6d}  {k[:150]}" for us, n, k in rows[:40]]
+    path.write_text("\n".join(lines) + "\n")
+    return {"wall_ms": wall_us / 1e3, "busy_share": busy / wall_us, **{f"{k}_share": v / busy for k, v in fam.items()}}
 
 
 def main() -> None:
@@ -210,6 +284,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--warmup-compile", type=int, default=6)
     ap.add_argument("--max-seconds", type=float, default=25.0)  # timed window per variant
+    ap.add_argument("--profile", default="")  # variants to profile after timing (comma-separated)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     out = Path(args.out)
@@ -254,6 +329,12 @@ def write_report(results: list[dict], out: Path) -> None:
             f"unmasked {r['unmasked_rel_err']:.1e})")
         lines.append(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x | {r['peak_gb']:.1f} | {mask} | "
                      f"{r['steps']} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} |")
+    for r in results:
+        if "profile" in r:
+            pr = r["profile"]
+            shares = ", ".join(f"{k[:-6]} {v:.0%}" for k, v in sorted(pr.items(), key=lambda kv: -kv[1]) if k.endswith("_share") and k != "busy_share")
+            lines.append(f"\nProfile of {r['variant']} (2 steps, torch.profiler): GPU busy {pr['busy_share']:.0%} of the wall time; "
+                         f"GPU time by kernel family: {shares}.")
     text = "\n".join(lines) + "\n"
     (out / "train_gpu.md").write_text(text)
     print(text)

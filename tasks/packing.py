@@ -51,14 +51,39 @@ def collate_packed(batch: Sequence[dict[str, list[int]]], device: torch.device |
         ids += [pad_id] * fill
         pos += range(fill)
         labels += [IGNORE_INDEX] * fill
-    as_row = lambda xs: torch.tensor(xs, dtype=torch.long).unsqueeze(0).to(device)  # noqa: E731
-    return {"input_ids": as_row(ids), "position_ids": as_row(pos), "labels": as_row(labels)}
+    as_row = lambda xs: torch.tensor(xs, dtype=torch.long).unsqueeze(0).to(device, non_blocking=True)  # noqa: E731
+    # Where a label follows, computed here on the host: finding it on the GPU (nonzero) would
+    # stall the queue once per step.
+    keep = [i for i, y in enumerate(labels[1:]) if y != IGNORE_INDEX]
+    as_vec = lambda xs: torch.tensor(xs, dtype=torch.long).to(device, non_blocking=True)  # noqa: E731
+    return {"input_ids": as_row(ids), "position_ids": as_row(pos), "labels": as_row(labels),
+            "keep": as_vec(keep), "targets": as_vec([labels[i + 1] for i in keep])}
 
 
 def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
     """Which example each token belongs to (0, 0, 0, 1, 1, ...), from the position restarts."""
     starts = (position_ids == 0).long()
     return starts.cumsum(-1) - 1
+
+
+def document_block_mask(position_ids: torch.Tensor):
+    """flex_attention's BlockMask for a packed row: causal, and each example sees only itself.
+
+    Passed to the model as ``attention_mask``, it replaces the mask transformers would derive from
+    ``position_ids`` on every forward - that derivation checks on the host whether the row is
+    packed at all, which waits for the GPU once per step.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if position_ids.shape[0] != 1:
+        raise ValueError(f"a packed batch is one row, got {position_ids.shape[0]}")
+    doc = document_ids(position_ids)[0]
+    n = doc.shape[0]
+
+    def same_doc_causal(b, h, q, kv):
+        return (doc[q] == doc[kv]) & (q >= kv)
+
+    return create_block_mask(same_doc_causal, 1, None, n, n, device=position_ids.device, _compile=True)
 
 
 def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,8 +106,12 @@ def packed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
     Same value as the model's own loss on the padded batch of the same examples; logits are
     computed only where a label follows.
     """
-    keep, targets = label_positions(batch["labels"])
-    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False)
+    if "keep" in batch:
+        keep, targets = batch["keep"], batch["targets"]
+    else:
+        keep, targets = label_positions(batch["labels"])
+    extra = {"attention_mask": batch["block_mask"]} if "block_mask" in batch else {}
+    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False, **extra)
     logits = out.logits.reshape(-1, out.logits.shape[-1])
     if logits.shape[0] != targets.shape[0]:
         raise RuntimeError(f"model returned {logits.shape[0]} logits for {targets.shape[0]} labels: "

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tasks.packing import IGNORE_INDEX, collate_packed, document_ids, packed_loss
+from tasks.packing import IGNORE_INDEX, collate_packed, document_ids, label_positions, packed_loss
 from tasks.train import collate
 
 LENGTHS = (9, 17, 4, 23)
@@ -42,6 +42,8 @@ def test_collate_packed_layout():
     assert document_ids(b["position_ids"])[0].tolist() == [k for k, n in enumerate(LENGTHS) for _ in range(n)]
     starts = [sum(LENGTHS[:k]) for k in range(len(LENGTHS))]
     assert all(b["labels"][0, s] == IGNORE_INDEX for s in starts)  # nothing predicted across a boundary
+    keep, targets = label_positions(b["labels"])  # the on-device way gives what collate computed on the host
+    assert b["keep"].tolist() == keep.tolist() and b["targets"].tolist() == targets.tolist()
     with pytest.raises(ValueError, match="same, non-zero length"):
         collate_packed([{"input_ids": [1, 2], "labels": [1]}])
 
@@ -76,3 +78,22 @@ def test_packed_and_padded_give_the_same_loss_and_gradients(weights, attention):
         grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
     assert abs(losses[0] - losses[1]) < 1e-5, losses
     assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_document_block_mask_matches_each_example_alone(weights):
+    """The BlockMask we build (flex_attention, passed as attention_mask) isolates the examples."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    from tasks.packing import document_block_mask
+
+    model = model_with(weights, "flex_attention")
+    exs = examples(4)
+    b = collate_packed(exs)
+    with torch.no_grad():
+        packed = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False,
+                       attention_mask=document_block_mask(b["position_ids"])).logits[0]
+        alone = torch.cat([model(input_ids=torch.tensor([e["input_ids"]]), use_cache=False).logits[0] for e in exs])
+        # the model really uses the mask passed in: a plain causal one (one document) leaks across examples
+        one_doc = document_block_mask(torch.arange(b["input_ids"].shape[1]).unsqueeze(0))
+        leaky = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False, attention_mask=one_doc).logits[0]
+    assert torch.allclose(packed, alone, atol=1e-4), (packed - alone).abs().max()
+    assert (leaky - alone).abs().max() > 1e-2
