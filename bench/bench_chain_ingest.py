@@ -26,6 +26,7 @@ import gzip
 import json
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tasks.chain.blockrange import BlockClock, day_start_ts  # noqa: E402
-from tasks.chain.job import ingest_chain_day  # noqa: E402
+from tasks.chain.job import ingest_chain_day, stream_for_days  # noqa: E402
 from tasks.chain.localnode import CHAIN_ID, find_anvil, free_port, seed_chain, start_anvil  # noqa: E402
 from tasks.clients.rpc import HttpJsonRpc  # noqa: E402
 from tasks.settings import load_settings  # noqa: E402
@@ -111,10 +112,12 @@ def run_ours(url: str, days: list[date], receipts: bool, blocks_per_batch: int, 
         clock = BlockClock(rpc, ws.block_ranges_cache(s.rpc.chain))
         chain_id = int(rpc.call("eth_chainId", []), 16)
         latest = clock.latest()
-        reports = [ingest_chain_day(rpc, ws.lake, clock, d, chain=s.rpc.chain, chain_id=chain_id, latest=latest,
-                                    blocks_per_file=s.rpc.blocks_per_file, blocks_per_batch=s.rpc.blocks_per_batch,
-                                    finality_blocks=s.rpc.finality_blocks, receipts=receipts,
-                                    max_concurrent_requests=s.rpc.max_concurrent_requests) for d in days]
+        with stream_for_days(rpc, ws.lake, clock, days, latest, s.rpc) as shared:  # as the ingest-chain flow does
+            reports = [ingest_chain_day(rpc, ws.lake, clock, d, chain=s.rpc.chain, chain_id=chain_id, latest=latest,
+                                        blocks_per_file=s.rpc.blocks_per_file, blocks_per_batch=s.rpc.blocks_per_batch,
+                                        finality_blocks=s.rpc.finality_blocks, receipts=receipts,
+                                        max_concurrent_requests=s.rpc.max_concurrent_requests, stream=shared)
+                       for d in days]
         seconds = time.perf_counter() - t0
         assert all(r.status == "done" for r in reports), [r.status for r in reports]
         lake = Lake(ws.lake.root)
@@ -159,12 +162,14 @@ def main() -> None:
     proc, url = start_loaded_anvil(args.state)
     try:
         results: dict[str, dict] = {}
+        every: dict[str, list[float]] = {}
         for _ in range(args.repeats):  # interleaved, best of N: the machine is shared
             for name, fn in [("ours, receipts off", lambda: run_ours(url, days, False, args.blocks_per_batch, args.in_flight)),
                              ("ours, receipts on", lambda: run_ours(url, days, True, args.blocks_per_batch, args.in_flight)),
                              ("cryo transactions (receipts)", lambda: run_cryo(url, results["ours, receipts off"]["first_block"],
                                                                                 results["ours, receipts off"]["last_block"]))]:
                 r = fn()
+                every.setdefault(name, []).append(r["seconds"])
                 if name not in results or r["seconds"] < results[name]["seconds"]:
                     results[name] = r
                 print(f"{name:30s} {r['transactions']:7d} txs in {r['seconds']:6.2f} s = {r['tx_per_s']:8.0f} tx/s")
@@ -192,6 +197,12 @@ def main() -> None:
         f"| chainsignal, receipts on (like for like) | {on['transactions']:,} | {on['seconds']:.2f} | {on['tx_per_s']:,.0f} | **{ratio_on:.2f}x** |",
         f"| chainsignal, receipts off | {off['transactions']:,} | {off['seconds']:.2f} | {off['tx_per_s']:,.0f} | {ratio_off:.2f}x |",
         f"| cryo `transactions` (fetches receipts) | {cryo['transactions']:,} | {cryo['seconds']:.2f} | {cryo['tx_per_s']:,.0f} | 1.00x |",
+        "",
+        "Medians of the same runs: " + ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in every.items())
+        + f"; ratio on medians: receipts on {statistics.median(every['cryo transactions (receipts)']) / statistics.median(every['ours, receipts on']):.2f}x, "
+        f"receipts off {statistics.median(every['cryo transactions (receipts)']) / statistics.median(every['ours, receipts off']):.2f}x. "
+        "Per round (ours on / cryo, same round): "
+        + ", ".join(f"{c / o:.2f}x" for o, c in zip(every["ours, receipts on"], every["cryo transactions (receipts)"])) + ".",
         "",
         "## Requests and credits (Infura costs: 80 per eth_getBlockByNumber / eth_chainId, 1,000 per eth_getBlockReceipts)",
         "",

@@ -17,7 +17,7 @@ from prefect import flow
 
 from flows.common import settings_for, workspace
 from tasks.chain.blockrange import BlockClock
-from tasks.chain.job import DayReport, ingest_chain_day_task, publish_day_table
+from tasks.chain.job import DayReport, ingest_chain_day_task, publish_day_table, stream_for_days
 from tasks.clients.rpc import HttpJsonRpc, RpcQuotaError
 from tasks.runs import publish_summary, resolve_days, started, summarize
 from tasks.orchestration import notify_failure
@@ -39,19 +39,26 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
         latest = clock.latest()
     except RpcQuotaError as err:  # quota or budget already spent: every day stays where it is
         stopped = {"day": None, "stopped_at_block": None, "error": str(err)}
-    for day in resolve_days(start, end):
-        if stopped:  # quota or budget spent: do not knock again today
-            reports.append(DayReport(day.isoformat(), "stopped", error=f"not started: {stopped['error']}").as_dict())
-            continue
-        report = ingest_chain_day_task(
-            rpc, ws.lake, clock, day, chain=settings.rpc.chain, chain_id=chain_id, latest=latest,
-            blocks_per_file=settings.rpc.blocks_per_file, blocks_per_batch=settings.rpc.blocks_per_batch,
-            finality_blocks=settings.rpc.finality_blocks, overwrite=overwrite, receipts=settings.rpc.receipts,
-            max_concurrent_requests=settings.rpc.max_concurrent_requests,
-        ).as_dict()
-        reports.append(report)
-        if report["status"] == "stopped":
-            stopped = report
+    days = resolve_days(start, end)
+    # One stream of block batches over every day: the node stays busy across day boundaries.
+    shared = None if stopped else stream_for_days(rpc, ws.lake, clock, days, latest, settings.rpc, overwrite)
+    try:
+        for day in days:
+            if stopped:  # quota or budget spent: do not knock again today
+                reports.append(DayReport(day.isoformat(), "stopped", error=f"not started: {stopped['error']}").as_dict())
+                continue
+            report = ingest_chain_day_task(
+                rpc, ws.lake, clock, day, chain=settings.rpc.chain, chain_id=chain_id, latest=latest,
+                blocks_per_file=settings.rpc.blocks_per_file, blocks_per_batch=settings.rpc.blocks_per_batch,
+                finality_blocks=settings.rpc.finality_blocks, overwrite=overwrite, receipts=settings.rpc.receipts,
+                max_concurrent_requests=settings.rpc.max_concurrent_requests, stream=shared,
+            ).as_dict()
+            reports.append(report)
+            if report["status"] == "stopped":
+                stopped = report
+    finally:
+        if shared is not None:
+            shared.close()
     fetched_blocks = sum(r["blocks_fetched"] for r in reports)
     fetched_txs = sum(r["transactions_fetched"] for r in reports)
     seconds = max(1e-9, sum(r["seconds"] for r in reports))

@@ -80,6 +80,33 @@ def test_quota_exhausted_is_not_retried(replay):
     assert len(replay.requests) == 1
 
 
+def test_after_a_402_nothing_more_is_sent_until_the_reset(replay):
+    rpc = client(replay.url)
+    replay.faults = ["402"]
+    with pytest.raises(RpcQuotaError):
+        rpc.call("eth_blockNumber", [])
+    # other threads' queued batches and later calls fail here, without knocking again
+    with pytest.raises(RpcQuotaError, match="HTTP 402"):
+        fetch_blocks(rpc, 0xB872, 0xB873, blocks_per_batch=1, in_flight=2)
+    assert len(replay.requests) == 1
+
+
+def test_tally_counts_what_each_thread_sent(replay):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rpc = client(replay.url)
+
+    def one(n: int) -> dict:
+        with rpc.tally() as mine:
+            fetch_blocks(rpc, n, n, blocks_per_batch=1)
+        return mine
+
+    with ThreadPoolExecutor(2) as pool:
+        tallies = list(pool.map(one, [0xB872, 0xB873]))
+    assert [t["credits"] for t in tallies] == [80, 80] and all(t["requests"] == 1 for t in tallies)
+    assert rpc.stats["credits"] == 160
+
+
 def test_missing_key_for_templated_url():
     with pytest.raises(RpcAuthError, match="rpc.api_key is not set"):
         client("https://mainnet.infura.io/v3/{api_key}").call("eth_blockNumber", [])

@@ -9,7 +9,10 @@ manifests are written last.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
@@ -18,7 +21,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.chain.blockrange import BlockClock, block_chunks
-from tasks.chain.mappers import map_blocks_frame, map_receipts_frame
+from tasks.chain.mappers import (
+    BLOCKS_BATCH,
+    RECEIPTS_BATCH,
+    map_raw_blocks,
+    map_raw_receipts,
+    raw_blocks_from_batch,
+    raw_blocks_from_dicts,
+    raw_receipts_from_batch,
+    raw_receipts_from_dicts,
+)
 from tasks.clients.rpc import ChainRpc, RpcQuotaError
 from tasks.logs import get_logger
 from tasks.storage import Lake, block_chunk_name
@@ -50,42 +62,208 @@ class DayReport:
         return asdict(self)
 
 
-def _batched(rpc: ChainRpc, method: str, first: int, last: int, wanted: int, params, in_flight: int = 1) -> list:
-    """``method`` for every block first..last, in batches sized by the client (adaptive, credits),
-    up to ``in_flight`` batches at once (the client's buckets still pace them); results in order."""
-    plans: list[range] = []
-    n = first
-    while n <= last:
-        size = rpc.batch_size(method, wanted) if hasattr(rpc, "batch_size") else wanted
-        plans.append(range(n, min(last, n + size - 1) + 1))
-        n = plans[-1][-1] + 1
+def _tally(rpc: ChainRpc, merge: bool = True):
+    return rpc.tally(merge) if hasattr(rpc, "tally") else nullcontext({})
 
-    def one(numbers: range) -> list:
+
+BLOCKS, RECEIPTS = "eth_getBlockByNumber", "eth_getBlockReceipts"
+_PARAMS = {BLOCKS: lambda b: [hex(b), True], RECEIPTS: lambda b: [hex(b)]}
+_COLUMNS = {BLOCKS: BLOCKS_BATCH, RECEIPTS: RECEIPTS_BATCH}
+
+
+@dataclass
+class Chunk:
+    """One chunk's answers: per batch either a polars frame (read straight from the JSON) or the
+    list of results (dicts) where the client handled items one by one."""
+
+    blocks: list  # of pl.DataFrame | list[dict]
+    receipts: list
+    sent: dict[str, float]  # requests, credits, retries... spent on this chunk's batches
+
+    def block_dicts(self) -> list[dict]:
+        return [b for piece in self.blocks for b in piece]
+
+    def frames(self, chain_id: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(blocks, transactions) in the lake's schemas."""
+        raws = [raw_blocks_from_batch(p) if isinstance(p, pl.DataFrame) else raw_blocks_from_dicts(p) for p in self.blocks]
+        return map_raw_blocks(pl.concat([b for b, _ in raws]), pl.concat([t for _, t in raws]), chain_id)
+
+    def receipts_frame(self) -> pl.DataFrame:
+        raws = [raw_receipts_from_batch(p) if isinstance(p, pl.DataFrame) else raw_receipts_from_dicts(p)
+                for p in self.receipts]
+        return map_raw_receipts(pl.concat(raws))
+
+
+class ChunkStream:
+    """Block chunks fetched ahead, in plan order, with the node kept busy between them.
+
+    Every chunk of the plan is cut into batches (sized by the client: adaptive, credit-paced) and
+    up to ``4 x in_flight`` batches are kept submitted at all times, across chunk (and day)
+    boundaries: while the caller maps and writes chunk k, the batches of chunk k+1 are already at
+    the node. Fetching chunk by chunk left the node idle during every map/write and every chunk's
+    tail (measured against cryo: bench/results/chain_ingest.md). Memory stays bounded by the
+    window, not by the plan.
+
+    ``take(first, last)`` returns that chunk's blocks (and receipts) if it is the next one in the
+    plan, else None. Any error closes the stream (``broken``): what was taken stays valid, the
+    caller decides what to do with the rest (a quota stop stops; a retry fetches on its own).
+    """
+
+    def __init__(self, rpc: ChainRpc, chunks: Iterable[tuple[int, int]], *, receipts: bool, blocks_per_batch: int,
+                 in_flight: int = 1, methods: tuple[str, ...] | None = None, columnar: bool = True) -> None:
+        self.rpc, self.wanted = rpc, blocks_per_batch
+        self.columnar = columnar and getattr(rpc, "columnar", False)
+        self.methods = methods or ((BLOCKS, RECEIPTS) if receipts else (BLOCKS,))
+        self.depth = 4 * max(1, in_flight)
+        self.broken = False
+        self.chunks: list[tuple[int, int]] = []  # the plan so far: ``chunks`` may be lazy (plan_days)
+        self._source = iter(chunks)
+        self._next = 0
+        self._window: deque[tuple[int, str, Future, dict]] = deque()
+        self._plans = self._plan()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="rpc")
+        self._fill()
+
+    def _chunk(self, index: int) -> tuple[int, int] | None:
+        while len(self.chunks) <= index:
+            nxt = next(self._source, None)
+            if nxt is None:
+                return None
+            self.chunks.append(nxt)
+        return self.chunks[index]
+
+    def _plan(self) -> Iterator[tuple[int, str, range]]:
+        index = 0
+        while (chunk := self._chunk(index)) is not None:
+            first, last = chunk
+            for method in self.methods:
+                n = first
+                while n <= last:
+                    size = self.rpc.batch_size(method, self.wanted) if hasattr(self.rpc, "batch_size") else self.wanted
+                    yield index, method, range(n, min(last, n + size - 1) + 1)
+                    n = min(last, n + size - 1) + 1
+            index += 1
+
+    def _fetch(self, method: str, numbers: range) -> tuple[list, dict[str, float]]:
         # A null block (or receipts list) is retried: nodes behind a load balancer lag.
-        return rpc.batch([(method, params(b)) for b in numbers], retry_null=True)
+        calls = [(method, _PARAMS[method](b)) for b in numbers]
+        with _tally(self.rpc) as sent:
+            if self.columnar:
+                return self.rpc.batch(calls, retry_null=True, columns=_COLUMNS[method]), sent
+            return self.rpc.batch(calls, retry_null=True), sent
 
-    if in_flight <= 1 or len(plans) == 1:
-        return [item for numbers in plans for item in one(numbers)]
-    with ThreadPoolExecutor(max_workers=min(in_flight, len(plans)), thread_name_prefix="rpc") as pool:
-        return [item for batch in pool.map(one, plans) for item in batch]
+    def _fill(self) -> None:
+        while not self.broken and len(self._window) < self.depth:
+            with _tally(self.rpc, merge=False) as planning:  # a lazy plan's range search: the chunk's cost
+                plan = next(self._plans, None)
+            if plan is None:
+                return
+            index, method, numbers = plan
+            self._window.append((index, method, self._pool.submit(self._fetch, method, numbers), planning))
+
+    def upcoming(self, chunks: Sequence[tuple[int, int]]) -> bool:
+        """Whether ``chunks`` are exactly the next chunks this stream will hand out."""
+        return not self.broken and all(self._chunk(self._next + k) == c for k, c in enumerate(chunks))
+
+    def take(self, first: int, last: int) -> Chunk | None:
+        if self.broken or self._chunk(self._next) != (first, last):
+            return None
+        got: dict[str, list] = {m: [] for m in self.methods}
+        sent: dict[str, float] = {}
+        try:
+            while self._window and self._window[0][0] == self._next:
+                _, method, future, planning = self._window.popleft()
+                piece, tally = future.result()
+                got[method].append(piece)
+                for k, v in [*tally.items(), *planning.items()]:
+                    sent[k] = sent.get(k, 0) + v
+                self._fill()
+        except BaseException:
+            self.close()
+            raise
+        self._next += 1
+        if hasattr(self.rpc, "adopt"):  # the batches were sent for whoever takes the chunk
+            self.rpc.adopt(sent)
+        return Chunk(got.get(BLOCKS, []), got.get(RECEIPTS, []), sent)
+
+    def close(self) -> None:
+        self.broken = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ChunkStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def fetch_blocks(rpc: ChainRpc, first: int, last: int, blocks_per_batch: int, in_flight: int = 1) -> list[dict]:
     """Full-transaction blocks first..last (eth_getBlockByNumber(n, true)), batched."""
-    return _batched(rpc, "eth_getBlockByNumber", first, last, blocks_per_batch, lambda b: [hex(b), True], in_flight)
+    with ChunkStream(rpc, [(first, last)], receipts=False, blocks_per_batch=blocks_per_batch, in_flight=in_flight,
+                     columnar=False) as s:
+        return s.take(first, last).block_dicts()
 
 
 def fetch_block_receipts(rpc: ChainRpc, first: int, last: int, blocks_per_batch: int,
                          in_flight: int = 1) -> list[list[dict]]:
     """Receipts of every transaction of blocks first..last (eth_getBlockReceipts), batched."""
-    return _batched(rpc, "eth_getBlockReceipts", first, last, blocks_per_batch, lambda b: [hex(b)], in_flight)
+    with ChunkStream(rpc, [(first, last)], receipts=True, blocks_per_batch=blocks_per_batch, in_flight=in_flight,
+                     methods=(RECEIPTS,), columnar=False) as s:
+        return [r for piece in s.take(first, last).receipts for r in piece]
 
 
-def _stat(rpc: ChainRpc, key: str) -> float:
-    return getattr(rpc, "stats", {}).get(key, 0)
+def pending_chunks(lake: Lake, day: date, first: int, last: int, *, chain: str, blocks_per_file: int, receipts: bool,
+                   overwrite: bool = False) -> list[tuple[int, int]]:
+    """The chunks of a day's block range whose files are not all in the lake yet."""
+    datasets = ("transactions", "receipts", "blocks") if receipts else ("transactions", "blocks")
+    if overwrite:
+        return list(block_chunks(first, last, blocks_per_file))
+    have = {d: lake.open_partition(d, day, False) for d in datasets}
+    return [(a, b) for a, b in block_chunks(first, last, blocks_per_file)
+            if not all(have[d].has(block_chunk_name(chain, d, a, b)) for d in datasets)]
 
 
-def ingest_chain_day(
+def plan_days(lake: Lake, clock: BlockClock, days: Sequence[date], latest: tuple[int, int], *, chain: str,
+              blocks_per_file: int, finality_blocks: int, receipts: bool, overwrite: bool = False) -> Iterator[tuple[int, int]]:
+    """Every chunk still to fetch for ``days``, in order: the plan of one ChunkStream shared by the days.
+
+    Lazy: a day's range is resolved only when the stream's window reaches it, so a run that stops
+    early has asked nothing about the days after. Days already complete contribute nothing; the
+    plan ends at a day not final yet or when the range search hits the quota (that day's own
+    run then reports why)."""
+    datasets = ("transactions", "receipts", "blocks") if receipts else ("transactions", "blocks")
+    for day in days:
+        if not overwrite and all(lake.is_complete(d, day) for d in datasets):
+            continue
+        try:
+            rng = clock.day_range(day, latest[0], latest[1], finality_blocks)
+        except RpcQuotaError:
+            return
+        if rng is None:
+            return  # later days are not final either
+        yield from pending_chunks(lake, day, rng.first_block, rng.last_block, chain=chain,
+                                  blocks_per_file=blocks_per_file, receipts=receipts, overwrite=overwrite)
+
+
+def stream_for_days(rpc: ChainRpc, lake: Lake, clock: BlockClock, days: Sequence[date], latest: tuple[int, int],
+                    rpc_settings, overwrite: bool = False) -> ChunkStream:
+    """One ChunkStream over every chunk still to fetch for ``days`` (see ``plan_days``), paced and
+    sized by ``rpc_settings`` (the ``rpc`` settings section)."""
+    plan = plan_days(lake, clock, days, latest, chain=rpc_settings.chain, blocks_per_file=rpc_settings.blocks_per_file,
+                     finality_blocks=rpc_settings.finality_blocks, receipts=rpc_settings.receipts, overwrite=overwrite)
+    return ChunkStream(rpc, plan, receipts=rpc_settings.receipts, blocks_per_batch=rpc_settings.blocks_per_batch,
+                       in_flight=rpc_settings.max_concurrent_requests)
+
+
+def ingest_chain_day(rpc: ChainRpc, *args, **kwargs) -> DayReport:
+    """One UTC day into the lake (arguments: ``_ingest_chain_day``'s). Its report's requests,
+    credits and retries are the ones spent on this day - its range search and its chunks' batches,
+    whichever thread sent them - not whatever the shared client sent meanwhile."""
+    with _tally(rpc) as sent:
+        return _ingest_chain_day(rpc, *args, sent=sent, **kwargs)
+
+
+def _ingest_chain_day(
     rpc: ChainRpc,
     lake: Lake,
     clock: BlockClock,
@@ -100,7 +278,12 @@ def ingest_chain_day(
     overwrite: bool = False,
     receipts: bool = False,
     max_concurrent_requests: int = 1,
+    stream: ChunkStream | None = None,
+    sent: dict[str, float],
 ) -> DayReport:
+    """One UTC day into the lake. ``stream``: a ChunkStream over several days' plan (``plan_days``),
+    used when its next chunks are this day's, so the node stays busy across day boundaries;
+    otherwise the day streams its own chunks."""
     log = get_logger()
     t0 = time.perf_counter()
     datasets = ("transactions", "receipts", "blocks") if receipts else ("transactions", "blocks")
@@ -108,14 +291,16 @@ def ingest_chain_day(
         m = lake.manifest("transactions", day) or {}
         return DayReport(day.isoformat(), "skipped", m.get("first_block"), m.get("last_block"),
                          m.get("blocks", 0), m.get("rows", 0))
-    base = {k: _stat(rpc, k) for k in ("requests", "credits", "retries")}
     report = DayReport(day.isoformat(), "done")
+
+    def spent(key: str) -> int:  # this day's range search + its chunks' batches (adopted by take)
+        return int(sent.get(key, 0))
 
     def close(status: str) -> DayReport:
         report.status = status
         report.seconds = round(time.perf_counter() - t0, 3)
-        for k, v in base.items():
-            setattr(report, k, int(_stat(rpc, k) - v))
+        for k in ("requests", "credits", "retries"):
+            setattr(report, k, spent(k))
         if report.seconds > 0:
             report.blocks_per_s = round(report.blocks_fetched / report.seconds, 1)
             report.txs_per_s = round(report.transactions_fetched / report.seconds, 1)
@@ -131,41 +316,44 @@ def ingest_chain_day(
         return close("not_final")
     report.first_block, report.last_block = rng.first_block, rng.last_block
     parts = {d: lake.open_partition(d, day, overwrite) for d in datasets}
-    for first, last in block_chunks(rng.first_block, rng.last_block, blocks_per_file):
-        names = {d: block_chunk_name(chain, d, first, last) for d in datasets}
-        if all(parts[d].has(names[d]) for d in datasets):
-            report.chunks_skipped += 1
-            continue
-        try:
-            if receipts:  # blocks and receipts of the chunk fetched side by side
-                with ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunk") as pool:
-                    half = max(1, max_concurrent_requests // 2)
-                    got_receipts = pool.submit(fetch_block_receipts, rpc, first, last, blocks_per_batch, half)
-                    raw = fetch_blocks(rpc, first, last, blocks_per_batch, half)
-                    raw_receipts = got_receipts.result()
-            else:
-                raw, raw_receipts = fetch_blocks(rpc, first, last, blocks_per_batch, max_concurrent_requests), None
-        except RpcQuotaError as err:
-            # Nothing of this chunk is written; the finished chunks stay and the next run resumes.
-            report.stopped_at_block, report.error = first, str(err)
-            log.warning("%s stopped at block %d: %s", day, first, err)
-            return close("stopped")
-        blocks_df, txs_df = map_blocks_frame(raw, chain_id)
-        parts["transactions"].write(txs_df, names["transactions"])
-        if receipts:
-            receipts_df = map_receipts_frame(raw_receipts)
-            if receipts_df.height != txs_df.height or set(receipts_df["transaction_hash"]) != set(txs_df["transaction_hash"]):
-                raise ValueError(f"blocks {first}..{last}: receipts ({receipts_df.height}) do not match transactions ({txs_df.height})")
-            parts["receipts"].write(receipts_df, names["receipts"])
-        parts["blocks"].write(blocks_df, names["blocks"])  # the blocks file last: chunk done when it exists
-        report.chunks_written += 1
-        report.blocks_fetched += blocks_df.height
-        report.transactions_fetched += txs_df.height
-        elapsed = max(1e-9, time.perf_counter() - t0)
-        log.info("%s blocks %d..%d of %d..%d: %d txs | %.0f blocks/s, %.0f tx/s, %d credits so far",
-                 day, first, last, rng.first_block, rng.last_block, txs_df.height,
-                 report.blocks_fetched / elapsed, report.transactions_fetched / elapsed,
-                 _stat(rpc, "credits") - base["credits"])
+    todo = pending_chunks(lake, day, rng.first_block, rng.last_block, chain=chain, blocks_per_file=blocks_per_file,
+                          receipts=receipts, overwrite=overwrite)
+    report.chunks_skipped = len(list(block_chunks(rng.first_block, rng.last_block, blocks_per_file))) - len(todo)
+    own = None
+    if todo and (stream is None or not stream.upcoming(todo)):
+        stream = own = ChunkStream(rpc, todo, receipts=receipts, blocks_per_batch=blocks_per_batch,
+                                   in_flight=max_concurrent_requests)
+    try:
+        for first, last in todo:
+            names = {d: block_chunk_name(chain, d, first, last) for d in datasets}
+            try:
+                chunk = stream.take(first, last)
+                if chunk is None:
+                    raise RuntimeError(f"{day}: the block stream is out of step at block {first}")
+            except RpcQuotaError as err:
+                # Nothing of this chunk is written; the finished chunks stay and the next run resumes.
+                report.stopped_at_block, report.error = first, str(err)
+                log.warning("%s stopped at block %d: %s", day, first, err)
+                return close("stopped")
+            blocks_df, txs_df = chunk.frames(chain_id)
+            parts["transactions"].write(txs_df, names["transactions"])
+            if receipts:
+                receipts_df = chunk.receipts_frame()
+                if receipts_df.height != txs_df.height or set(receipts_df["transaction_hash"]) != set(txs_df["transaction_hash"]):
+                    raise ValueError(f"blocks {first}..{last}: receipts ({receipts_df.height}) do not match transactions ({txs_df.height})")
+                parts["receipts"].write(receipts_df, names["receipts"])
+            parts["blocks"].write(blocks_df, names["blocks"])  # the blocks file last: chunk done when it exists
+            report.chunks_written += 1
+            report.blocks_fetched += blocks_df.height
+            report.transactions_fetched += txs_df.height
+            elapsed = max(1e-9, time.perf_counter() - t0)
+            log.info("%s blocks %d..%d of %d..%d: %d txs | %.0f blocks/s, %.0f tx/s, %d credits so far",
+                     day, first, last, rng.first_block, rng.last_block, txs_df.height,
+                     report.blocks_fetched / elapsed, report.transactions_fetched / elapsed,
+                     spent("credits"))
+    finally:
+        if own is not None:
+            own.close()
     report.transactions = parts["transactions"].scan().select(pl.len()).collect().item()
     report.blocks = rng.n_blocks
     common = {"first_block": rng.first_block, "last_block": rng.last_block, "chain": chain,

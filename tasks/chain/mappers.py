@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -24,25 +24,6 @@ def _int(value: Any) -> int | None:
 
 def _addr(value: str | None) -> str | None:
     return value.lower() if value else None
-
-
-def _ts(value: Any) -> datetime:
-    return datetime.fromtimestamp(_int(value), tz=timezone.utc)
-
-
-def map_block(raw: dict[str, Any], chain_id: int) -> dict[str, Any]:
-    txs = raw.get("transactions") or []
-    return {
-        "block_number": _int(raw["number"]),
-        "block_hash": raw["hash"].lower(),
-        "block_timestamp": _ts(raw["timestamp"]),
-        "base_fee_per_gas_wei": _int(raw.get("baseFeePerGas")),
-        "gas_used": _int(raw["gasUsed"]),
-        "gas_limit": _int(raw["gasLimit"]),
-        "transaction_count": len(txs),
-        "miner": _addr(raw.get("miner")),
-        "chain_id": chain_id,
-    }
 
 
 def map_transaction(raw: dict[str, Any], block_timestamp: datetime, chain_id: int) -> dict[str, Any]:
@@ -74,22 +55,86 @@ def map_transaction(raw: dict[str, Any], block_timestamp: datetime, chain_id: in
 
 _TX_KEYS = ("blockNumber", "transactionIndex", "hash", "nonce", "from", "to", "value", "gas", "gasPrice",
             "maxFeePerGas", "maxPriorityFeePerGas", "type", "input", "chainId")
+_BLOCK_KEYS = ("number", "hash", "timestamp", "baseFeePerGas", "gasUsed", "gasLimit", "miner")
+_RECEIPT_KEYS = ("blockNumber", "transactionIndex", "transactionHash", "status", "gasUsed", "cumulativeGasUsed",
+                 "effectiveGasPrice", "blobGasUsed", "blobGasPrice", "contractAddress")
+
+# What polars reads straight from a JSON-RPC batch answer (``HttpJsonRpc.batch(columns=...)``): only
+# these fields, as strings, no Python object per field. Everything else in the answer is skipped.
+_S = pl.String
+_ERROR = pl.Struct({"code": pl.Int64, "message": _S})
+_RAW_TX = pl.Struct({k: _S for k in _TX_KEYS} | {"data": _S})
+BLOCKS_BATCH = pl.Schema({"id": pl.Int64, "error": _ERROR, "result": pl.Struct(
+    {k: _S for k in _BLOCK_KEYS} | {"transactions": pl.List(_RAW_TX)})})
+RECEIPTS_BATCH = pl.Schema({"id": pl.Int64, "error": _ERROR, "result": pl.List(pl.Struct(
+    {k: _S for k in _RECEIPT_KEYS} | {"logs": pl.List(pl.Struct({"logIndex": _S}))}))})
 
 
 def _hex(name: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(name).str.slice(2).str.to_integer(base=16, dtype=dtype)
 
 
-def map_transactions_frame(txs: list[dict[str, Any]], blocks: pl.DataFrame, chain_id: int) -> pl.DataFrame:
-    """Full transaction dicts -> the transactions frame, hex decoded column-wise (same rows as
-    :func:`map_transaction`, without a Python call per field)."""
-    if not txs:
+def _strings(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> pl.DataFrame:
+    return pl.DataFrame({k: [r.get(k) for r in rows] for k in keys}, schema={k: _S for k in keys})
+
+
+def raw_blocks_from_dicts(raw_blocks: list[dict[str, Any]]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Block dicts (full transactions) -> (raw blocks, raw transactions): the fields we keep, as strings."""
+    txs = []
+    for raw in raw_blocks:
+        block_txs = raw.get("transactions") or []
+        if block_txs and isinstance(block_txs[0], str):
+            raise ValueError("blocks must be fetched with full transactions (eth_getBlockByNumber(n, true))")
+        txs.extend(block_txs)
+    blocks = _strings(raw_blocks, _BLOCK_KEYS).with_columns(
+        pl.Series("transaction_count", [len(b.get("transactions") or []) for b in raw_blocks], pl.Int32))
+    raw_txs = _strings(txs, _TX_KEYS).with_columns(
+        pl.Series("input", [t.get("input") or t.get("data") or "0x" for t in txs], _S))
+    return blocks, raw_txs
+
+
+def raw_blocks_from_batch(answer: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A batch answer read by polars with ``BLOCKS_BATCH`` -> (raw blocks, raw transactions)."""
+    res = answer.select(pl.col("result").struct.unnest())
+    blocks = res.select(*_BLOCK_KEYS, pl.col("transactions").list.len().cast(pl.Int32).alias("transaction_count"))
+    raw_txs = (res.select("transactions").explode("transactions").drop_nulls("transactions")
+               .select(pl.col("transactions").struct.unnest())
+               .with_columns(pl.coalesce("input", "data", pl.lit("0x")).alias("input"))
+               .select(_TX_KEYS))
+    return blocks, raw_txs
+
+
+def raw_receipts_from_dicts(raw_block_receipts: list[list[dict[str, Any]]]) -> pl.DataFrame:
+    receipts = [r for block in raw_block_receipts for r in block]
+    return _strings(receipts, _RECEIPT_KEYS).with_columns(
+        pl.Series("log_count", [len(r.get("logs") or []) for r in receipts], pl.Int32))
+
+
+def raw_receipts_from_batch(answer: pl.DataFrame) -> pl.DataFrame:
+    """A batch answer read by polars with ``RECEIPTS_BATCH`` -> raw receipts (strings)."""
+    rows = answer.select(pl.col("result").explode()).drop_nulls("result").select(pl.col("result").struct.unnest())
+    return rows.select(*_RECEIPT_KEYS, pl.col("logs").list.len().fill_null(0).cast(pl.Int32).alias("log_count"))
+
+
+def map_raw_blocks(blocks: pl.DataFrame, txs: pl.DataFrame, chain_id: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(raw blocks, raw transactions) -> the blocks and transactions frames, hex decoded column-wise."""
+    out = blocks.select(
+        _hex("number", pl.Int64).alias("block_number"),
+        pl.col("hash").str.to_lowercase().alias("block_hash"),
+        pl.from_epoch(_hex("timestamp", pl.Int64), "s").cast(BLOCKS["block_timestamp"]).alias("block_timestamp"),
+        _hex("baseFeePerGas", pl.Int64).alias("base_fee_per_gas_wei"),
+        _hex("gasUsed", pl.Int64).alias("gas_used"),
+        _hex("gasLimit", pl.Int64).alias("gas_limit"),
+        pl.col("transaction_count"),
+        pl.col("miner").str.to_lowercase().alias("miner"),
+        pl.lit(chain_id, pl.Int64).alias("chain_id"),
+    ).select(list(BLOCKS))
+    return out, _map_raw_transactions(txs, out, chain_id)
+
+
+def _map_raw_transactions(raw: pl.DataFrame, blocks: pl.DataFrame, chain_id: int) -> pl.DataFrame:
+    if raw.height == 0:
         return pl.DataFrame(schema=TRANSACTIONS)
-    raw = pl.DataFrame(
-        {k: [t.get(k) for t in txs] for k in _TX_KEYS if k != "input"}
-        | {"input": [t.get("input") or t.get("data") or "0x" for t in txs]},
-        schema={k: pl.String for k in _TX_KEYS},
-    )
     value = _hex("value", pl.Int128)
     out = raw.select(
         _hex("blockNumber", pl.Int64).alias("block_number"),
@@ -102,7 +147,7 @@ def map_transactions_frame(txs: list[dict[str, Any]], blocks: pl.DataFrame, chai
         pl.col("to").str.to_lowercase().alias("to_address"),
         value.alias("_value"),
         # value_eth in Python: int / int is correctly rounded (a float cast then a division is not)
-        pl.Series("value_eth", [int(t["value"], 16) / WEI_PER_ETH for t in txs], pl.Float64),
+        pl.Series("value_eth", [int(v, 16) / WEI_PER_ETH for v in raw["value"]], pl.Float64),
         _hex("gas", pl.Int64).alias("gas_limit"),
         _hex("gasPrice", pl.Int64).alias("gas_price_wei"),
         _hex("maxFeePerGas", pl.Int64).alias("max_fee_per_gas_wei"),
@@ -119,16 +164,16 @@ def map_transactions_frame(txs: list[dict[str, Any]], blocks: pl.DataFrame, chai
     return out.with_columns(value_wei=pl.col("_value").cast(TRANSACTIONS["value_wei"])).select(list(TRANSACTIONS))
 
 
+def map_transactions_frame(txs: list[dict[str, Any]], blocks: pl.DataFrame, chain_id: int) -> pl.DataFrame:
+    """Full transaction dicts -> the transactions frame, hex decoded column-wise (same rows as
+    :func:`map_transaction`, without a Python call per field)."""
+    raw = _strings(txs, _TX_KEYS).with_columns(pl.Series("input", [t.get("input") or t.get("data") or "0x" for t in txs], _S))
+    return _map_raw_transactions(raw, blocks, chain_id)
+
+
 def map_blocks_frame(raw_blocks: list[dict[str, Any]], chain_id: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Full-transaction blocks -> (blocks frame, transactions frame), both in contract shape."""
-    txs = []
-    for raw in raw_blocks:
-        block_txs = raw.get("transactions") or []
-        if block_txs and isinstance(block_txs[0], str):
-            raise ValueError("blocks must be fetched with full transactions (eth_getBlockByNumber(n, true))")
-        txs.extend(block_txs)
-    blocks = pl.DataFrame([map_block(raw, chain_id) for raw in raw_blocks], schema=BLOCKS)
-    return blocks, map_transactions_frame(txs, blocks, chain_id)
+    return map_raw_blocks(*raw_blocks_from_dicts(raw_blocks), chain_id)
 
 
 def map_receipt(raw: dict[str, Any]) -> dict[str, Any]:
@@ -149,18 +194,16 @@ def map_receipt(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_RECEIPT_KEYS = ("blockNumber", "transactionIndex", "transactionHash", "status", "gasUsed", "cumulativeGasUsed",
-                 "effectiveGasPrice", "blobGasUsed", "blobGasPrice", "contractAddress")
-
-
 def map_receipts_frame(raw_block_receipts: list[list[dict[str, Any]]]) -> pl.DataFrame:
     """eth_getBlockReceipts results (one list per block) -> the receipts frame, column-wise
     (same rows as :func:`map_receipt`)."""
-    receipts = [r for block in raw_block_receipts for r in block]
-    if not receipts:
+    return map_raw_receipts(raw_receipts_from_dicts(raw_block_receipts))
+
+
+def map_raw_receipts(raw: pl.DataFrame) -> pl.DataFrame:
+    """Raw receipts (strings, ``log_count``) -> the receipts frame."""
+    if raw.height == 0:
         return pl.DataFrame(schema=RECEIPTS)
-    raw = pl.DataFrame({k: [r.get(k) for r in receipts] for k in _RECEIPT_KEYS},
-                       schema={k: pl.String for k in _RECEIPT_KEYS})
     gas, price = _hex("gasUsed", pl.Int64), _hex("effectiveGasPrice", pl.Int64)
     return raw.select(
         _hex("blockNumber", pl.Int64).alias("block_number"),
@@ -174,5 +217,5 @@ def map_receipts_frame(raw_block_receipts: list[list[dict[str, Any]]]) -> pl.Dat
         _hex("blobGasUsed", pl.Int64).alias("blob_gas_used"),
         _hex("blobGasPrice", pl.Int64).alias("blob_gas_price_wei"),
         pl.col("contractAddress").str.to_lowercase().alias("contract_address"),
-        pl.Series("log_count", [len(r.get("logs") or []) for r in receipts], pl.Int32),
+        pl.col("log_count"),
     )

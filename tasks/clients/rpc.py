@@ -27,7 +27,8 @@ import json
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -161,8 +162,11 @@ class ChainRpc(Protocol):
     def call(self, method: str, params: Sequence[Any]) -> Any: ...
 
     def batch(self, calls: Sequence[tuple[str, Sequence[Any]]], retry_null: bool = False) -> list[Any]: ...
+    # (HttpJsonRpc also takes ``columns=``; ChunkStream asks for it only where ``columnar`` is True)
 
     def batch_size(self, method: str, wanted: int) -> int: ...
+
+    def tally(self, merge: bool = True) -> AbstractContextManager[dict[str, float]]: ...
 
 
 class _Retry(Exception):
@@ -179,6 +183,28 @@ def _backoff_hint(error: Any) -> float | None:
         if isinstance(value, (int, float)) and value >= 0:
             return float(value)
     return None
+
+
+def _columns_or_json(schema: Mapping[str, Any], ids: list[int]):
+    """A decoder: the answer as a polars frame (rows in ``ids`` order) when every item is clean,
+    else the JSON decoded as usual (a malformed body still raises ValueError: retried)."""
+
+    def decode(content: bytes) -> Any:
+        import io
+
+        import polars as pl
+
+        try:
+            frame = pl.read_json(io.BytesIO(content), schema=schema)
+        except Exception:  # noqa: BLE001 - whatever polars makes of it, the plain decoder decides
+            frame = None
+        if (frame is not None and frame.height == len(ids) and frame["error"].null_count() == frame.height
+                and frame["result"].null_count() == 0 and set(frame["id"].to_list()) == set(ids)):
+            order = {rid: k for k, rid in enumerate(ids)}
+            return frame.with_columns(_pos=pl.col("id").replace_strict(order, return_dtype=pl.Int64)).sort("_pos").drop("_pos")
+        return _loads(content)
+
+    return decode
 
 
 class HttpJsonRpc:
@@ -202,6 +228,7 @@ class HttpJsonRpc:
         max_batch: int = 1000,
         grow_after_batches: int = 10,
         backoff_jitter: float = 0.5,
+        connections: int = 10,
     ):
         self._url_template = url
         self._api_key = api_key or None
@@ -219,8 +246,16 @@ class HttpJsonRpc:
         self.backoff_max_s = backoff_max_s
         self.backoff_jitter = backoff_jitter
         self._session = requests.Session()
+        # one kept-alive connection per batch in flight (requests' default pool keeps 10)
+        pool = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(10, connections))
+        self._session.mount("http://", pool)
+        self._session.mount("https://", pool)
         self._ids = itertools.count(1)
         self._stats_lock = threading.Lock()
+        self._local = threading.local()
+        # After an HTTP 402 nothing more is sent until the provider's reset (00:00 UTC): batches
+        # queued by other threads fail here, locally, instead of knocking again.
+        self._quota_gone: tuple[str, str] | None = None  # (UTC day of the 402, its message)
         self.stats: dict[str, Any] = {"requests": 0, "calls": 0, "retries": 0, "credits": 0, "waited_s": 0.0}
 
     @classmethod
@@ -241,6 +276,7 @@ class HttpJsonRpc:
             max_batch=rpc.blocks_per_batch,
             grow_after_batches=rpc.batch_grow_after_batches,
             backoff_jitter=rpc.backoff_jitter,
+            connections=rpc.max_concurrent_requests,
         )
 
     # ------------------------------------------------------------------ secrets
@@ -275,6 +311,34 @@ class HttpJsonRpc:
     def _count(self, key: str, n: float) -> None:
         with self._stats_lock:
             self.stats[key] += n
+        mine = getattr(self._local, "tally", None)
+        if mine is not None:
+            mine[key] = mine.get(key, 0) + n
+
+    def adopt(self, sent: Mapping[str, float]) -> None:
+        """Count what another thread sent on this thread's behalf (a prefetched batch) in this
+        thread's tally; the global ``stats`` already have it."""
+        mine = getattr(self._local, "tally", None)
+        if mine is not None:
+            for k, v in sent.items():
+                mine[k] = mine.get(k, 0) + v
+
+    @contextmanager
+    def tally(self, merge: bool = True) -> Iterator[dict[str, float]]:
+        """What this thread sends inside the block (requests, calls, credits, retries...): with
+        batches in flight on several threads, the global ``stats`` cannot say whose they were.
+        Nested, the inner tally is added to the outer one on exit unless ``merge`` is False (the
+        caller hands it on with ``adopt``)."""
+        outer = getattr(self._local, "tally", None)
+        mine: dict[str, float] = {}
+        self._local.tally = mine
+        try:
+            yield mine
+        finally:
+            self._local.tally = outer
+            if outer is not None and merge:
+                for k, v in mine.items():
+                    outer[k] = outer.get(k, 0) + v
 
     # ------------------------------------------------------------------ calls
     def call(self, method: str, params: Sequence[Any]) -> Any:
@@ -291,11 +355,20 @@ class HttpJsonRpc:
             return self._result(body if isinstance(body, dict) else {}, method)
         raise AssertionError("unreachable")
 
-    def batch(self, calls: Sequence[tuple[str, Sequence[Any]]], retry_null: bool = False) -> list[Any]:
+    columnar = True  # batch(columns=...) is understood
+
+    def batch(self, calls: Sequence[tuple[str, Sequence[Any]]], retry_null: bool = False,
+              columns: Mapping[str, Any] | None = None) -> Any:
         """Send ``calls`` as one JSON-RPC batch; results in the order of ``calls``.
 
         Items that fail with a retryable JSON-RPC error, go missing from the answer, or (with
         ``retry_null``) come back null are sent again - only those.
+
+        ``columns`` (a polars schema of ``id``, ``error`` and ``result``): polars reads the answer
+        straight into columns, only the fields named, with no Python object per field - about 4x
+        less CPU than building dicts (bench/results/chain_ingest.md). If every item came back clean
+        (no error, no null, every id), that frame is returned, rows in call order; otherwise the
+        same answer is decoded as usual and handled item by item (a list of results).
         """
         if not calls:
             return []
@@ -311,8 +384,16 @@ class HttpJsonRpc:
             ]
             credits = sum(self.credits_of(pending[i][0]) for i in pending)
             before = self.stats["retries"]
-            body = self._post(payload, what=f"batch of {len(payload)} {calls[0][0]}", credits=credits)
+            decode = _columns_or_json(columns, list(ids)) if columns is not None and attempt == 0 else None
+            body = self._post(payload, what=f"batch of {len(payload)} {calls[0][0]}", credits=credits, decode=decode)
             troubled = troubled or self.stats["retries"] > before
+            if decode is not None and not isinstance(body, (list, dict)):  # the clean columnar answer
+                self._count("calls", len(pending))
+                if troubled:
+                    self.sizer.troubled()
+                else:
+                    self.sizer.quiet()
+                return body
             hint = None
             if not isinstance(body, list):
                 # Some providers answer a whole batch with one error object (e.g. rate limit).
@@ -384,6 +465,9 @@ class HttpJsonRpc:
         time.sleep(min(self.backoff_max_s, max(0.0, wait)))
 
     def _acquire(self, credits: int) -> None:
+        gone = self._quota_gone
+        if gone is not None and gone[0] == datetime.now(timezone.utc).date().isoformat():
+            raise RpcQuotaError(gone[1])
         waited = self.limiter.acquire()
         if self.credit_limiter is not None:
             waited += self.credit_limiter.acquire(credits)
@@ -404,14 +488,14 @@ class HttpJsonRpc:
             waited += time.monotonic() - t0
         self._count("waited_s", waited)
 
-    def _post(self, payload: Any, what: str, credits: int = 0) -> Any:
+    def _post(self, payload: Any, what: str, credits: int = 0, decode=None) -> Any:
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
             self._acquire(credits)
             self._count("requests", 1)
             self._count("credits", credits)
             try:
-                return self._post_once(payload)
+                return self._post_once(payload, decode)
             except _Retry as r:
                 last = r.reason
                 if attempt == self.max_retries:
@@ -422,7 +506,7 @@ class HttpJsonRpc:
             raise RpcUnreachableError(f"{self.url}: {last} ({what}, {self.max_retries} retries)")
         raise RpcError(f"{self.url}: {what} failed after {self.max_retries} retries: {last}")
 
-    def _post_once(self, payload: Any) -> Any:
+    def _post_once(self, payload: Any, decode=None) -> Any:
         try:
             resp = self._session.post(
                 self._real_url(),
@@ -438,13 +522,15 @@ class HttpJsonRpc:
         if status in (401, 403):
             raise RpcAuthError(f"{self.url}: the endpoint rejected the API key (HTTP {status}); check rpc.api_key")
         if status == 402:
-            raise RpcQuotaError(f"{self.url}: quota exhausted (HTTP 402); wait for the daily reset (00:00 UTC) or raise the plan")
+            message = f"{self.url}: quota exhausted (HTTP 402); wait for the daily reset (00:00 UTC) or raise the plan"
+            self._quota_gone = (datetime.now(timezone.utc).date().isoformat(), message)
+            raise RpcQuotaError(message)
         if status in RETRYABLE_HTTP:
             raise _Retry(f"HTTP {status}: {self._short(resp.text)}", self._retry_wait(resp))
         if status >= 400:
             raise RpcError(f"{self.url}: HTTP {status}: {self._short(resp.text)}")
         try:
-            body = _loads(resp.content)
+            body = (decode or _loads)(resp.content)
         except ValueError:  # orjson.JSONDecodeError is a ValueError too
             raise _Retry(f"unreadable or truncated body ({len(resp.content)} bytes)") from None
         return body
