@@ -23,6 +23,7 @@ import torch
 
 from tasks.logs import get_logger
 from tasks.packing import collate_packed, document_block_mask, packed_loss
+from tasks.progress import progress
 from tasks.prompter import Prompter
 
 IGNORE_INDEX = -100
@@ -462,6 +463,7 @@ def train_lora_adapter(
     half = dtype in (torch.bfloat16, torch.float16)
     autocast = torch.autocast(device.type, dtype=dtype) if half and device.type == "cuda" else _null()
     model.train()
+    bar = progress(total_steps, "train-lora", "step", initial=step, disable=None if is_main else True)
     t_train = time.perf_counter()
     steps_this_run = 0
     per_step = cfg.micro_batch_size * world
@@ -522,12 +524,15 @@ def train_lora_adapter(
                     "torch_rng": torch.get_rng_state(), "rng_ranks": rngs, "optimizer": optim,
                     "scheduler": scheduler.state_dict(), "lora": lora,
                 })
+        bar.update(1)
+        bar.set_postfix_str(f"loss {last_loss:.4f}, {step_tokens / dt:,.0f} tok/s", refresh=False)
         if is_main and (step % cfg.log_every_steps == 0 or step == total_steps):
             metrics = {"train_loss": last_loss, "learning_rate": scheduler.get_last_lr()[0],
                        "tokens_per_s": step_tokens / dt, "step_time_s": dt}
             log_metrics(metrics, step)
             log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s %.2fs", step, total_steps, last_loss,
                      metrics["learning_rate"], metrics["tokens_per_s"], dt)
+    bar.close()
     train_seconds = time.perf_counter() - t_train
     val_loss = None
     if val_ex and (is_main or fsdp):  # a sharded model only runs forward with every rank taking part

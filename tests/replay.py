@@ -52,6 +52,9 @@ class ReplayServer:
                 for req, resp in read_transcript(f):
                     self.responses[_key(req["method"], req["params"])] = resp
         self.faults: list[str] = []
+        # fault_for(body) -> a fault name or None: a fault aimed at one request by its content
+        # (e.g. the batch of one block), whatever the order in which concurrent requests arrive
+        self.fault_for = None
         self.requests: list[dict] = []
         self.timeout_sleep_s = timeout_sleep_s
         self.upstream = upstream
@@ -76,6 +79,8 @@ class ReplayServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "body": body})
                 fault = server.faults.pop(0) if server.faults else None
+                if fault is None and server.fault_for is not None:
+                    fault = server.fault_for(body)
                 if fault == "timeout":
                     time.sleep(server.timeout_sleep_s)
                     fault = None

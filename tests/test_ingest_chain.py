@@ -154,22 +154,29 @@ def test_quota_402_stops_cleanly_then_resumes_to_the_clean_result(seeded_node, t
         clean_dir = tmp_path / "clean"
         monkeypatch.setenv("CHAINSIGNAL_STORAGE__DATA_DIR", str(clean_dir))
         ingest_chain(DAY, DAY, rpc_url=url)
-        n_clean = len(proxy.requests)
         clean = lake_frames(clean_dir, "transactions", "blocks")
         assert clean["blocks"].height >= 3
 
         monkeypatch.setenv("CHAINSIGNAL_STORAGE__DATA_DIR", str(tmp_path / "cut"))
         proxy.requests.clear()
-        # transient faults first (retried), then the quota is gone before the third chunk
-        # (two retried requests, then all but the last two chunks of the clean run, then 402)
-        proxy.faults = ["429", "500"] + [None] * (n_clean - 2) + ["402"]
+        # transient faults first (retried), then the quota is gone at the third chunk's batch
+        first = clean["blocks"]["block_number"].min()
+
+        def batch_of(body) -> list[int]:  # the blocks a full-block batch asks for
+            return [int(c["params"][0], 16) for c in (body if isinstance(body, list) else [])
+                    if c["method"] == "eth_getBlockByNumber" and c["params"][1] is True]
+
+        proxy.faults = ["429", "500"]
+        proxy.fault_for = lambda body: "402" if first + 2 in batch_of(body) else None
         state = ingest_chain(DAY, DAY + timedelta(days=1), rpc_url=url, return_state=True)
         cut = state.result()
         assert cut["partitions_stopped"] == 2  # the day, and the next day not even started
-        first = clean["blocks"]["block_number"].min()
         assert cut["stopped_at"] == f"{DAY} block {first + 2}"
         assert not Lake(tmp_path / "cut" / "lake").is_complete("transactions", DAY)
-        assert not proxy.faults and len(proxy.requests) == n_clean + 1  # 402 not retried, nothing sent after it
+        asked = [b for r in proxy.requests for b in batch_of(r["body"])]
+        assert asked.count(first + 2) == 1  # the 402 is not retried
+        assert max(asked) == first + 2  # and no block batch went out after it (one batch in flight)
+        proxy.fault_for = None
         prefect_text = _prefect_logs(state.state_details.flow_run_id)
         assert f"stopped at block {first + 2}" in prefect_text  # the run's logs as the Prefect server holds them
         text = prefect_text + caplog.text + json.dumps(cut)
@@ -265,3 +272,30 @@ def test_sigkill_mid_day_then_resume_equals_a_clean_run(seeded_node, tmp_path, m
     got = lake_frames(killed, "transactions", "blocks")
     assert got["transactions"].equals(clean["transactions"])  # row for row: no gap, no duplicate
     assert got["blocks"].equals(clean["blocks"])
+
+
+def test_progress_bar_shows_blocks_and_tx_per_second(seeded_node, data_dir):
+    """On a terminal the day's bar counts blocks (tqdm's block/s) and shows tx/s and credits."""
+    import io
+
+    from tasks.chain.blockrange import BlockClock
+    from tasks.chain.job import ingest_chain_day
+    from tasks.storage import Workspace
+
+    node, _ = seeded_node
+    ws = Workspace(data_dir)
+    rpc = HttpJsonRpc(node.url, requests_per_second=1e6)
+    clock = BlockClock(rpc, ws.block_ranges_cache("local"))
+    out = io.StringIO()
+    import tasks.chain.job as job
+
+    real = job.progress
+    job.progress = lambda *a, **k: real(*a, **{**k, "disable": False})  # as on a terminal
+    try:
+        report = ingest_chain_day(rpc, ws.lake, clock, DAYS[0], chain="local", chain_id=31337, latest=clock.latest(),
+                                  blocks_per_file=2, blocks_per_batch=2, finality_blocks=64, progress_file=out)
+    finally:
+        job.progress = real
+    text = out.getvalue()
+    assert report.status == "done" and f"{report.blocks}/{report.blocks}" in text
+    assert "block/s" in text and "tx/s" in text and "credits" in text

@@ -33,6 +33,7 @@ from tasks.chain.mappers import (
 )
 from tasks.clients.rpc import ChainRpc, RpcQuotaError
 from tasks.logs import get_logger
+from tasks.progress import progress
 from tasks.storage import Lake, block_chunk_name
 
 
@@ -279,6 +280,7 @@ def _ingest_chain_day(
     receipts: bool = False,
     max_concurrent_requests: int = 1,
     stream: ChunkStream | None = None,
+    progress_file=None,
     sent: dict[str, float],
 ) -> DayReport:
     """One UTC day into the lake. ``stream``: a ChunkStream over several days' plan (``plan_days``),
@@ -319,6 +321,8 @@ def _ingest_chain_day(
     todo = pending_chunks(lake, day, rng.first_block, rng.last_block, chain=chain, blocks_per_file=blocks_per_file,
                           receipts=receipts, overwrite=overwrite)
     report.chunks_skipped = len(list(block_chunks(rng.first_block, rng.last_block, blocks_per_file))) - len(todo)
+    bar = progress(rng.n_blocks, str(day), "block", initial=rng.n_blocks - sum(b - a + 1 for a, b in todo),
+                   file=progress_file)
     own = None
     if todo and (stream is None or not stream.upcoming(todo)):
         stream = own = ChunkStream(rpc, todo, receipts=receipts, blocks_per_batch=blocks_per_batch,
@@ -347,11 +351,14 @@ def _ingest_chain_day(
             report.blocks_fetched += blocks_df.height
             report.transactions_fetched += txs_df.height
             elapsed = max(1e-9, time.perf_counter() - t0)
+            bar.update(blocks_df.height)
+            bar.set_postfix_str(f"{report.transactions_fetched / elapsed:,.0f} tx/s, {spent('credits'):,} credits", refresh=False)
             log.info("%s blocks %d..%d of %d..%d: %d txs | %.0f blocks/s, %.0f tx/s, %d credits so far",
                      day, first, last, rng.first_block, rng.last_block, txs_df.height,
                      report.blocks_fetched / elapsed, report.transactions_fetched / elapsed,
                      spent("credits"))
     finally:
+        bar.close()
         if own is not None:
             own.close()
     report.transactions = parts["transactions"].scan().select(pl.len()).collect().item()
