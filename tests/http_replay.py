@@ -12,20 +12,21 @@ timeout, then answer normally). Every request is recorded (path, query, headers)
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.replay import LocalServer
 
 DATA = Path(__file__).parent / "data" / "http"
 Answer = tuple[int, Any, dict[str, str]]
 Route = Callable[[str, dict[str, str], dict[str, str]], Answer]
 
 
-class HttpReplay:
+class HttpReplay(LocalServer):
     def __init__(self, routes: dict[str, Route], timeout_sleep_s: float = 1.0):
         self.routes = routes
         self.faults: list[str] = []
@@ -67,21 +68,7 @@ class HttpReplay:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> "HttpReplay":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._listen(Handler)
 
 
 def _load(source: str, name: str) -> Any:

@@ -42,7 +42,28 @@ def read_transcript(path: Path) -> list[tuple[dict, dict]]:
     return pairs
 
 
-class ReplayServer:
+class LocalServer:
+    """A stdlib HTTP server on 127.0.0.1, port 0, in its own thread: ``with`` starts and stops it."""
+
+    def _listen(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ReplayServer(LocalServer):
     def __init__(self, *dirs: Path, timeout_sleep_s: float = 1.5, upstream: str | None = None):
         self.responses: dict[str, dict] = {}
         for d in dirs:
@@ -107,9 +128,7 @@ class ReplayServer:
                     payload = payload[: len(payload) // 2]
                 self._send(200, payload)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._listen(Handler)
 
     def _forward(self, body):
         req = urllib.request.Request(self.upstream, data=json.dumps(body).encode(),
@@ -150,14 +169,3 @@ class ReplayServer:
             n += sum(1 for i in items if i["method"] == method)
         return n
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> "ReplayServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

@@ -141,8 +141,9 @@ class ChunkStream:
                 n = first
                 while n <= last:
                     size = self.rpc.batch_size(method, self.wanted) if hasattr(self.rpc, "batch_size") else self.wanted
-                    yield index, method, range(n, min(last, n + size - 1) + 1)
-                    n = min(last, n + size - 1) + 1
+                    numbers = range(n, min(last, n + size - 1) + 1)
+                    yield index, method, numbers
+                    n = numbers[-1] + 1
             index += 1
 
     def _fetch(self, method: str, numbers: range) -> tuple[list, dict[str, float]]:
@@ -213,15 +214,26 @@ def fetch_block_receipts(rpc: ChainRpc, first: int, last: int, blocks_per_batch:
         return [r for piece in s.take(first, last).receipts for r in piece]
 
 
+def _datasets(receipts: bool) -> tuple[str, ...]:
+    return ("transactions", "receipts", "blocks") if receipts else ("transactions", "blocks")
+
+
+def _day_complete(lake: Lake, day: date, receipts: bool) -> bool:
+    return all(lake.is_complete(d, day) for d in _datasets(receipts))
+
+
+def _missing(parts: dict, chain: str, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The chunks whose files are not all in the open partitions ``parts`` (dataset -> Partition)."""
+    return [(a, b) for a, b in chunks if not all(p.has(block_chunk_name(chain, d, a, b)) for d, p in parts.items())]
+
+
 def pending_chunks(lake: Lake, day: date, first: int, last: int, *, chain: str, blocks_per_file: int, receipts: bool,
                    overwrite: bool = False) -> list[tuple[int, int]]:
     """The chunks of a day's block range whose files are not all in the lake yet."""
-    datasets = ("transactions", "receipts", "blocks") if receipts else ("transactions", "blocks")
+    chunks = list(block_chunks(first, last, blocks_per_file))
     if overwrite:
-        return list(block_chunks(first, last, blocks_per_file))
-    have = {d: lake.open_partition(d, day, False) for d in datasets}
-    return [(a, b) for a, b in block_chunks(first, last, blocks_per_file)
-            if not all(have[d].has(block_chunk_name(chain, d, a, b)) for d in datasets)]
+        return chunks
+    return _missing({d: lake.open_partition(d, day) for d in _datasets(receipts)}, chain, chunks)
 
 
 def plan_days(lake: Lake, clock: BlockClock, days: Sequence[date], latest: tuple[int, int], *, chain: str,
@@ -232,9 +244,8 @@ def plan_days(lake: Lake, clock: BlockClock, days: Sequence[date], latest: tuple
     early has asked nothing about the days after. Days already complete contribute nothing; the
     plan ends at a day not final yet or when the range search hits the quota (that day's own
     run then reports why)."""
-    datasets = ("transactions", "receipts", "blocks") if receipts else ("transactions", "blocks")
     for day in days:
-        if not overwrite and all(lake.is_complete(d, day) for d in datasets):
+        if not overwrite and _day_complete(lake, day, receipts):
             continue
         try:
             rng = clock.day_range(day, latest[0], latest[1], finality_blocks)
@@ -288,8 +299,8 @@ def _ingest_chain_day(
     otherwise the day streams its own chunks."""
     log = get_logger()
     t0 = time.perf_counter()
-    datasets = ("transactions", "receipts", "blocks") if receipts else ("transactions", "blocks")
-    if not overwrite and all(lake.is_complete(d, day) for d in datasets):
+    datasets = _datasets(receipts)
+    if not overwrite and _day_complete(lake, day, receipts):
         m = lake.manifest("transactions", day) or {}
         return DayReport(day.isoformat(), "skipped", m.get("first_block"), m.get("last_block"),
                          m.get("blocks", 0), m.get("rows", 0))
@@ -318,9 +329,9 @@ def _ingest_chain_day(
         return close("not_final")
     report.first_block, report.last_block = rng.first_block, rng.last_block
     parts = {d: lake.open_partition(d, day, overwrite) for d in datasets}
-    todo = pending_chunks(lake, day, rng.first_block, rng.last_block, chain=chain, blocks_per_file=blocks_per_file,
-                          receipts=receipts, overwrite=overwrite)
-    report.chunks_skipped = len(list(block_chunks(rng.first_block, rng.last_block, blocks_per_file))) - len(todo)
+    chunks = list(block_chunks(rng.first_block, rng.last_block, blocks_per_file))
+    todo = _missing(parts, chain, chunks)  # an overwrite's partitions are fresh: every chunk
+    report.chunks_skipped = len(chunks) - len(todo)
     bar = progress(rng.n_blocks, str(day), "block", initial=rng.n_blocks - sum(b - a + 1 for a, b in todo),
                    file=progress_file)
     own = None

@@ -78,6 +78,11 @@ def _strings(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> pl.DataFrame:
     return pl.DataFrame({k: [r.get(k) for r in rows] for k in keys}, schema={k: _S for k in keys})
 
 
+def _raw_txs(txs: list[dict[str, Any]]) -> pl.DataFrame:
+    """Transaction dicts -> raw transactions (strings); ``input`` (or old nodes' ``data``), "0x" if empty."""
+    return _strings(txs, _TX_KEYS).with_columns(pl.Series("input", [t.get("input") or t.get("data") or "0x" for t in txs], _S))
+
+
 def raw_blocks_from_dicts(raw_blocks: list[dict[str, Any]]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Block dicts (full transactions) -> (raw blocks, raw transactions): the fields we keep, as strings."""
     txs = []
@@ -88,9 +93,7 @@ def raw_blocks_from_dicts(raw_blocks: list[dict[str, Any]]) -> tuple[pl.DataFram
         txs.extend(block_txs)
     blocks = _strings(raw_blocks, _BLOCK_KEYS).with_columns(
         pl.Series("transaction_count", [len(b.get("transactions") or []) for b in raw_blocks], pl.Int32))
-    raw_txs = _strings(txs, _TX_KEYS).with_columns(
-        pl.Series("input", [t.get("input") or t.get("data") or "0x" for t in txs], _S))
-    return blocks, raw_txs
+    return blocks, _raw_txs(txs)
 
 
 def raw_blocks_from_batch(answer: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -99,7 +102,8 @@ def raw_blocks_from_batch(answer: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFr
     blocks = res.select(*_BLOCK_KEYS, pl.col("transactions").list.len().cast(pl.Int32).alias("transaction_count"))
     raw_txs = (res.select("transactions").explode("transactions").drop_nulls("transactions")
                .select(pl.col("transactions").struct.unnest())
-               .with_columns(pl.coalesce("input", "data", pl.lit("0x")).alias("input"))
+               .with_columns(pl.coalesce(pl.col("input").replace("", None), pl.col("data").replace("", None), pl.lit("0x"))
+                             .alias("input"))  # as _raw_txs: an empty input is "0x"
                .select(_TX_KEYS))
     return blocks, raw_txs
 
@@ -167,8 +171,7 @@ def _map_raw_transactions(raw: pl.DataFrame, blocks: pl.DataFrame, chain_id: int
 def map_transactions_frame(txs: list[dict[str, Any]], blocks: pl.DataFrame, chain_id: int) -> pl.DataFrame:
     """Full transaction dicts -> the transactions frame, hex decoded column-wise (same rows as
     :func:`map_transaction`, without a Python call per field)."""
-    raw = _strings(txs, _TX_KEYS).with_columns(pl.Series("input", [t.get("input") or t.get("data") or "0x" for t in txs], _S))
-    return _map_raw_transactions(raw, blocks, chain_id)
+    return _map_raw_transactions(_raw_txs(txs), blocks, chain_id)
 
 
 def map_blocks_frame(raw_blocks: list[dict[str, Any]], chain_id: int) -> tuple[pl.DataFrame, pl.DataFrame]:
