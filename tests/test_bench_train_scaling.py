@@ -38,3 +38,18 @@ def test_fsdp_smoke_two_processes(tmp_path):
     (result,) = json.loads((tmp_path / "train_scaling.json").read_text())
     assert result["parallelism"] == "fsdp" and result["gpus"] == 2 and result["tokens"] > 0
     assert "efficiency" not in result  # no 1-process run to compare with
+
+
+def test_train_launch_check_smoke_cpu(tmp_path):
+    """bench/check_train_launch_gpu.py (the real worker under torchrun) on CPU: 2 gloo processes
+    must give the adapter of one process accumulating the same global batch."""
+    script = BENCH.with_name("check_train_launch_gpu.py")
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--hidden", "64", "--layers", "2", "--heads", "4",
+                           "--examples", "16", "--epochs", "1", "--parallelism", "ddp", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    report = json.loads((tmp_path / "train_launch_gpu.json").read_text())
+    ddp = report["2 processes, ddp"]
+    assert ddp["world_size"] == 2 and ddp["parallelism"] == "ddp" and ddp["steps"] == 2
+    assert ddp["max_rel_diff_vs_single"] < 1e-5
+    assert "| 2 processes, ddp | 2 | ddp |" in (tmp_path / "train_launch_gpu.md").read_text()
