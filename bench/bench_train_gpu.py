@@ -13,6 +13,9 @@ distribution (64-512 tokens, loss on the response only). The same examples feed 
   flex-packed-compile-liger     compile + liger RMSNorm/SwiGLU (RoPE left to compile)
   flex-packed-compile-blockmask  the document BlockMask built by us and passed as attention_mask (no per-step host sync)
   flex-packed-compile-autotune  compile with mode="max-autotune-no-cudagraphs" (Triton GEMM templates tried)
+  flex-packed-compile-blockmask-fp8  the frozen base's linear layers as fp8 GEMMs (bench/fp8_base.py: e4m3, rowwise
+               scales; LoRA, norms, embeddings, LM head unchanged) - a different numeric recipe from bf16: the
+               variant reports its loss and LoRA-gradient agreement with the bf16 model on the same packed row
 
 Every variant runs its forward under torch.autocast(bf16), as the HF Trainer (alpaca-lora's
 recipe) does: the LoRA weights stay fp32 (peft's default) and their matmuls run in bf16. A
@@ -92,6 +95,68 @@ def pack_rows(examples: list[dict], pack_tokens: int) -> list[list[dict]]:
     return rows
 
 
+def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool) -> dict:
+    """Convert the frozen base to fp8 (bench/fp8_base.py) and report what that did to one packed row's
+    loss and LoRA gradients (dropout off, under the bench's bf16 autocast), against the bf16 model.
+
+    For scale, two more comparisons on the same model: bf16 against itself with the row's examples
+    packed in reverse order (the same loss and gradients in exact arithmetic; only kernel shapes and
+    summation order change), and fp8 in the forward pass only (input gradients from the dequantized
+    weights in bf16), which tells the forward's share of the difference from the backward's."""
+    import torch
+
+    import fp8_base as fp8
+    from tasks.packing import collate_packed, document_block_mask, packed_loss
+
+    def batch(exs):
+        b = collate_packed(exs, device)
+        if block_mask:
+            b["block_mask"] = document_block_mask(b["position_ids"])
+        return b
+
+    row, reversed_row = batch(examples[:16]), batch(examples[:16][::-1])
+    lora = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():  # B = 0 at init: give the adapters a value so that both A and B get gradients
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=1e-3)
+
+    def loss_and_grads(b):
+        model.eval()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss, _ = packed_loss(model, b)
+        loss.backward()
+        g = torch.cat([p.grad.float().flatten() for p in lora])
+        model.zero_grad(set_to_none=True)
+        model.train()
+        return float(loss), g
+
+    def cos(a, b):
+        return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+    loss_ref, g_ref = loss_and_grads(row)
+    _, g_self = loss_and_grads(reversed_row)
+    converted = fp8.fp8_frozen_base(model)
+    torch.cuda.empty_cache() if device == "cuda" else None
+    loss_fp8, g_fp8 = loss_and_grads(row)
+    fp8_backward = fp8._Fp8Matmul.backward
+
+    def bf16_backward(ctx, grad_out):  # the input gradient from the dequantized weight, in bf16
+        w_bwd, s_bwd = ctx.saved_tensors
+        w = (w_bwd.float() * s_bwd.reshape(-1, 1)).to(grad_out.dtype)  # [in, out]
+        return grad_out @ w.t(), None, None, None, None
+
+    fp8._Fp8Matmul.backward = staticmethod(bf16_backward)
+    try:
+        _, g_fwd_only = loss_and_grads(row)
+    finally:
+        fp8._Fp8Matmul.backward = staticmethod(fp8_backward)
+    return {"fp8_layers": converted, "fp8_loss_bf16": loss_ref, "fp8_loss_fp8": loss_fp8,
+            "fp8_loss_rel_diff": abs(loss_fp8 - loss_ref) / abs(loss_ref),
+            "fp8_lora_grad_cosine": cos(g_ref, g_fp8), "fp8_lora_grad_rel_err": float((g_fp8 - g_ref).norm() / g_ref.norm()),
+            "bf16_self_lora_grad_cosine": cos(g_ref, g_self), "fp8_forward_only_lora_grad_cosine": cos(g_ref, g_fwd_only)}
+
+
 def masking_check(model, examples: list[dict], device: str, block_mask: bool = False) -> dict:
     """Document masking on this model, in bf16: a packed row's logits vs each example alone.
 
@@ -151,6 +216,8 @@ def run_variant(name: str, args) -> dict:
     import transformers
 
     info.update(transformers=transformers.__version__, peft=peft.__version__)
+    if "fp8" in name:
+        info.update(fp8_agreement(model, examples, args.device, block_mask="blockmask" in name))
     if not name.startswith("reference"):
         info.update(masking_check(model, examples, args.device, block_mask="blockmask" in name))
     if "compile" in name:
@@ -330,6 +397,13 @@ def write_report(results: list[dict], out: Path) -> None:
         lines.append(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x | {r['peak_gb']:.1f} | {mask} | "
                      f"{r['steps']} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} |")
     for r in results:
+        if "fp8_layers" in r:
+            lines.append(f"\n{r['variant']}: {r['fp8_layers']} frozen linear layers as fp8 GEMMs. Same packed row, dropout off, "
+                         f"against the bf16 model: loss {r['fp8_loss_bf16']:.4f} (bf16) vs {r['fp8_loss_fp8']:.4f} (fp8), "
+                         f"rel. diff {r['fp8_loss_rel_diff']:.1e}; LoRA gradients cosine {r['fp8_lora_grad_cosine']:.4f}, "
+                         f"rel. error {r['fp8_lora_grad_rel_err']:.1e}. For scale: bf16 against itself with the row packed in reverse "
+                         f"order: cosine {r['bf16_self_lora_grad_cosine']:.4f}; fp8 in the forward only: "
+                         f"cosine {r['fp8_forward_only_lora_grad_cosine']:.4f}.")
         if "profile" in r:
             pr = r["profile"]
             shares = ", ".join(f"{k[:-6]} {v:.0%}" for k, v in sorted(pr.items(), key=lambda kv: -kv[1]) if k.endswith("_share") and k != "busy_share")

@@ -1,0 +1,120 @@
+"""The frozen base of a LoRA model in fp8: its linear layers run as fp8 GEMMs (``torch._scaled_mm``).
+
+LoRA trains a few million parameters on top of billions that never change. On an H100 the fast
+path spends ~77% of its GPU time in the base's bf16 GEMMs (bench/results/train_gpu.md), already at
+~72% of the card's bf16 peak; fp8 tensor cores have twice that peak. This module swaps every
+frozen ``nn.Linear`` (and the base layer inside each peft LoRA layer) for :class:`Fp8Linear`:
+
+- the weight is quantized once to float8_e4m3fn with one scale per output row (forward), and once
+  more transposed with one scale per input column (the input gradient of the backward pass); the
+  bf16 weight is dropped, so the two fp8 copies take the memory the bf16 weight took;
+- activations and output gradients are quantized on the fly, one scale per row (per token), so
+  one outlier token does not flatten the others' resolution;
+- the LoRA adapters, norms, embeddings and the LM head stay in bf16/fp32: only frozen matrix
+  products change numerics, never the trained weights or the loss.
+
+This is a different numeric recipe from bf16, like QLoRA's 4-bit base but at 8 bits with
+per-channel scales: ``bench/bench_train_gpu.py`` reports its loss and LoRA-gradient agreement with
+the bf16 model next to its speed. It lives in bench/, not tasks/: measured on the benchmark's
+random-init 7B model, the fp8 forward turns the LoRA gradients' direction (cosine 0.54 against
+bf16, whose own reordering noise gives 0.997; bench/results/train_gpu.md), so it is not a
+training setting until it is shown to train a real model as well as bf16 does. ``torch._scaled_mm`` runs on CUDA cards with fp8 tensor cores
+(compute capability 8.9+: L4, L40, H100, H200) and, slowly, on CPU (tests).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = torch.finfo(E4M3).max  # 448
+_ALIGN = 16  # _scaled_mm wants every dimension a multiple of 16
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 values, fp32 dequantization scale of shape [rows, 1]) of a 2-D tensor, one scale per row."""
+    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12)
+    scale = amax / E4M3_MAX
+    return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+
+
+def _mm(a: torch.Tensor, b_rows: torch.Tensor, b_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """a [M, K] (any float) @ b_rows.T, where b_rows [N, K] is fp8 with one scale per row ([1, N])."""
+    m = a.shape[0]
+    pad = -m % _ALIGN
+    if pad:
+        a = torch.nn.functional.pad(a, (0, 0, 0, pad))
+    aq, a_scale = quantize_rows(a)
+    out = torch._scaled_mm(aq, b_rows.t(), scale_a=a_scale, scale_b=b_scale, out_dtype=out_dtype)
+    return out[:m] if pad else out
+
+
+class _Fp8Matmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w_fwd, s_fwd, w_bwd, s_bwd):
+        ctx.save_for_backward(w_bwd, s_bwd)
+        ctx.in_dtype = x.dtype
+        out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        return _mm(x.reshape(-1, x.shape[-1]), w_fwd, s_fwd, out_dtype).reshape(*x.shape[:-1], w_fwd.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        w_bwd, s_bwd = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        out_dtype = grad_out.dtype if grad_out.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        grad_in = _mm(g, w_bwd, s_bwd, out_dtype).reshape(*grad_out.shape[:-1], w_bwd.shape[0])
+        return grad_in.to(ctx.in_dtype), None, None, None, None
+
+
+class Fp8Linear(nn.Module):
+    """A frozen linear layer whose products run in fp8 (see the module docstring). No weight gradient."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach()
+        if w.shape[0] % _ALIGN or w.shape[1] % _ALIGN:
+            raise ValueError(f"fp8 base needs layer sizes divisible by {_ALIGN}, got {tuple(w.shape)}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w_fwd, s_fwd = quantize_rows(w)  # [out, in]: one scale per output row
+        w_bwd, s_bwd = quantize_rows(w.t())  # [in, out]: one scale per input column
+        self.register_buffer("w_fwd", w_fwd)
+        self.register_buffer("s_fwd", s_fwd.reshape(1, -1))
+        self.register_buffer("w_bwd", w_bwd.contiguous())
+        self.register_buffer("s_bwd", s_bwd.reshape(1, -1))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight (bf16), for code that inspects it; not used by forward."""
+        return (self.w_fwd.float() * self.s_fwd.reshape(-1, 1)).to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _Fp8Matmul.apply(x, self.w_fwd, self.s_fwd, self.w_bwd, self.s_bwd)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp8=e4m3 rowwise"
+
+
+def fp8_frozen_base(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> int:
+    """Replace every frozen ``nn.Linear`` of ``model`` (peft LoRA layers' base layers included)
+    with :class:`Fp8Linear`, in place; layers whose name contains one of ``skip`` stay. Returns
+    how many layers were converted. Call after ``get_peft_model`` (LoRA weights stay trainable)."""
+    targets = [(name, mod) for name, mod in model.named_modules()
+               if type(mod) is nn.Linear and not mod.weight.requires_grad and not any(s in name for s in skip)]
+    for name, mod in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Fp8Linear(mod))
+        mod.weight = None  # free the bf16 weight now, not when the loop ends
+    return len(targets)
+
+
+def fp8_supported(device: torch.device) -> bool:
+    """Whether fp8 GEMMs run on ``device``: CPU (slowly) or a CUDA card of compute capability 8.9+."""
+    if device.type == "cpu":
+        return True
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
