@@ -13,7 +13,7 @@ distribution (64-512 tokens, loss on the response only). The same examples feed 
   flex-packed-compile-liger     compile + liger RMSNorm/SwiGLU (RoPE left to compile)
   flex-packed-compile-blockmask  the document BlockMask built by us and passed as attention_mask (no per-step host sync)
   flex-packed-compile-autotune  compile with mode="max-autotune-no-cudagraphs" (Triton GEMM templates tried)
-  flex-packed-compile-blockmask-fp8  the frozen base's linear layers as fp8 GEMMs (bench/fp8_base.py: e4m3, rowwise
+  flex-packed-compile-blockmask-fp8  the frozen base's linear layers as fp8 GEMMs (tasks/fp8.py: e4m3, rowwise
                scales; LoRA, norms, embeddings, LM head unchanged) - a different numeric recipe from bf16: the
                variant reports its loss and LoRA-gradient agreement with the bf16 model on the same packed row
 
@@ -96,7 +96,7 @@ def pack_rows(examples: list[dict], pack_tokens: int) -> list[list[dict]]:
 
 
 def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool) -> dict:
-    """Convert the frozen base to fp8 (bench/fp8_base.py) and report what that did to one packed row's
+    """Convert the frozen base to fp8 (tasks/fp8.py) and report what that did to one packed row's
     loss and LoRA gradients (dropout off, under the bench's bf16 autocast), against the bf16 model.
 
     For scale, two more comparisons on the same model: bf16 against itself with the row's examples
@@ -105,7 +105,7 @@ def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool) ->
     weights in bf16), which tells the forward's share of the difference from the backward's."""
     import torch
 
-    import fp8_base as fp8
+    import tasks.fp8 as fp8
     from tasks.packing import collate_packed, document_block_mask, packed_loss
 
     def batch(exs):

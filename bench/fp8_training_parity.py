@@ -1,4 +1,4 @@
-"""Does an fp8 frozen base (bench/fp8_base.py) train a LoRA as well as the bf16 base? Same run.
+"""Does an fp8 frozen base (tasks/fp8.py) train a LoRA as well as the bf16 base? Same run.
 
 bench_train_gpu.py's `-fp8` variant is 1.38x faster than the bf16 fast path, but one packed row's
 LoRA gradients point elsewhere (cosine 0.54 on the random-init 7B). A gradient is one noisy sample;
@@ -63,7 +63,7 @@ def train_one(precision: str, args) -> dict:
 
     model = build_model(args.attention, args.layers, args.hidden, args.device)
     if precision == "fp8":
-        from fp8_base import fp8_frozen_base
+        from tasks.fp8 import fp8_frozen_base
 
         converted = fp8_frozen_base(model)
     else:

@@ -396,6 +396,15 @@ def train_lora_adapter(
         target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
     ))
     trainable, total = count_params(model)
+    if getattr(cfg, "fp8_base", False):
+        from tasks.fp8 import fp8_frozen_base, fp8_supported
+
+        if distributed:
+            raise ValueError("train.fp8_base runs in one process for now; set train.nproc=1")
+        if not fp8_supported(device):
+            raise ValueError(f"train.fp8_base needs fp8 tensor cores (CUDA compute capability 8.9+, e.g. L4, H100); "
+                             f"{device} has none: set train.fp8_base=false")
+        log.info("fp8 base: %d frozen linear layers now run as fp8 GEMMs", fp8_frozen_base(model))
     unwrapped = model
     if getattr(cfg, "compile", False):
         compile_decoder_layers(unwrapped)

@@ -1,16 +1,12 @@
-"""The fp8 frozen base of the GPU benchmark (bench/fp8_base.py) on CPU, where torch._scaled_mm runs too: the same products
+"""The fp8 frozen base (tasks/fp8.py, train.fp8_base) on CPU, where torch._scaled_mm runs too: the same products
 and input gradients as the bf16 layer within fp8's resolution, the LoRA weights untouched and
 still trained, and the whole tiny Llama's loss and LoRA gradients close to its bf16 twin's."""
-
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from fp8_base import E4M3, Fp8Linear, fp8_frozen_base, quantize_rows  # noqa: E402
+from tasks.fp8 import E4M3, Fp8Linear, fp8_frozen_base, quantize_rows
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -48,6 +44,9 @@ def test_fp8_linear_matches_the_bf16_layer_forward_and_input_gradient():
 def test_fp8_linear_refuses_unaligned_sizes():
     with pytest.raises(ValueError, match="divisible by 16"):
         Fp8Linear(nn.Linear(100, 64))
+    model = nn.Sequential(nn.Linear(64, 100), nn.Linear(100, 32), nn.Linear(32, 64)).requires_grad_(False)
+    assert fp8_frozen_base(model) == 1  # the unaligned layers stay as they are
+    assert [type(m).__name__ for m in model] == ["Linear", "Linear", "Fp8Linear"]
 
 
 def test_fp8_base_on_a_lora_llama_keeps_loss_and_lora_gradients():
@@ -86,3 +85,65 @@ def test_fp8_base_on_a_lora_llama_keeps_loss_and_lora_gradients():
     cos = float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0))
     print(f"loss bf16 {losses[0]:.4f} fp8 {losses[1]:.4f}, LoRA gradient cosine {cos:.4f}")
     assert cos > 0.95, cos
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tasks.prompter import Prompter
+    from tasks.tinymodel import build_tiny_llama
+
+    p = Prompter.load()
+    corpus = [p.prompt(p.instruction, f"day {i}") + lab for i in range(30) for lab in p.labels]
+    return build_tiny_llama(tmp_path_factory.mktemp("m") / "tiny", corpus, vocab_size=400, hidden_size=32, layers=2,
+                            heads=2, seed=0, init_std=0.2)
+
+
+def test_train_lora_with_an_fp8_base_learns_an_adapter_that_loads_on_the_plain_base(tiny_model, tmp_path):
+    """train.fp8_base through the real training core: the loss falls, and the adapter, saved like any
+    other, makes the plain (unquantized) base prefer the label it was taught."""
+    from peft import PeftModel
+
+    from tasks.evaluate import label_loglik, predict_labels
+    from tasks.prompter import Prompter
+    from tasks.settings import load_settings, with_overrides
+    from tasks.train import load_base_model, train_lora_adapter
+
+    p = Prompter.load()
+    recs = [{"instruction": p.instruction, "input": f"day {i}", "output": "POSITIVE"} for i in range(24)]
+    cfg = with_overrides(load_settings(), train={"epochs": 12, "batch_size": 8, "micro_batch_size": 4, "learning_rate": 5e-3,
+                                                 "cutoff_len": 96, "device": "cpu", "fp8_base": True}).train
+    seen = []
+    result = train_lora_adapter(cfg, str(tiny_model), recs, recs[:6], tmp_path / "adapter", log_metrics=lambda m, s: seen.append(m))
+    losses = [m["train_loss"] for m in seen if "train_loss" in m]
+    assert result.steps == 36 and losses[-1] < losses[0]
+    tok, base = load_base_model(str(tiny_model), torch.device("cpu"))
+    model = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
+    preds, _ = predict_labels(label_loglik(model, tok, p, recs[:6], 96), p.labels)
+    assert preds == ["POSITIVE"] * 6
+
+
+def test_fp8_base_settings_refuse_what_is_not_supported():
+    from tasks.settings import SettingsError, load_settings, with_overrides
+
+    with pytest.raises(SettingsError, match="pick one"):
+        with_overrides(load_settings(), train={"fp8_base": True, "qlora": True})
+    with pytest.raises(SettingsError, match="one process"):
+        with_overrides(load_settings(), train={"fp8_base": True, "nproc": 2, "batch_size": 16, "micro_batch_size": 8})
+
+
+def test_fp8_training_parity_bench_smoke_cpu(tmp_path):
+    """bench/fp8_training_parity.py runs both precisions in subprocesses and writes its report (CPU, no figures)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "fp8_training_parity.py"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--layers", "2", "--hidden", "256", "--steps", "3",
+                           "--examples", "40", "--pack-tokens", "512", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    bf16, fp8 = (json.loads((tmp_path / f"fp8_parity_{p}.json").read_text()) for p in ("bf16", "fp8"))
+    assert bf16["fp8_layers"] == 0 and fp8["fp8_layers"] == 14 and len(fp8["train_loss"]) == 3
+    assert 0 < bf16["floor"] < bf16["held_out_loss"] and abs(fp8["train_loss"][0] - bf16["train_loss"][0]) < 0.1
+    assert "| fp8 train loss |" in (tmp_path / "fp8_parity.md").read_text()
