@@ -52,6 +52,12 @@ VARIANTS = ["reference", "flex-packed-compile", "flex-packed-compile-blockmask",
 IGNORE_INDEX = -100
 
 
+def alpaca_lengths(rng) -> tuple[int, int]:
+    """(total tokens, response tokens) of one alpaca-like example: log-normal around ~200, 64-512, response 20-60%."""
+    length = int(min(512, max(64, rng.lognormvariate(5.3, 0.55))))
+    return length, max(8, int(length * rng.uniform(0.2, 0.6)))
+
+
 def make_examples(n: int, vocab: int, seed: int) -> list[dict]:
     """Alpaca-like: total length log-normal around ~200 tokens, clipped to 64-512; response 20-60%."""
     import random
@@ -59,8 +65,7 @@ def make_examples(n: int, vocab: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        length = int(min(512, max(64, rng.lognormvariate(5.3, 0.55))))
-        resp = max(8, int(length * rng.uniform(0.2, 0.6)))
+        length, resp = alpaca_lengths(rng)
         ids = [rng.randrange(3, vocab) for _ in range(length)]
         out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (length - resp) + ids[length - resp:]})
     return out

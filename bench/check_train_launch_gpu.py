@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -83,12 +84,12 @@ def main() -> None:
     corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in train] + list(prompter.labels)
     model = build_tiny_llama(work / "model", corpus, vocab_size=2000, hidden_size=args.hidden, layers=args.layers,
                              heads=args.heads, seed=0, init_std=0.02)
-    knobs = dict(device=args.device, attention="flex_attention" if args.device == "cuda" else "sdpa", packing=True, compile=args.compile, lora_dropout=0.0,
-                 epochs=args.epochs, micro_batch_size=args.micro_batch, batch_size=args.micro_batch * args.nproc,
+    knobs = dict(device=args.device, attention="flex_attention" if args.device == "cuda" else "sdpa", packing=True,
+                 compile=args.compile, lora_dropout=0.0, epochs=args.epochs, micro_batch_size=args.micro_batch, batch_size=args.micro_batch * args.nproc,
                  learning_rate=1e-3, cutoff_len=256, seed=7)
 
-    name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    rows, report = [], {"device": name, "torch": torch.__version__, "args": vars(args) | {"out": str(args.out)}}
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    rows, report = [], {"device": device_name, "torch": torch.__version__, "args": vars(args) | {"out": str(args.out)}}
     t0 = time.perf_counter()
     single = train_lora_adapter(TrainSettings(**knobs), str(model), train, val, work / "single")
     rows.append(("1 process, accumulating", single, time.perf_counter() - t0, None))
@@ -120,6 +121,7 @@ def main() -> None:
     print(text)
     (args.out / "train_launch_gpu.md").write_text(text)
     (args.out / "train_launch_gpu.json").write_text(json.dumps(report, indent=2, default=str))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -37,11 +37,12 @@ IGNORE_INDEX = -100
 
 
 def make_examples(n: int, seed: int) -> list[dict]:
+    from bench_train_gpu import alpaca_lengths
+
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        length = int(min(512, max(64, rng.lognormvariate(5.3, 0.55))))
-        resp = max(8, int(length * rng.uniform(0.2, 0.6)))
+        length, resp = alpaca_lengths(rng)
         k = rng.randrange(len(KEYS))
         prompt = [KEYS[k]] + [rng.randrange(1000, 32000) for _ in range(length - resp - 1)]
         answer = [ANSWERS[(5 * k + 3) % len(ANSWERS)]] + [rng.choice(FILLERS) for _ in range(resp - 1)]
