@@ -272,6 +272,8 @@ class TrainSettings(_Section):
             raise ValueError("nproc > 1 trains the causal kind only")
         if self.fp8_base and self.qlora:
             raise ValueError("fp8_base and qlora both quantize the frozen base; pick one")
+        if self.fp8_base and self.model_kind != "causal":
+            raise ValueError("fp8_base applies to the causal kind (the encoder kind trains a small model in full precision)")
         if self.fp8_base and self.nproc > 1:
             raise ValueError("fp8_base runs in one process for now (multi-GPU with an fp8 base is not measured); set nproc=1")
         if self.parallelism == "fsdp" and self.qlora:

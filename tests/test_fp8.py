@@ -127,6 +127,8 @@ def test_fp8_base_settings_refuse_what_is_not_supported():
 
     with pytest.raises(SettingsError, match="pick one"):
         with_overrides(load_settings(), train={"fp8_base": True, "qlora": True})
+    with pytest.raises(SettingsError, match="causal kind"):
+        with_overrides(load_settings(), train={"fp8_base": True, "model_kind": "encoder"})
     with pytest.raises(SettingsError, match="one process"):
         with_overrides(load_settings(), train={"fp8_base": True, "nproc": 2, "batch_size": 16, "micro_batch_size": 8})
 
