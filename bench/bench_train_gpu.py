@@ -111,15 +111,10 @@ def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool) ->
     import torch
 
     import tasks.fp8 as fp8
-    from tasks.packing import collate_packed, document_block_mask, packed_loss
+    from tasks.packing import collate_packed, packed_loss
 
-    def batch(exs):
-        b = collate_packed(exs, device)
-        if block_mask:
-            b["block_mask"] = document_block_mask(b["position_ids"])
-        return b
-
-    row, reversed_row = batch(examples[:16]), batch(examples[:16][::-1])
+    row = collate_packed(examples[:16], device, block_mask=block_mask)
+    reversed_row = collate_packed(examples[:16][::-1], device, block_mask=block_mask)
     lora = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():  # B = 0 at init: give the adapters a value so that both A and B get gradients
         for name, p in model.named_parameters():
@@ -172,12 +167,12 @@ def masking_check(model, examples: list[dict], device: str, block_mask: bool = F
     """
     import torch
 
-    from tasks.packing import collate_packed, document_block_mask
+    from tasks.packing import collate_packed
 
     model.eval()
     exs = examples[:4]
-    b = collate_packed(exs, device)
-    extra = {"attention_mask": document_block_mask(b["position_ids"])} if block_mask else {}
+    b = collate_packed(exs, device, block_mask=block_mask)
+    extra = {"attention_mask": b["block_mask"]} if block_mask else {}
     bounds = [0]
     for e in exs:
         bounds.append(bounds[-1] + len(e["input_ids"]))
@@ -204,7 +199,7 @@ def masking_check(model, examples: list[dict], device: str, block_mask: bool = F
 def run_variant(name: str, args) -> dict:
     import torch
 
-    from tasks.packing import collate_packed, document_block_mask, packed_loss
+    from tasks.packing import collate_packed, packed_loss
 
     attention = "eager" if name.startswith("reference") else ("sdpa" if name.startswith("sdpa") else "flex_attention")
     if "liger" in name:
@@ -255,9 +250,7 @@ def run_variant(name: str, args) -> dict:
         fixed = pack if "compile" in name else None
 
         def step(batch):
-            b = collate_packed(batch, args.device, pad_to=fixed)
-            if "blockmask" in name:
-                b["block_mask"] = document_block_mask(b["position_ids"])
+            b = collate_packed(batch, args.device, pad_to=fixed, block_mask="blockmask" in name)
             loss, _ = packed_loss(model, b)
             return loss, sum(len(e["input_ids"]) for e in batch)
 

@@ -60,7 +60,7 @@ def train_one(precision: str, args) -> dict:
     import torch
 
     from bench_train_gpu import build_model, pack_rows
-    from tasks.packing import collate_packed, document_block_mask, packed_loss
+    from tasks.packing import collate_packed, packed_loss
 
     model = build_model(args.attention, args.layers, args.hidden, args.device)
     if precision == "fp8":
@@ -75,11 +75,7 @@ def train_one(precision: str, args) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device == "cuda")
 
     def batch(row):
-        b = collate_packed(row, args.device)
-        b["block_mask"] = document_block_mask(b["position_ids"]) if args.attention == "flex_attention" else None
-        if b["block_mask"] is None:
-            del b["block_mask"]
-        return b
+        return collate_packed(row, args.device, block_mask=args.attention == "flex_attention")
 
     def evaluate() -> float:
         model.eval()

@@ -18,6 +18,7 @@ torch only (no transformers, prefect or mlflow import): the GPU bench imports th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -25,12 +26,13 @@ IGNORE_INDEX = -100
 
 
 def collate_packed(batch: Sequence[dict[str, list[int]]], device: torch.device | str = "cpu", *,
-                   pad_to: int | None = None, pad_id: int = 0) -> dict[str, torch.Tensor]:
+                   pad_to: int | None = None, pad_id: int = 0, block_mask: bool = False) -> dict[str, Any]:
     """Concatenate ``batch`` into a single row with per-example ``position_ids`` (shape ``[1, sum(len)]``).
 
     ``pad_to`` fills the row up to that many tokens with one extra, label-less document of pad
     tokens (its own positions, so nothing attends to it): fixed row shapes keep ``torch.compile``
-    from recompiling for every new length.
+    from recompiling for every new length. ``block_mask`` (flex_attention models) adds the row's
+    :func:`document_block_mask`, which :func:`packed_loss` passes as the attention mask.
     """
     if not batch:
         raise ValueError("collate_packed got an empty micro-batch")
@@ -56,8 +58,11 @@ def collate_packed(batch: Sequence[dict[str, list[int]]], device: torch.device |
     # stall the queue once per step.
     keep = [i for i, y in enumerate(labels[1:]) if y != IGNORE_INDEX]
     as_vec = lambda xs: torch.tensor(xs, dtype=torch.long).to(device, non_blocking=True)  # noqa: E731
-    return {"input_ids": as_row(ids), "position_ids": as_row(pos), "labels": as_row(labels),
-            "keep": as_vec(keep), "targets": as_vec([labels[i + 1] for i in keep])}
+    out = {"input_ids": as_row(ids), "position_ids": as_row(pos), "labels": as_row(labels),
+           "keep": as_vec(keep), "targets": as_vec([labels[i + 1] for i in keep])}
+    if block_mask:
+        out["block_mask"] = document_block_mask(out["position_ids"])
+    return out
 
 
 def document_ids(position_ids: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tasks.logs import get_logger
-from tasks.packing import collate_packed, document_block_mask, packed_loss
+from tasks.packing import collate_packed, packed_loss
 from tasks.progress import progress
 from tasks.prompter import Prompter
 
@@ -493,9 +493,7 @@ def train_lora_adapter(
             with ctx:
                 with autocast:
                     if packing:
-                        batch = collate_packed(mine, device)
-                        if attention == "flex_attention":
-                            batch["block_mask"] = document_block_mask(batch["position_ids"])
+                        batch = collate_packed(mine, device, block_mask=attention == "flex_attention")
                         loss, _ = packed_loss(model, batch)
                         step_tokens += batch["input_ids"].shape[1]
                     else:

@@ -87,10 +87,10 @@ def test_document_block_mask_matches_each_example_alone(weights):
 
     model = model_with(weights, "flex_attention")
     exs = examples(4)
-    b = collate_packed(exs)
+    b = collate_packed(exs, block_mask=True)
     with torch.no_grad():
         packed = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False,
-                       attention_mask=document_block_mask(b["position_ids"])).logits[0]
+                       attention_mask=b["block_mask"]).logits[0]
         alone = torch.cat([model(input_ids=torch.tensor([e["input_ids"]]), use_cache=False).logits[0] for e in exs])
         # the model really uses the mask passed in: a plain causal one (one document) leaks across examples
         one_doc = document_block_mask(torch.arange(b["input_ids"].shape[1]).unsqueeze(0))
