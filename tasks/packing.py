@@ -91,30 +91,16 @@ def document_block_mask(position_ids: torch.Tensor):
     return create_block_mask(same_doc_causal, 1, None, n, n, device=position_ids.device, _compile=True)
 
 
-def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positions whose NEXT token has a label, those next-token labels) of a single packed row.
-
-    Passing the positions as ``logits_to_keep`` (a 1D index tensor, understood by transformers
-    5.17 and 5.24 alike) projects only these hidden states onto the vocabulary: with the loss on
-    the response only, most positions of a prompt-heavy row are skipped.
-    """
-    if labels.shape[0] != 1:
-        raise ValueError(f"a packed batch is one row, got {labels.shape[0]}")
-    nxt = labels[0, 1:]
-    keep = (nxt != IGNORE_INDEX).nonzero().squeeze(-1)
-    return keep, nxt[keep]
-
-
 def packed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over the labelled tokens of a packed row, and their count.
 
-    Same value as the model's own loss on the padded batch of the same examples; logits are
-    computed only where a label follows.
+    Same value as the model's own loss on the padded batch of the same examples. ``batch`` comes
+    from :func:`collate_packed`, whose ``keep`` (positions whose next token has a label) is passed
+    as ``logits_to_keep`` (a 1D index tensor, understood by transformers 5.17 and 5.24 alike): only
+    those hidden states are projected onto the vocabulary, so with the loss on the response only,
+    most positions of a prompt-heavy row are skipped.
     """
-    if "keep" in batch:
-        keep, targets = batch["keep"], batch["targets"]
-    else:
-        keep, targets = label_positions(batch["labels"])
+    keep, targets = batch["keep"], batch["targets"]
     extra = {"attention_mask": batch["block_mask"]} if "block_mask" in batch else {}
     out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False, **extra)
     logits = out.logits.reshape(-1, out.logits.shape[-1])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tasks.packing import IGNORE_INDEX, collate_packed, document_ids, label_positions, packed_loss
+from tasks.packing import IGNORE_INDEX, collate_packed, document_ids, packed_loss
 from tasks.train import collate
 
 LENGTHS = (9, 17, 4, 23)
@@ -42,7 +42,9 @@ def test_collate_packed_layout():
     assert document_ids(b["position_ids"])[0].tolist() == [k for k, n in enumerate(LENGTHS) for _ in range(n)]
     starts = [sum(LENGTHS[:k]) for k in range(len(LENGTHS))]
     assert all(b["labels"][0, s] == IGNORE_INDEX for s in starts)  # nothing predicted across a boundary
-    keep, targets = label_positions(b["labels"])  # the on-device way gives what collate computed on the host
+    nxt = b["labels"][0, 1:]  # the on-device way (nonzero) gives what collate computed on the host
+    keep = (nxt != IGNORE_INDEX).nonzero().squeeze(-1)
+    targets = nxt[keep]
     assert b["keep"].tolist() == keep.tolist() and b["targets"].tolist() == targets.tolist()
     with pytest.raises(ValueError, match="same, non-zero length"):
         collate_packed([{"input_ids": [1, 2], "labels": [1]}])
