@@ -16,6 +16,7 @@ distribution (64-512 tokens, loss on the response only). The same examples feed 
   flex-packed-compile-blockmask-fp8  the frozen base's linear layers as fp8 GEMMs (tasks/fp8.py: e4m3, rowwise
                scales; LoRA, norms, embeddings, LM head unchanged) - a different numeric recipe from bf16: the
                variant reports its loss and LoRA-gradient agreement with the bf16 model on the same packed row
+  ...-fp8-fastaccum  the same with the fp8 GEMMs' fast accumulation (use_fast_accum: faster, less precise)
 
 Every variant runs its forward under torch.autocast(bf16), as the HF Trainer (alpaca-lora's
 recipe) does: the LoRA weights stay fp32 (peft's default) and their matmuls run in bf16. A
@@ -27,7 +28,8 @@ the variant's JSON, the top kernels in profile_<variant>.txt.
 
 Measured: real (non-pad) tokens per second over the timed steps (forward, backward, AdamW step),
 and peak allocated GPU memory. Before timing, each packed variant checks document masking on
-this model: a packed row's logits vs each example alone (relative error must stay < 2e-2 in bf16).
+this model: a packed row's logits vs each example alone (relative error must stay < 2e-2 in bf16),
+and each compiled variant checks that its LoRA gradients on one batch are the eager model's.
 Each variant runs in its own subprocess (a crashed kernel poisons the CUDA context).
 
 Run (device machine):  python3 bench/bench_train_gpu.py --out $OUT
@@ -139,22 +141,49 @@ def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool) ->
     converted = fp8.fp8_frozen_base(model)
     torch.cuda.empty_cache() if device == "cuda" else None
     loss_fp8, g_fp8 = loss_and_grads(row)
-    fp8_backward = fp8._Fp8Matmul.backward
-
-    def bf16_backward(ctx, grad_out):  # the input gradient from the dequantized weight, in bf16
-        w_bwd, s_bwd = ctx.saved_tensors
-        w = (w_bwd.float() * s_bwd.reshape(-1, 1)).to(grad_out.dtype)  # [in, out]
-        return grad_out @ w.t(), None, None, None, None
-
-    fp8._Fp8Matmul.backward = staticmethod(bf16_backward)
+    _, g_fp8_self = loss_and_grads(reversed_row)
+    fp8.INPUT_GRAD_IN_BF16 = True  # the input gradient from the dequantized weight, in bf16
     try:
         _, g_fwd_only = loss_and_grads(row)
     finally:
-        fp8._Fp8Matmul.backward = staticmethod(fp8_backward)
+        fp8.INPUT_GRAD_IN_BF16 = False
     return {"fp8_layers": converted, "fp8_loss_bf16": loss_ref, "fp8_loss_fp8": loss_fp8,
             "fp8_loss_rel_diff": abs(loss_fp8 - loss_ref) / abs(loss_ref),
             "fp8_lora_grad_cosine": cos(g_ref, g_fp8), "fp8_lora_grad_rel_err": float((g_fp8 - g_ref).norm() / g_ref.norm()),
-            "bf16_self_lora_grad_cosine": cos(g_ref, g_self), "fp8_forward_only_lora_grad_cosine": cos(g_ref, g_fwd_only)}
+            "bf16_self_lora_grad_cosine": cos(g_ref, g_self), "fp8_self_lora_grad_cosine": cos(g_fp8, g_fp8_self),
+            "fp8_forward_only_lora_grad_cosine": cos(g_ref, g_fwd_only)}
+
+
+def compiled_grad_check(model, step, batch, floor: float = 0.95) -> dict:
+    """The compiled model's LoRA gradients against the same model run eagerly (torch.compiler's
+    "force_eager" stance), on one batch, dropout off. A compiled variant is only timed honestly if
+    it computes the same gradients: an fp8 base written as a torch.autograd.Function once compiled
+    to an input gradient of zero (so no LoRA weight learned) while running faster. Pass: the norms
+    agree within 10% and the cosine is >= ``floor`` (0.95; for an fp8 base, what merely packing
+    the row in reverse order does to its eager gradients, less 0.1: on a deep random-init model
+    fp8 rounding turns any change of summation order into a change of direction)."""
+    import torch
+
+    lora = [p for p in model.parameters() if p.requires_grad]
+
+    def grads():
+        loss, _ = step(batch)
+        loss.backward()
+        g = torch.cat([p.grad.float().flatten() for p in lora])
+        model.zero_grad(set_to_none=True)
+        return g
+
+    model.eval()
+    try:
+        compiled = grads()
+        with torch.compiler.set_stance("force_eager"):
+            eager = grads()
+    finally:
+        model.train()
+    cos = float(torch.nn.functional.cosine_similarity(compiled, eager, dim=0))
+    ratio = float(compiled.norm() / eager.norm())
+    return {"compiled_grad_cosine": cos, "compiled_grad_norm_ratio": ratio,
+            "compiled_grad_floor": floor, "compiled_grad_ok": cos >= floor and 0.9 < ratio < 1.1}
 
 
 def masking_check(model, examples: list[dict], device: str, block_mask: bool = False) -> dict:
@@ -221,6 +250,9 @@ def run_variant(name: str, args) -> dict:
         # and its noise (amplified by 32 random layers) would swamp the check's relative rule.
         info.update(masking_check(model, examples, args.device, block_mask="blockmask" in name))
     if "fp8" in name:
+        import tasks.fp8
+
+        tasks.fp8.FAST_ACCUM = "fastaccum" in name
         info.update(fp8_agreement(model, examples, args.device, block_mask="blockmask" in name))
         after = masking_check(model, examples, args.device, block_mask="blockmask" in name)
         info.update({f"fp8_{k}": v for k, v in after.items()})  # reported, not the gate
@@ -270,6 +302,9 @@ def run_variant(name: str, args) -> dict:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    if "compile" in name:
+        floor = min(0.95, info["fp8_self_lora_grad_cosine"] - 0.1) if "fp8_self_lora_grad_cosine" in info else 0.95
+        info.update(compiled_grad_check(model, step, batches[0], floor))
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     sync()
     if args.device == "cuda":
@@ -386,17 +421,21 @@ def write_report(results: list[dict], out: Path) -> None:
     lines = [f"# LoRA training throughput, 7B Llama architecture (random init), bf16, LoRA r=8 q/v", "",
              f"Card: {card}; " + (f"torch {ref['torch']}, transformers {ref['transformers']}, peft {ref['peft']}" if ref else ""),
              "Command: `python3 bench/bench_train_gpu.py --out $OUT` (one subprocess per variant, same run, same GPU)", "",
-             "| variant | real tok/s | x reference | peak GB | masking check (masked docs rel err; noise floor; unmasked) | steps timed | loss first -> last |",
-             "| --- | ---: | ---: | ---: | --- | ---: | --- |"]
+             "| variant | real tok/s | x reference | peak GB | masking check (masked docs rel err; noise floor; unmasked) "
+             "| compiled LoRA grads vs eager (cosine; norm ratio; pass floor) | steps timed | loss first -> last |",
+             "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['variant']} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {r['variant']} | failed: {r['error']} | | | | | | |")
             continue
         ratio = r["tokens_per_s"] / ref["tokens_per_s"] if ref else float("nan")
         mask = "n/a (padded)" if "mask_ok" not in r else (
             f"{'pass' if r['mask_ok'] else 'FAIL'} ({r['mask_rel_err']:.1e}; floor {r['mask_noise_floor_rel']:.1e}, "
             f"unmasked {r['unmasked_rel_err']:.1e})")
-        lines.append(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x | {r['peak_gb']:.1f} | {mask} | "
+        grads = "n/a (eager)" if "compiled_grad_ok" not in r else (
+            f"{'same' if r['compiled_grad_ok'] else 'DIFFERENT'} ({r['compiled_grad_cosine']:.4f}; {r['compiled_grad_norm_ratio']:.3f}; "
+            f"floor {r.get('compiled_grad_floor', 0.95):.2f})")
+        lines.append(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x | {r['peak_gb']:.1f} | {mask} | {grads} | "
                      f"{r['steps']} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} |")
     for r in results:
         if "fp8_layers" in r:
@@ -404,7 +443,7 @@ def write_report(results: list[dict], out: Path) -> None:
                          f"against the bf16 model: loss {r['fp8_loss_bf16']:.4f} (bf16) vs {r['fp8_loss_fp8']:.4f} (fp8), "
                          f"rel. diff {r['fp8_loss_rel_diff']:.1e}; LoRA gradients cosine {r['fp8_lora_grad_cosine']:.4f}, "
                          f"rel. error {r['fp8_lora_grad_rel_err']:.1e}. For scale: bf16 against itself with the row packed in reverse "
-                         f"order: cosine {r['bf16_self_lora_grad_cosine']:.4f}; fp8 in the forward only: "
+                         f"order: cosine {r['bf16_self_lora_grad_cosine']:.4f}, fp8 against itself so: {r['fp8_self_lora_grad_cosine']:.4f}; fp8 in the forward only: "
                          f"cosine {r['fp8_forward_only_lora_grad_cosine']:.4f}. Masking check on the bf16 weights "
                          f"(the gate, in the table); after conversion: masked docs {r['fp8_mask_rel_err']:.1e}, "
                          f"floor {r['fp8_mask_noise_floor_rel']:.1e}, unmasked {r['fp8_unmasked_rel_err']:.1e}.")

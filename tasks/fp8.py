@@ -18,7 +18,10 @@ per-channel scales: ``bench/bench_train_gpu.py`` reports its loss and LoRA-gradi
 the bf16 model next to its speed, and ``bench/fp8_training_parity.py`` trains the same LoRA both
 ways: on the random-init 7B one packed row's LoRA gradients differ in direction (cosine 0.54
 against bf16), yet 100 training steps follow the same loss curve (largest gap 0.065, same held-out
-loss to 4e-5). Opt-in through ``train.fp8_base``; the adapter it trains loads on the bf16 base.
+loss to 4e-5). Through the training core on an H100 (bench/check_train_fp8_gpu.py) the adapter it
+trains scores as the bf16-trained one does on the bf16 base (accuracy 0.953 vs 0.961); the 7B step
+is 1.25x the bf16 fast path's (1.31x with ``FAST_ACCUM``). Opt-in through ``train.fp8_base``; the
+adapter it trains loads on the bf16 base.
 ``torch._scaled_mm`` runs on CUDA cards with fp8 tensor cores (compute capability 8.9+: L4, L40,
 H100, H200) and, slowly, on CPU (tests).
 """
@@ -40,33 +43,90 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
 
 
+FAST_ACCUM = False  # cuBLAS/CUTLASS fast accumulation (less precise); measured in bench/bench_train_gpu.py
+_fused_quantize = None  # quantize_rows compiled once into one fused kernel per shape class (CUDA)
+
+
+def _quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rows, fused on CUDA: eagerly it is six passes over the activations, which cost
+    more than the fp8 GEMM saves. Called from inside the custom ops below, so this compiled
+    function is its own graph even when the model around it is compiled."""
+    global _fused_quantize
+    if a.device.type != "cuda":
+        return quantize_rows(a)
+    if _fused_quantize is None:
+        _fused_quantize = torch.compile(quantize_rows, dynamic=True)
+    return _fused_quantize(a)
+
+
 def _mm(a: torch.Tensor, b_rows: torch.Tensor, b_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """a [M, K] (any float) @ b_rows.T, where b_rows [N, K] is fp8 with one scale per row ([1, N])."""
     m = a.shape[0]
     pad = -m % _ALIGN
     if pad:
         a = torch.nn.functional.pad(a, (0, 0, 0, pad))
-    aq, a_scale = quantize_rows(a)
-    out = torch._scaled_mm(aq, b_rows.t(), scale_a=a_scale, scale_b=b_scale, out_dtype=out_dtype)
+    aq, a_scale = _quantize(a)
+    out = torch._scaled_mm(aq, b_rows.t(), scale_a=a_scale, scale_b=b_scale, out_dtype=out_dtype,
+                           use_fast_accum=FAST_ACCUM and a.device.type == "cuda")
     return out[:m] if pad else out
 
 
-class _Fp8Matmul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w_fwd, s_fwd, w_bwd, s_bwd):
-        ctx.save_for_backward(w_bwd, s_bwd)
-        ctx.in_dtype = x.dtype
-        out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        y = _mm(x.reshape(-1, x.shape[-1]), w_fwd, s_fwd, out_dtype).reshape(*x.shape[:-1], w_fwd.shape[0])
-        return y.to(x.dtype)  # an fp32 model (CPU) gets fp32 back: the next layers expect their own dtype
+def _matmul(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ w.T in fp8, w [N, K] fp8 with per-row scales s [1, N]; the result in x's dtype."""
+    out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+    y = _mm(x.reshape(-1, x.shape[-1]), w, s, out_dtype).reshape(*x.shape[:-1], w.shape[0])
+    return y.to(x.dtype)  # an fp32 model (CPU) gets fp32 back: the next layers expect their own dtype
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        w_bwd, s_bwd = ctx.saved_tensors
-        g = grad_out.reshape(-1, grad_out.shape[-1])
-        out_dtype = grad_out.dtype if grad_out.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        grad_in = _mm(g, w_bwd, s_bwd, out_dtype).reshape(*grad_out.shape[:-1], w_bwd.shape[0])
-        return grad_in.to(ctx.in_dtype), None, None, None, None
+
+# The products are custom operators (torch.library), opaque to torch.compile, with their autograd
+# registered beside them. Measured on an H100 (torch 2.11): the same products inside a
+# torch.autograd.Function, once compiled (inductor or aot_eager), returned an input gradient of
+# exactly zero while eager was right, so every LoRA weight got no gradient and nothing trained.
+# bench/check_train_fp8_gpu.py checks this through the training core on a GPU.
+@torch.library.custom_op("chainsignal::fp8_linear", mutates_args=())
+def fp8_linear(x: torch.Tensor, w_fwd: torch.Tensor, s_fwd: torch.Tensor, w_bwd: torch.Tensor,
+               s_bwd: torch.Tensor) -> torch.Tensor:
+    """y = x @ W.T with W frozen and held twice in fp8: w_fwd [out, in] (per-row scales, forward)
+    and w_bwd [in, out] (per-input-column scales, the input gradient)."""
+    return _matmul(x, w_fwd, s_fwd)
+
+
+@fp8_linear.register_fake
+def _(x, w_fwd, s_fwd, w_bwd, s_bwd):
+    return x.new_empty((*x.shape[:-1], w_fwd.shape[0]))
+
+
+@torch.library.custom_op("chainsignal::fp8_linear_input_grad", mutates_args=())
+def fp8_linear_input_grad(grad_out: torch.Tensor, w_bwd: torch.Tensor, s_bwd: torch.Tensor) -> torch.Tensor:
+    """dL/dx = grad_out @ W, from the transposed fp8 copy w_bwd [in, out]."""
+    return _matmul(grad_out, w_bwd, s_bwd)
+
+
+@fp8_linear_input_grad.register_fake
+def _(grad_out, w_bwd, s_bwd):
+    return grad_out.new_empty((*grad_out.shape[:-1], w_bwd.shape[0]))
+
+
+INPUT_GRAD_IN_BF16 = False  # diagnostics (bench_train_gpu.py): the input gradient from the dequantized weight
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, _, _, w_bwd, s_bwd = inputs
+    ctx.save_for_backward(w_bwd, s_bwd)
+    ctx.in_dtype = x.dtype
+
+
+def _backward(ctx, grad_out):
+    w_bwd, s_bwd = ctx.saved_tensors
+    if INPUT_GRAD_IN_BF16:
+        w = (w_bwd.float() * s_bwd.reshape(-1, 1)).to(grad_out.dtype)  # [in, out]
+        grad_in = grad_out @ w.t()
+    else:
+        grad_in = fp8_linear_input_grad(grad_out, w_bwd, s_bwd)
+    return grad_in.to(ctx.in_dtype), None, None, None, None
+
+
+fp8_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
 class Fp8Linear(nn.Module):
@@ -92,7 +152,7 @@ class Fp8Linear(nn.Module):
         return (self.w_fwd.float() * self.s_fwd.reshape(-1, 1)).to(torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _Fp8Matmul.apply(x, self.w_fwd, self.s_fwd, self.w_bwd, self.s_bwd)
+        y = fp8_linear(x, self.w_fwd, self.s_fwd, self.w_bwd, self.s_bwd)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:

@@ -41,6 +41,29 @@ def test_fp8_linear_matches_the_bf16_layer_forward_and_input_gradient():
     assert rel(fp8.weight, lin.weight) < 0.05  # the dequantized view
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_fp8_linear_gives_the_eager_input_gradient(backend):
+    """The fp8 products are custom operators with their autograd registered, so torch.compile keeps
+    them whole (fullgraph: no graph break) and the backward still runs them. Written as an
+    autograd.Function they once compiled, on an H100, to an input gradient of exactly zero
+    (bench/results/train_fp8_gpu.md); on CPU that form happened to stay right, so this test guards
+    the form, and bench/check_train_fp8_gpu.py the GPU."""
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 64, bias=False).to(torch.bfloat16).requires_grad_(False)
+    layer = Fp8Linear(lin)
+    x = torch.randn(2, 40, 128, dtype=torch.bfloat16)
+    g = torch.randn(2, 40, 64, dtype=torch.bfloat16)
+    x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_eager = layer(x_eager)
+    torch._dynamo.reset()
+    y_comp = torch.compile(layer, backend=backend, fullgraph=True)(x_comp)
+    y_eager.backward(g)
+    y_comp.backward(g)
+    assert torch.equal(y_comp, y_eager)
+    assert float(x_comp.grad.float().norm()) > 0 and rel(x_comp.grad, x_eager.grad) < 1e-2
+    assert torch.ops.chainsignal.fp8_linear.default is not None  # registered, opaque to the compiler
+
+
 def test_fp8_linear_refuses_unaligned_sizes():
     with pytest.raises(ValueError, match="divisible by 16"):
         Fp8Linear(nn.Linear(100, 64))
@@ -131,6 +154,26 @@ def test_fp8_base_settings_refuse_what_is_not_supported():
         with_overrides(load_settings(), train={"fp8_base": True, "model_kind": "encoder"})
     with pytest.raises(SettingsError, match="one process"):
         with_overrides(load_settings(), train={"fp8_base": True, "nproc": 2, "batch_size": 16, "micro_batch_size": 8})
+
+
+def test_check_train_fp8_gpu_smoke_cpu(tmp_path):
+    """bench/check_train_fp8_gpu.py: both trainings through the real core, both adapters scored on the plain base (CPU, no figures)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "check_train_fp8_gpu.py"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--hidden", "64", "--layers", "2", "--heads", "4",
+                           "--examples", "32", "--epochs", "1", "--micro-batch", "8", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    report = json.loads((tmp_path / "train_fp8_gpu.json").read_text())
+    runs = report["runs"]
+    assert set(runs) == {"bf16 base", "fp8 base"} and all(r["steps"] == 4 for r in runs.values())
+    assert all(0 <= r["accuracy_on_bf16_base"] <= 1 and r["val_loss_on_bf16_base"] > 0 for r in runs.values())
+    assert abs(runs["fp8 base"]["val_loss"] - runs["bf16 base"]["val_loss"]) < 0.05  # 4 steps from the same init
+    assert "| fp8 base |" in (tmp_path / "train_fp8_gpu.md").read_text()
 
 
 def test_fp8_training_parity_bench_smoke_cpu(tmp_path):
