@@ -17,6 +17,7 @@ distribution (64-512 tokens, loss on the response only). The same examples feed 
                scales; LoRA, norms, embeddings, LM head unchanged) - a different numeric recipe from bf16: the
                variant reports its loss and LoRA-gradient agreement with the bf16 model on the same packed row
   ...-fp8-fastaccum  the same with the fp8 GEMMs' fast accumulation (use_fast_accum: faster, less precise)
+  ...-fp8mlp   fp8 for the MLPs' layers only (gate, up, down); the attention projections stay bf16
 
 Every variant runs its forward under torch.autocast(bf16), as the HF Trainer (alpaca-lora's
 recipe) does: the LoRA weights stay fp32 (peft's default) and their matmuls run in bf16. A
@@ -102,7 +103,7 @@ def pack_rows(examples: list[dict], pack_tokens: int) -> list[list[dict]]:
     return rows
 
 
-def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool) -> dict:
+def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool, skip: tuple[str, ...] = ("lm_head",)) -> dict:
     """Convert the frozen base to fp8 (tasks/fp8.py) and report what that did to one packed row's
     loss and LoRA gradients (dropout off, under the bench's bf16 autocast), against the bf16 model.
 
@@ -138,7 +139,7 @@ def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool) ->
 
     loss_ref, g_ref = loss_and_grads(row)
     _, g_self = loss_and_grads(reversed_row)
-    converted = fp8.fp8_frozen_base(model)
+    converted = fp8.fp8_frozen_base(model, skip=skip)
     torch.cuda.empty_cache() if device == "cuda" else None
     loss_fp8, g_fp8 = loss_and_grads(row)
     _, g_fp8_self = loss_and_grads(reversed_row)
@@ -253,7 +254,8 @@ def run_variant(name: str, args) -> dict:
         import tasks.fp8
 
         tasks.fp8.FAST_ACCUM = "fastaccum" in name
-        info.update(fp8_agreement(model, examples, args.device, block_mask="blockmask" in name))
+        skip = ("lm_head", "self_attn") if "fp8mlp" in name else ("lm_head",)  # fp8mlp: the MLPs only
+        info.update(fp8_agreement(model, examples, args.device, block_mask="blockmask" in name, skip=skip))
         after = masking_check(model, examples, args.device, block_mask="blockmask" in name)
         info.update({f"fp8_{k}": v for k, v in after.items()})  # reported, not the gate
     if "compile" in name:
