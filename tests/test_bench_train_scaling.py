@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench_smoke import TINY_LLAMA, run_bench_script
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_train_scaling.py"
 TINY = ["--device", "cpu", "--layers", "2", "--hidden", "256", "--pack-tokens", "512", "--examples", "64",
         "--warmup", "2", "--steps", "3"]
@@ -43,12 +45,8 @@ def test_fsdp_smoke_two_processes(tmp_path):
 def test_train_launch_check_smoke_cpu(tmp_path):
     """bench/check_train_launch_gpu.py (the real worker under torchrun) on CPU: 2 gloo processes
     must give the adapter of one process accumulating the same global batch."""
-    script = BENCH.with_name("check_train_launch_gpu.py")
-    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--hidden", "64", "--layers", "2", "--heads", "4",
-                           "--examples", "16", "--epochs", "1", "--parallelism", "ddp", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=170)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    report = json.loads((tmp_path / "train_launch_gpu.json").read_text())
+    report, _ = run_bench_script("check_train_launch_gpu.py", *TINY_LLAMA, "--examples", "16", "--epochs", "1",
+                              "--parallelism", "ddp", "--out", str(tmp_path), report=tmp_path / "train_launch_gpu.json")
     ddp = report["2 processes, ddp"]
     assert ddp["world_size"] == 2 and ddp["parallelism"] == "ddp" and ddp["steps"] == 2
     assert ddp["max_rel_diff_vs_single"] < 1e-5

@@ -158,17 +158,10 @@ def test_fp8_base_settings_refuse_what_is_not_supported():
 
 def test_check_train_fp8_gpu_smoke_cpu(tmp_path):
     """bench/check_train_fp8_gpu.py: both trainings through the real core, both adapters scored on the plain base (CPU, no figures)."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.bench_smoke import TINY_LLAMA, run_bench_script
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "check_train_fp8_gpu.py"
-    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--hidden", "64", "--layers", "2", "--heads", "4",
-                           "--examples", "32", "--epochs", "1", "--micro-batch", "8", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=170)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    report = json.loads((tmp_path / "train_fp8_gpu.json").read_text())
+    report, _ = run_bench_script("check_train_fp8_gpu.py", *TINY_LLAMA, "--examples", "32", "--epochs", "1", "--micro-batch", "8",
+                              "--out", str(tmp_path), report=tmp_path / "train_fp8_gpu.json")
     runs = report["runs"]
     assert set(runs) == {"bf16 base", "fp8 base"} and all(r["steps"] == 4 for r in runs.values())
     assert all(0 <= r["accuracy_on_bf16_base"] <= 1 and r["val_loss_on_bf16_base"] > 0 for r in runs.values())
@@ -179,16 +172,23 @@ def test_check_train_fp8_gpu_smoke_cpu(tmp_path):
 def test_fp8_training_parity_bench_smoke_cpu(tmp_path):
     """bench/fp8_training_parity.py runs both precisions in subprocesses and writes its report (CPU, no figures)."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "fp8_training_parity.py"
-    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--layers", "2", "--hidden", "256", "--steps", "3",
-                           "--examples", "40", "--pack-tokens", "512", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=170)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    from tests.bench_smoke import run_bench_script
+
+    run_bench_script("fp8_training_parity.py", "--device", "cpu", "--layers", "2", "--hidden", "256", "--steps", "3",
+                     "--examples", "40", "--pack-tokens", "512", "--out", str(tmp_path))
     bf16, fp8 = (json.loads((tmp_path / f"fp8_parity_{p}.json").read_text()) for p in ("bf16", "fp8"))
     assert bf16["fp8_layers"] == 0 and fp8["fp8_layers"] == 14 and len(fp8["train_loss"]) == 3
     assert 0 < bf16["floor"] < bf16["held_out_loss"] and abs(fp8["train_loss"][0] - bf16["train_loss"][0]) < 0.1
     assert "| fp8 train loss |" in (tmp_path / "fp8_parity.md").read_text()
+
+
+def test_fp8_layer_bench_smoke_cpu():
+    """bench/bench_fp8_layer.py on CPU: every variant, eager and compiled, reports a live input gradient (no figures)."""
+    import re
+
+    from tests.bench_smoke import run_bench_script
+
+    _, out = run_bench_script("bench_fp8_layer.py", "--device", "cpu", "--repeats", "1")
+    found = [(float(err), float(norm)) for err, norm in re.findall(r"input-grad rel err ([0-9.]+) \(norm ([0-9.e+]+)", out)]
+    assert len(found) == 5 and all(err < 0.05 and norm > 0 for err, norm in found), out
