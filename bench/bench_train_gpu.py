@@ -103,6 +103,23 @@ def pack_rows(examples: list[dict], pack_tokens: int) -> list[list[dict]]:
     return rows
 
 
+def lora_grad_vector(model, loss) -> "torch.Tensor":
+    """Backpropagate ``loss`` and return every LoRA gradient as one fp32 vector; the gradients are
+    cleared again, so consecutive calls compare like with like."""
+    import torch
+
+    loss.backward()
+    g = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.requires_grad])
+    model.zero_grad(set_to_none=True)
+    return g
+
+
+def cosine(a, b) -> float:
+    import torch
+
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
 def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool, skip: tuple[str, ...] = ("lm_head",)) -> dict:
     """Convert the frozen base to fp8 (tasks/fp8.py) and report what that did to one packed row's
     loss and LoRA gradients (dropout off, under the bench's bf16 autocast), against the bf16 model.
@@ -118,7 +135,6 @@ def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool, sk
 
     row = collate_packed(examples[:16], device, block_mask=block_mask)
     reversed_row = collate_packed(examples[:16][::-1], device, block_mask=block_mask)
-    lora = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():  # B = 0 at init: give the adapters a value so that both A and B get gradients
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -128,14 +144,9 @@ def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool, sk
         model.eval()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             loss, _ = packed_loss(model, b)
-        loss.backward()
-        g = torch.cat([p.grad.float().flatten() for p in lora])
-        model.zero_grad(set_to_none=True)
+        g = lora_grad_vector(model, loss)
         model.train()
         return float(loss), g
-
-    def cos(a, b):
-        return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
     loss_ref, g_ref = loss_and_grads(row)
     _, g_self = loss_and_grads(reversed_row)
@@ -150,9 +161,9 @@ def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool, sk
         fp8.INPUT_GRAD_IN_BF16 = False
     return {"fp8_layers": converted, "fp8_loss_bf16": loss_ref, "fp8_loss_fp8": loss_fp8,
             "fp8_loss_rel_diff": abs(loss_fp8 - loss_ref) / abs(loss_ref),
-            "fp8_lora_grad_cosine": cos(g_ref, g_fp8), "fp8_lora_grad_rel_err": float((g_fp8 - g_ref).norm() / g_ref.norm()),
-            "bf16_self_lora_grad_cosine": cos(g_ref, g_self), "fp8_self_lora_grad_cosine": cos(g_fp8, g_fp8_self),
-            "fp8_forward_only_lora_grad_cosine": cos(g_ref, g_fwd_only)}
+            "fp8_lora_grad_cosine": cosine(g_ref, g_fp8), "fp8_lora_grad_rel_err": float((g_fp8 - g_ref).norm() / g_ref.norm()),
+            "bf16_self_lora_grad_cosine": cosine(g_ref, g_self), "fp8_self_lora_grad_cosine": cosine(g_fp8, g_fp8_self),
+            "fp8_forward_only_lora_grad_cosine": cosine(g_ref, g_fwd_only)}
 
 
 def compiled_grad_check(model, step, batch, floor: float = 0.95) -> dict:
@@ -165,23 +176,14 @@ def compiled_grad_check(model, step, batch, floor: float = 0.95) -> dict:
     fp8 rounding turns any change of summation order into a change of direction)."""
     import torch
 
-    lora = [p for p in model.parameters() if p.requires_grad]
-
-    def grads():
-        loss, _ = step(batch)
-        loss.backward()
-        g = torch.cat([p.grad.float().flatten() for p in lora])
-        model.zero_grad(set_to_none=True)
-        return g
-
     model.eval()
     try:
-        compiled = grads()
+        compiled = lora_grad_vector(model, step(batch)[0])
         with torch.compiler.set_stance("force_eager"):
-            eager = grads()
+            eager = lora_grad_vector(model, step(batch)[0])
     finally:
         model.train()
-    cos = float(torch.nn.functional.cosine_similarity(compiled, eager, dim=0))
+    cos = cosine(compiled, eager)
     ratio = float(compiled.norm() / eager.norm())
     return {"compiled_grad_cosine": cos, "compiled_grad_norm_ratio": ratio,
             "compiled_grad_floor": floor, "compiled_grad_ok": cos >= floor and 0.9 < ratio < 1.1}

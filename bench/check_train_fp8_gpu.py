@@ -21,7 +21,6 @@ Needs pydantic, pydantic-settings, python-dotenv and polars next to torch/transf
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
 import sys
@@ -84,8 +83,8 @@ def main() -> None:
 
     from tasks.prompter import Prompter
     from tasks.settings import TrainSettings
-    from tasks.tinymodel import build_tiny_llama
     from tasks.train import train_lora_adapter
+    from check_train_launch_gpu import tiny_llama_for, write_outputs  # bench/ is this script's directory
 
     device = torch.device(args.device)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -94,9 +93,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="train_fp8_"))
     prompter = Prompter.load()
     train, val = learnable_records(prompter, args.examples, seed=1), learnable_records(prompter, 128, seed=2)
-    corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in train] + list(prompter.labels)
-    model_dir = build_tiny_llama(work / "model", corpus, vocab_size=2000, hidden_size=args.hidden, layers=args.layers,
-                                 heads=args.heads, seed=0, init_std=0.02)
+    model_dir = tiny_llama_for(prompter, train, work, args)
     on_gpu = args.device == "cuda"
     knobs = dict(device=args.device, attention="flex_attention" if on_gpu else "sdpa", packing=True,
                  compile=on_gpu if args.compile is None else args.compile,
@@ -105,12 +102,11 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "torch": torch.__version__,
               "args": vars(args) | {"out": str(args.out)}, "runs": {}}
     for name, fp8 in (("bf16 base", False), ("fp8 base", True)):
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats()
+        adapter = work / name.replace(" ", "-")
         t0 = time.perf_counter()
-        result = train_lora_adapter(TrainSettings(**knobs, fp8_base=fp8), str(model_dir), train, val, work / name.replace(" ", "-"))
+        result = train_lora_adapter(TrainSettings(**knobs, fp8_base=fp8), str(model_dir), train, val, adapter)  # resets the peak itself
         wall = time.perf_counter() - t0
-        served = score_on_plain_base(model_dir, work / name.replace(" ", "-"), prompter, val, 256, device)
+        served = score_on_plain_base(model_dir, adapter, prompter, val, 256, device)
         report["runs"][name] = {**result.as_dict(), "wall_s": wall, **served}
     bf, f8 = report["runs"]["bf16 base"], report["runs"]["fp8 base"]
     agree = sum(a == b for a, b in zip(bf.pop("predictions"), f8.pop("predictions"))) / len(val)
@@ -132,10 +128,7 @@ def main() -> None:
     lines += ["", f"Majority-class accuracy on the same records: {majority:.3f}. The two adapters predict the same label for "
               f"{agree:.1%} of them.",
               "No throughput here: the first run also pays the kernels' warm-up; bench_train_gpu.py measures speed."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (args.out / "train_fp8_gpu.md").write_text(text)
-    (args.out / "train_fp8_gpu.json").write_text(json.dumps(report, indent=2, default=str))
+    write_outputs(args.out, "train_fp8_gpu", lines, report)
     shutil.rmtree(work, ignore_errors=True)
 
 

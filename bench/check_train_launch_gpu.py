@@ -40,6 +40,24 @@ def synthetic_records(prompter, n: int) -> list[dict]:
              "output": labels[i % 3]} for i in range(n)]
 
 
+def tiny_llama_for(prompter, records: list[dict], work: Path, args) -> Path:
+    """The tiny Llama of tasks.tinymodel at the command line's size (--hidden, --layers, --heads),
+    its tokenizer trained on ``records`` in the dataset's prompt format, saved under ``work``."""
+    from tasks.tinymodel import build_tiny_llama
+
+    corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in records] + list(prompter.labels)
+    return build_tiny_llama(work / "model", corpus, vocab_size=2000, hidden_size=args.hidden, layers=args.layers,
+                            heads=args.heads, seed=0, init_std=0.02)
+
+
+def write_outputs(out: Path, stem: str, lines: list[str], report: dict) -> None:
+    """Print the markdown report and write it, with the JSON beside it, as ``out/<stem>.md|.json``."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
+
+
 def max_rel_diff(a: Path, b: Path) -> float:
     from safetensors.torch import load_file
 
@@ -69,7 +87,6 @@ def main() -> None:
 
     from tasks.prompter import Prompter
     from tasks.settings import TrainSettings
-    from tasks.tinymodel import build_tiny_llama
     from tasks.train import train_lora_adapter
     from tasks.train_launch import launch_training
 
@@ -81,9 +98,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="train_launch_"))  # model, jobs, adapters: not results
     prompter = Prompter.load()
     train, val = synthetic_records(prompter, args.examples), synthetic_records(prompter, 16)
-    corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in train] + list(prompter.labels)
-    model = build_tiny_llama(work / "model", corpus, vocab_size=2000, hidden_size=args.hidden, layers=args.layers,
-                             heads=args.heads, seed=0, init_std=0.02)
+    model = tiny_llama_for(prompter, train, work, args)
     knobs = dict(device=args.device, attention="flex_attention" if args.device == "cuda" else "sdpa", packing=True,
                  compile=args.compile, lora_dropout=0.0, epochs=args.epochs, micro_batch_size=args.micro_batch, batch_size=args.micro_batch * args.nproc,
                  learning_rate=1e-3, cutoff_len=256, seed=7)
@@ -117,10 +132,7 @@ def main() -> None:
     lines += ["", "DDP replicas are checked by the launcher itself: it raises when the ranks' LoRA digests differ.",
               "tok/s and wall include process start and the first steps' compile on these few steps: not throughput "
               "figures (those are in train_scaling.md)."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (args.out / "train_launch_gpu.md").write_text(text)
-    (args.out / "train_launch_gpu.json").write_text(json.dumps(report, indent=2, default=str))
+    write_outputs(args.out, "train_launch_gpu", lines, report)
     shutil.rmtree(work, ignore_errors=True)
 
 

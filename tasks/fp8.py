@@ -43,6 +43,12 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
 
 
+def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of :func:`quantize_rows` for a stored fp8 weight: ``scale`` holds one value per row
+    (as stored, shape [1, rows])."""
+    return (q.float() * scale.reshape(-1, 1)).to(dtype)
+
+
 FAST_ACCUM = False  # cuBLAS/CUTLASS fast accumulation (less precise); measured in bench/bench_train_gpu.py
 _fused_quantize = None  # quantize_rows compiled once into one fused kernel per shape class (CUDA)
 
@@ -119,8 +125,7 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_out):
     w_bwd, s_bwd = ctx.saved_tensors
     if INPUT_GRAD_IN_BF16:
-        w = (w_bwd.float() * s_bwd.reshape(-1, 1)).to(grad_out.dtype)  # [in, out]
-        grad_in = grad_out @ w.t()
+        grad_in = grad_out @ dequantize_rows(w_bwd, s_bwd, grad_out.dtype).t()  # w_bwd: [in, out]
     else:
         grad_in = fp8_linear_input_grad(grad_out, w_bwd, s_bwd)
     return grad_in.to(ctx.in_dtype), None, None, None, None
@@ -149,7 +154,7 @@ class Fp8Linear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized weight (bf16), for code that inspects it; not used by forward."""
-        return (self.w_fwd.float() * self.s_fwd.reshape(-1, 1)).to(torch.bfloat16)
+        return dequantize_rows(self.w_fwd, self.s_fwd, torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = fp8_linear(x, self.w_fwd, self.s_fwd, self.w_bwd, self.s_bwd)
