@@ -225,8 +225,10 @@ def run_count(n: int, args) -> dict:
     (Path(args.out) / f"train_scaling_n{n}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode == 0 and out.is_file():
         return json.loads(out.read_text())
-    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if "Error" in ln and "ChildFailedError" not in ln]
-    tail = (lines or (proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+    log = (proc.stderr + proc.stdout).splitlines()
+    print(f"--- {n} process(es) failed; the last lines of torchrun's output:", *log[-40:], sep="\n", file=sys.stderr, flush=True)
+    lines = [ln for ln in log if "Error" in ln and "ChildFailedError" not in ln]
+    tail = (lines or [ln for ln in log if ln.strip()] or ["no output"])[-1]
     return {"gpus": n, "error": tail.strip()[:300]}
 
 

@@ -1,29 +1,18 @@
 """Smoke test of bench/bench_train_scaling.py on CPU: the same script that measures GPU scaling runs
 1 and 2 gloo processes on tiny shapes and writes its report. No timing is asserted (no figures on CPU)."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from tests.bench_smoke import TINY_LLAMA, run_bench_script
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_train_scaling.py"
 TINY = ["--device", "cpu", "--layers", "2", "--hidden", "256", "--pack-tokens", "512", "--examples", "64",
         "--warmup", "2", "--steps", "3"]
 pytestmark = pytest.mark.timeout(180)
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCH), *TINY, *args], capture_output=True, text=True, timeout=170)
-
-
 def test_ddp_scaling_smoke_one_and_two_processes(tmp_path):
-    proc = run_bench("--gpus", "1,2", "--out", str(tmp_path))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    results = json.loads((tmp_path / "train_scaling.json").read_text())
+    results, _ = run_bench_script("bench_train_scaling.py", *TINY, "--gpus", "1,2", "--out", str(tmp_path),
+                                  report=tmp_path / "train_scaling.json")
     assert [(r["gpus"], r["parallelism"]) for r in results] == [(1, "single"), (2, "ddp")]
     assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 and 9 < r["loss_first"] < 12 for r in results)  # ~ln(32000)
     assert results[0]["efficiency"] == 1.0 and results[1]["efficiency"] == pytest.approx(
@@ -34,10 +23,8 @@ def test_ddp_scaling_smoke_one_and_two_processes(tmp_path):
 
 
 def test_fsdp_smoke_two_processes(tmp_path):
-    proc = run_bench("--gpus", "2", "--parallelism", "fsdp", "--heads", "8", "--kv-heads", "2", "--grad-ckpt",
-                     "--out", str(tmp_path))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    (result,) = json.loads((tmp_path / "train_scaling.json").read_text())
+    (result,), _ = run_bench_script("bench_train_scaling.py", *TINY, "--gpus", "2", "--parallelism", "fsdp", "--heads", "8",
+                                    "--kv-heads", "2", "--grad-ckpt", "--out", str(tmp_path), report=tmp_path / "train_scaling.json")
     assert result["parallelism"] == "fsdp" and result["gpus"] == 2 and result["tokens"] > 0
     assert "efficiency" not in result  # no 1-process run to compare with
 
