@@ -16,8 +16,9 @@ distribution (64-512 tokens, loss on the response only). The same examples feed 
   flex-packed-compile-blockmask-fp8  the frozen base's linear layers as fp8 GEMMs (tasks/fp8.py: e4m3, rowwise
                scales; LoRA, norms, embeddings, LM head unchanged) - a different numeric recipe from bf16: the
                variant reports its loss and LoRA-gradient agreement with the bf16 model on the same packed row
-  ...-fp8-fastaccum  the same with the fp8 GEMMs' fast accumulation (use_fast_accum: faster, less precise)
+  ...-fp8-fastaccum  the same with the fp8 GEMMs' fast accumulation (train.fp8_fast_accum: faster, fewer accumulator bits)
   ...-fp8mlp   fp8 for the MLPs' layers only (gate, up, down); the attention projections stay bf16
+  ...-cudagraphs  compile with mode="reduce-overhead" (each decoder layer replayed as a CUDA graph)
 
 Every variant runs its forward under torch.autocast(bf16), as the HF Trainer (alpaca-lora's
 recipe) does: the LoRA weights stay fp32 (peft's default) and their matmuls run in bf16. A
@@ -120,7 +121,8 @@ def cosine(a, b) -> float:
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
-def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool, skip: tuple[str, ...] = ("lm_head",)) -> dict:
+def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool, skip: tuple[str, ...] = ("lm_head",),
+                  fast_accum: bool = False) -> dict:
     """Convert the frozen base to fp8 (tasks/fp8.py) and report what that did to one packed row's
     loss and LoRA gradients (dropout off, under the bench's bf16 autocast), against the bf16 model.
 
@@ -150,7 +152,7 @@ def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool, sk
 
     loss_ref, g_ref = loss_and_grads(row)
     _, g_self = loss_and_grads(reversed_row)
-    converted = fp8.fp8_frozen_base(model, skip=skip)
+    converted = fp8.fp8_frozen_base(model, skip=skip, fast_accum=fast_accum)
     torch.cuda.empty_cache() if device == "cuda" else None
     loss_fp8, g_fp8 = loss_and_grads(row)
     _, g_fp8_self = loss_and_grads(reversed_row)
@@ -253,15 +255,13 @@ def run_variant(name: str, args) -> dict:
         # and its noise (amplified by 32 random layers) would swamp the check's relative rule.
         info.update(masking_check(model, examples, args.device, block_mask="blockmask" in name))
     if "fp8" in name:
-        import tasks.fp8
-
-        tasks.fp8.FAST_ACCUM = "fastaccum" in name
         skip = ("lm_head", "self_attn") if "fp8mlp" in name else ("lm_head",)  # fp8mlp: the MLPs only
-        info.update(fp8_agreement(model, examples, args.device, block_mask="blockmask" in name, skip=skip))
+        info.update(fp8_agreement(model, examples, args.device, block_mask="blockmask" in name, skip=skip,
+                                  fast_accum="fastaccum" in name))
         after = masking_check(model, examples, args.device, block_mask="blockmask" in name)
         info.update({f"fp8_{k}": v for k, v in after.items()})  # reported, not the gate
     if "compile" in name:
-        mode = "max-autotune-no-cudagraphs" if "autotune" in name else None
+        mode = "max-autotune-no-cudagraphs" if "autotune" in name else ("reduce-overhead" if "cudagraphs" in name else None)
         for m in model.modules():
             if type(m).__name__.endswith("DecoderLayer"):
                 m.compile(mode=mode)
@@ -296,6 +296,13 @@ def run_variant(name: str, args) -> dict:
         def step(batch):  # noqa: F811 - the same step, its forward under bf16 autocast
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return plain_step(batch)
+
+    if "cudagraphs" in name:
+        graphed_step = step
+
+        def step(batch):  # noqa: F811 - a new CUDA-graph generation per step (cudagraph trees)
+            torch.compiler.cudagraph_mark_step_begin()
+            return graphed_step(batch)
 
     info["autocast"] = args.device == "cuda" and "fp32lora" not in name
     warm = args.warmup_compile if "compile" in name else args.warmup
@@ -337,6 +344,8 @@ def run_variant(name: str, args) -> dict:
 
 def kernel_family(name: str) -> str:
     n = name.lower()
+    if "quantize" in n:  # tasks/fp8_kernels.py
+        return "fp8-quantize"
     if any(k in n for k in ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "ampere_bf16", "triton_tem_fused_mm", "_mm_")):
         return "gemm"
     if "flex" in n or "attention" in n or "fmha" in n or "flash" in n:

@@ -1,7 +1,8 @@
 """Does an fp8 frozen base (tasks/fp8.py) train a LoRA as well as the bf16 base? Same run.
 
-bench_train_gpu.py's `-fp8` variant is 1.25x faster than the bf16 fast path (run F), but one packed row's
-LoRA gradients point elsewhere (cosine 0.54 on the random-init 7B). A gradient is one noisy sample;
+bench_train_gpu.py's `-fp8` variant is 1.25x faster than the bf16 fast path (run F; 1.32-1.37x since
+the Triton quantizer), but one packed row's LoRA gradients point elsewhere (cosine 0.54 on the
+random-init 7B). A gradient is one noisy sample;
 what matters is whether training gets as far. This script trains the same LoRA on the same model
 (bench_train_gpu's 7B Llama architecture, random init, seed 0), the same batches and seeds, once
 with the bf16 base and once with the fp8 base (each in its own subprocess), and compares the loss

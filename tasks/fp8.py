@@ -18,10 +18,11 @@ per-channel scales: ``bench/bench_train_gpu.py`` reports its loss and LoRA-gradi
 the bf16 model next to its speed, and ``bench/fp8_training_parity.py`` trains the same LoRA both
 ways: on the random-init 7B one packed row's LoRA gradients differ in direction (cosine 0.54
 against bf16), yet 100 training steps follow the same loss curve (largest gap 0.065, same held-out
-loss to 4e-5). Through the training core on an H100 (bench/check_train_fp8_gpu.py) the adapter it
-trains scores as the bf16-trained one does on the bf16 base (accuracy 0.953 vs 0.961); the 7B step
-is 1.25x the bf16 fast path's (1.31x with ``FAST_ACCUM``). Opt-in through ``train.fp8_base``; the
-adapter it trains loads on the bf16 base.
+loss to 4e-5). Through the training core on an H100 and an H200 (bench/check_train_fp8_gpu.py) the adapter it
+trains scores as the bf16-trained one does on the bf16 base (accuracy 0.961 both; 0.953 with fast
+accumulation); the 7B step is 1.32-1.37x the bf16 fast path's (1.39-1.47x with fast accumulation).
+Opt-in through ``train.fp8_base`` (and ``train.fp8_fast_accum``); the adapter it trains loads on the
+bf16 base. On CUDA the activations are quantized by the Triton kernel of ``tasks/fp8_kernels.py``.
 ``torch._scaled_mm`` runs on CUDA cards with fp8 tensor cores (compute capability 8.9+: L4, L40,
 H100, H200) and, slowly, on CPU (tests).
 """
@@ -49,38 +50,44 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     return (q.float() * scale.reshape(-1, 1)).to(dtype)
 
 
-FAST_ACCUM = False  # cuBLAS/CUTLASS fast accumulation (less precise); measured in bench/bench_train_gpu.py
-_fused_quantize = None  # quantize_rows compiled once into one fused kernel per shape class (CUDA)
+# How activations are quantized on CUDA: "triton" (tasks/fp8_kernels.py, one pass per row: the
+# default), "compiled" (quantize_rows through torch.compile) or "eager" (six passes). The latter two
+# are kept for bench/bench_fp8_layer.py, which times all three; CPU always runs quantize_rows.
+QUANTIZER = "triton"
+_compiled_quantize = None
 
 
 def _quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_rows, fused on CUDA: eagerly it is six passes over the activations, which cost
-    more than the fp8 GEMM saves. Called from inside the custom ops below, so this compiled
-    function is its own graph even when the model around it is compiled."""
-    global _fused_quantize
-    if a.device.type != "cuda":
+    """quantize_rows, fused into one kernel on CUDA. Called from inside the custom ops below."""
+    global _compiled_quantize
+    if a.device.type != "cuda" or QUANTIZER == "eager":
         return quantize_rows(a)
-    if _fused_quantize is None:
-        _fused_quantize = torch.compile(quantize_rows, dynamic=True)
-    return _fused_quantize(a)
+    if QUANTIZER == "triton":
+        from tasks.fp8_kernels import quantize_rows_triton
+
+        return quantize_rows_triton(a)
+    if _compiled_quantize is None:
+        _compiled_quantize = torch.compile(quantize_rows, dynamic=True)
+    return _compiled_quantize(a)
 
 
-def _mm(a: torch.Tensor, b_rows: torch.Tensor, b_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """a [M, K] (any float) @ b_rows.T, where b_rows [N, K] is fp8 with one scale per row ([1, N])."""
+def _mm(a: torch.Tensor, b_rows: torch.Tensor, b_scale: torch.Tensor, out_dtype: torch.dtype, fast_accum: bool) -> torch.Tensor:
+    """a [M, K] (any float) @ b_rows.T, where b_rows [N, K] is fp8 with one scale per row ([1, N]).
+    ``fast_accum``: the tensor cores' fast accumulation (CUDA; faster, fewer accumulator bits)."""
     m = a.shape[0]
     pad = -m % _ALIGN
     if pad:
         a = torch.nn.functional.pad(a, (0, 0, 0, pad))
     aq, a_scale = _quantize(a)
     out = torch._scaled_mm(aq, b_rows.t(), scale_a=a_scale, scale_b=b_scale, out_dtype=out_dtype,
-                           use_fast_accum=FAST_ACCUM and a.device.type == "cuda")
+                           use_fast_accum=fast_accum and a.device.type == "cuda")
     return out[:m] if pad else out
 
 
-def _matmul(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def _matmul(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, fast_accum: bool) -> torch.Tensor:
     """x [..., K] @ w.T in fp8, w [N, K] fp8 with per-row scales s [1, N]; the result in x's dtype."""
     out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-    y = _mm(x.reshape(-1, x.shape[-1]), w, s, out_dtype).reshape(*x.shape[:-1], w.shape[0])
+    y = _mm(x.reshape(-1, x.shape[-1]), w, s, out_dtype, fast_accum).reshape(*x.shape[:-1], w.shape[0])
     return y.to(x.dtype)  # an fp32 model (CPU) gets fp32 back: the next layers expect their own dtype
 
 
@@ -91,25 +98,25 @@ def _matmul(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 # bench/check_train_fp8_gpu.py checks this through the training core on a GPU.
 @torch.library.custom_op("chainsignal::fp8_linear", mutates_args=())
 def fp8_linear(x: torch.Tensor, w_fwd: torch.Tensor, s_fwd: torch.Tensor, w_bwd: torch.Tensor,
-               s_bwd: torch.Tensor) -> torch.Tensor:
+               s_bwd: torch.Tensor, fast_accum: bool) -> torch.Tensor:
     """y = x @ W.T with W frozen and held twice in fp8: w_fwd [out, in] (per-row scales, forward)
     and w_bwd [in, out] (per-input-column scales, the input gradient)."""
-    return _matmul(x, w_fwd, s_fwd)
+    return _matmul(x, w_fwd, s_fwd, fast_accum)
 
 
 @fp8_linear.register_fake
-def _(x, w_fwd, s_fwd, w_bwd, s_bwd):
+def _(x, w_fwd, s_fwd, w_bwd, s_bwd, fast_accum):
     return x.new_empty((*x.shape[:-1], w_fwd.shape[0]))
 
 
 @torch.library.custom_op("chainsignal::fp8_linear_input_grad", mutates_args=())
-def fp8_linear_input_grad(grad_out: torch.Tensor, w_bwd: torch.Tensor, s_bwd: torch.Tensor) -> torch.Tensor:
+def fp8_linear_input_grad(grad_out: torch.Tensor, w_bwd: torch.Tensor, s_bwd: torch.Tensor, fast_accum: bool) -> torch.Tensor:
     """dL/dx = grad_out @ W, from the transposed fp8 copy w_bwd [in, out]."""
-    return _matmul(grad_out, w_bwd, s_bwd)
+    return _matmul(grad_out, w_bwd, s_bwd, fast_accum)
 
 
 @fp8_linear_input_grad.register_fake
-def _(grad_out, w_bwd, s_bwd):
+def _(grad_out, w_bwd, s_bwd, fast_accum):
     return grad_out.new_empty((*grad_out.shape[:-1], w_bwd.shape[0]))
 
 
@@ -117,9 +124,9 @@ INPUT_GRAD_IN_BF16 = False  # diagnostics (bench_train_gpu.py): the input gradie
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, _, _, w_bwd, s_bwd = inputs
+    x, _, _, w_bwd, s_bwd, fast_accum = inputs
     ctx.save_for_backward(w_bwd, s_bwd)
-    ctx.in_dtype = x.dtype
+    ctx.in_dtype, ctx.fast_accum = x.dtype, fast_accum
 
 
 def _backward(ctx, grad_out):
@@ -127,22 +134,23 @@ def _backward(ctx, grad_out):
     if INPUT_GRAD_IN_BF16:
         grad_in = grad_out @ dequantize_rows(w_bwd, s_bwd, grad_out.dtype).t()  # w_bwd: [in, out]
     else:
-        grad_in = fp8_linear_input_grad(grad_out, w_bwd, s_bwd)
-    return grad_in.to(ctx.in_dtype), None, None, None, None
+        grad_in = fp8_linear_input_grad(grad_out, w_bwd, s_bwd, ctx.fast_accum)
+    return grad_in.to(ctx.in_dtype), None, None, None, None, None
 
 
 fp8_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
 class Fp8Linear(nn.Module):
-    """A frozen linear layer whose products run in fp8 (see the module docstring). No weight gradient."""
+    """A frozen linear layer whose products run in fp8 (see the module docstring). No weight gradient.
+    ``fast_accum`` turns on the tensor cores' fast accumulation in both products (``train.fp8_fast_accum``)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, fast_accum: bool = False) -> None:
         super().__init__()
         w = linear.weight.detach()
         if w.shape[0] % _ALIGN or w.shape[1] % _ALIGN:
             raise ValueError(f"fp8 base needs layer sizes divisible by {_ALIGN}, got {tuple(w.shape)}")
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.in_features, self.out_features, self.fast_accum = linear.in_features, linear.out_features, fast_accum
         w_fwd, s_fwd = quantize_rows(w)  # [out, in]: one scale per output row
         w_bwd, s_bwd = quantize_rows(w.t())  # [in, out]: one scale per input column
         self.register_buffer("w_fwd", w_fwd)
@@ -157,14 +165,15 @@ class Fp8Linear(nn.Module):
         return dequantize_rows(self.w_fwd, self.s_fwd, torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = fp8_linear(x, self.w_fwd, self.s_fwd, self.w_bwd, self.s_bwd)
+        y = fp8_linear(x, self.w_fwd, self.s_fwd, self.w_bwd, self.s_bwd, self.fast_accum)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fp8=e4m3 rowwise"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, fp8=e4m3 rowwise"
+                + (", fast_accum" if self.fast_accum else ""))
 
 
-def fp8_frozen_base(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> int:
+def fp8_frozen_base(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), fast_accum: bool = False) -> int:
     """Replace every frozen ``nn.Linear`` of ``model`` (peft LoRA layers' base layers included)
     with :class:`Fp8Linear`, in place; layers whose name contains one of ``skip``, and layers whose
     sizes are not multiples of 16 (fp8 GEMMs need them), stay. Returns how many layers were
@@ -175,7 +184,7 @@ def fp8_frozen_base(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> i
     for name, mod in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Fp8Linear(mod))
+        setattr(parent, child, Fp8Linear(mod, fast_accum))
         mod.weight = None  # free the bf16 weight now, not when the loop ends
     return len(targets)
 

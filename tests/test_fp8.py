@@ -41,8 +41,8 @@ def test_fp8_linear_matches_the_bf16_layer_forward_and_input_gradient():
     assert rel(fp8.weight, lin.weight) < 0.05  # the dequantized view
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compiled_fp8_linear_gives_the_eager_input_gradient(backend):
+@pytest.mark.parametrize("backend,fast_accum", [("aot_eager", False), ("inductor", False), ("inductor", True)])
+def test_compiled_fp8_linear_gives_the_eager_input_gradient(backend, fast_accum):
     """The fp8 products are custom operators with their autograd registered, so torch.compile keeps
     them whole (fullgraph: no graph break) and the backward still runs them. Written as an
     autograd.Function they once compiled, on an H100, to an input gradient of exactly zero
@@ -50,7 +50,8 @@ def test_compiled_fp8_linear_gives_the_eager_input_gradient(backend):
     the form, and bench/check_train_fp8_gpu.py the GPU."""
     torch.manual_seed(0)
     lin = nn.Linear(128, 64, bias=False).to(torch.bfloat16).requires_grad_(False)
-    layer = Fp8Linear(lin)
+    layer = Fp8Linear(lin, fast_accum=fast_accum)  # the flag is an operator argument (a no-op on CPU)
+    assert ("fast_accum" in repr(layer)) == fast_accum
     x = torch.randn(2, 40, 128, dtype=torch.bfloat16)
     g = torch.randn(2, 40, 64, dtype=torch.bfloat16)
     x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -154,19 +155,22 @@ def test_fp8_base_settings_refuse_what_is_not_supported():
         with_overrides(load_settings(), train={"fp8_base": True, "model_kind": "encoder"})
     with pytest.raises(SettingsError, match="one process"):
         with_overrides(load_settings(), train={"fp8_base": True, "nproc": 2, "batch_size": 16, "micro_batch_size": 8})
+    with pytest.raises(SettingsError, match="fp8_base=true as well"):
+        with_overrides(load_settings(), train={"fp8_fast_accum": True})
 
 
 def test_check_train_fp8_gpu_smoke_cpu(tmp_path):
-    """bench/check_train_fp8_gpu.py: both trainings through the real core, both adapters scored on the plain base (CPU, no figures)."""
+    """bench/check_train_fp8_gpu.py: the three trainings through the real core, each adapter scored on the plain base (CPU, no figures)."""
     from tests.bench_smoke import TINY_LLAMA, run_bench_script
 
     report, _ = run_bench_script("check_train_fp8_gpu.py", *TINY_LLAMA, "--examples", "32", "--epochs", "1", "--micro-batch", "8",
                               "--out", str(tmp_path), report=tmp_path / "train_fp8_gpu.json")
     runs = report["runs"]
-    assert set(runs) == {"bf16 base", "fp8 base"} and all(r["steps"] == 4 for r in runs.values())
+    assert set(runs) == {"bf16 base", "fp8 base", "fp8 base, fast accumulation"} and all(r["steps"] == 4 for r in runs.values())
     assert all(0 <= r["accuracy_on_bf16_base"] <= 1 and r["val_loss_on_bf16_base"] > 0 for r in runs.values())
     assert abs(runs["fp8 base"]["val_loss"] - runs["bf16 base"]["val_loss"]) < 0.05  # 4 steps from the same init
     assert "| fp8 base |" in (tmp_path / "train_fp8_gpu.md").read_text()
+    assert set(report["prediction_agreement"]) == {"fp8 base", "fp8 base, fast accumulation"}
 
 
 def test_fp8_training_parity_bench_smoke_cpu(tmp_path):
@@ -191,4 +195,4 @@ def test_fp8_layer_bench_smoke_cpu():
 
     _, out = run_bench_script("bench_fp8_layer.py", "--device", "cpu", "--repeats", "1")
     found = [(float(err), float(norm)) for err, norm in re.findall(r"input-grad rel err ([0-9.]+) \(norm ([0-9.e+]+)", out)]
-    assert len(found) == 5 and all(err < 0.05 and norm > 0 for err, norm in found), out
+    assert len(found) == 6 and all(err < 0.05 and norm > 0 for err, norm in found), out
