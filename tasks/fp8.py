@@ -18,11 +18,11 @@ per-channel scales: ``bench/bench_train_gpu.py`` reports its loss and LoRA-gradi
 the bf16 model next to its speed, and ``bench/fp8_training_parity.py`` trains the same LoRA both
 ways: on the random-init 7B one packed row's LoRA gradients differ in direction (cosine 0.54
 against bf16), yet 100 training steps follow the same loss curve (largest gap 0.065, same held-out
-loss to 4e-5). Through the training core on an H100 and an H200 (bench/check_train_fp8_gpu.py) the adapter it
-trains scores as the bf16-trained one does on the bf16 base (accuracy 0.961 both; 0.953 with fast
-accumulation); the 7B step is 1.32-1.37x the bf16 fast path's (1.39-1.47x with fast accumulation).
-Opt-in through ``train.fp8_base`` (and ``train.fp8_fast_accum``); the adapter it trains loads on the
-bf16 base. On CUDA the activations are quantized by the Triton kernel of ``tasks/fp8_kernels.py``.
+loss to 4e-5). Through the training core on an H100 and an H200 (bench/check_train_fp8_gpu.py)
+the adapter it trains scores as the bf16-trained one does on the bf16 base (accuracy 0.961 both;
+0.953 with fast accumulation); the 7B step is 1.32-1.37x the bf16 fast path's (1.39-1.47x with
+fast accumulation). Opt-in through ``train.fp8_base`` (and ``train.fp8_fast_accum``); the adapter
+it trains loads on the bf16 base. On CUDA the activations are quantized by the Triton kernel of ``tasks/fp8_kernels.py``.
 ``torch._scaled_mm`` runs on CUDA cards with fp8 tensor cores (compute capability 8.9+: L4, L40,
 H100, H200) and, slowly, on CPU (tests).
 """
