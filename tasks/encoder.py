@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from tasks.logs import get_logger
+from tasks.progress import progress
 from tasks.schemas import LABELS
 from tasks.train import MetricsFn, TrainResult, _rss_mb, count_params, pick_device
 
@@ -87,6 +88,8 @@ def train_encoder_adapter(cfg: Any, train_records: Sequence[dict[str, Any]], val
     gen = random.Random(cfg.seed)
     model.train()
     step, tokens, last = 0, 0, float("nan")
+    bar = progress(total_steps, "train-encoder", "step")
+    log_every = getattr(cfg, "log_every_steps", 1)
     t_train = time.perf_counter()
     while step < total_steps:
         order = list(range(len(texts)))
@@ -111,8 +114,13 @@ def train_encoder_adapter(cfg: Any, train_records: Sequence[dict[str, Any]], val
             dt = time.perf_counter() - t_step
             if not math.isfinite(last):
                 raise FloatingPointError(f"encoder loss became {last} at step {step}; lower train.encoder_learning_rate")
-            log_metrics({"train_loss": last, "learning_rate": sched.get_last_lr()[0], "tokens_per_s": n_tok / dt,
-                         "step_time_s": dt}, step)
+            bar.update(1)
+            bar.set_postfix_str(f"loss {last:.4f}, {n_tok / dt:,.0f} tok/s", refresh=False)
+            if step % log_every == 0 or step == total_steps:
+                lr = sched.get_last_lr()[0]
+                log_metrics({"train_loss": last, "learning_rate": lr, "tokens_per_s": n_tok / dt, "step_time_s": dt}, step)
+                log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s %.2fs", step, total_steps, last, lr, n_tok / dt, dt)
+    bar.close()
     seconds = time.perf_counter() - t_train
     val_loss = None
     if val_records:

@@ -41,6 +41,8 @@ def test_encoder_kind_trains_logs_and_reloads(lake_copy, data_dir, tmp_path):
     tracker = MlflowTracker.from_settings(settings, data_dir / "mlartifacts")
     run = tracker.client.get_run(result["run_id"])
     assert run.data.tags["model_type"] == "encoder" and run.data.metrics["trainable_share"] < 0.05
+    losses = tracker.client.get_metric_history(run.info.run_id, "train_loss")  # one point per step (log_every_steps=1)
+    assert result["steps"] > 1 and sorted(m.step for m in losses) == list(range(1, result["steps"] + 1))
     adapter = tracker.download(run.info.run_id, "adapter", tmp_path / "dl")
     texts = ["date: 2021-01-05 (Tue)\nETH: close 1,100.00 USD, 1d +3.2%"]
     a = EncoderPredictor(adapter, BUNDLED, "class").outputs(texts)
