@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,7 +124,13 @@ class MlflowTracker:
         import polars as pl
 
         frame = pl.read_parquet(features_path).drop("top_posts", strict=False)
-        ds = mlflow.data.from_polars(frame, source=str(features_path), name=f"{manifest['task']}-{manifest['fingerprint']}")
+        # MLflow's schema has no unsigned or plain date types: it maps them with one warning per column
+        frame = frame.with_columns(pl.col(pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64).cast(pl.Int64),
+                                   pl.col(pl.Date).cast(pl.Datetime("us")))
+        with warnings.catch_warnings():  # MLflow 3 registers its local-file source twice and says so each time
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            ds = mlflow.data.from_polars(frame, source=str(features_path), name=f"{manifest['task']}-{manifest['fingerprint']}",
+                                         digest=manifest["fingerprint"][:36])
         mlflow.log_input(ds, context="training")
 
     # ------------------------------------------------------------------ registry

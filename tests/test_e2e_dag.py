@@ -41,7 +41,8 @@ def test_daily_ingest_build_train_evaluate(seeded_node, data_dir, tmp_path):
         assert key in metrics, key
     assert len(tracker.client.get_metric_history(run.info.run_id, "train_loss")) == result["steps"]
     assert tags["chain_data"] == "synthetic local chain" and tags["verdict"] == result["evaluation"]["verdict"]
-    assert run.inputs.dataset_inputs[0].dataset.name == f"direction-{manifest['fingerprint']}"
+    logged = run.inputs.dataset_inputs[0].dataset
+    assert logged.name == f"direction-{manifest['fingerprint']}" and logged.digest == manifest["fingerprint"]
     artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
     assert {"adapter", "base_model", "plots", "evaluation", "settings.json"} <= artifacts
     baselines = tracker.client.search_runs([tracker.experiment_id], "tags.model_kind = 'baseline'")
