@@ -29,6 +29,8 @@ H100, H200) and, slowly, on CPU (tests).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -59,13 +61,18 @@ _compiled_quantize = None
 
 def _quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_rows, fused into one kernel on CUDA. Called from inside the custom ops below."""
-    global _compiled_quantize
+    global _compiled_quantize, QUANTIZER
     if a.device.type != "cuda" or QUANTIZER == "eager":
         return quantize_rows(a)
     if QUANTIZER == "triton":
-        from tasks.fp8_kernels import quantize_rows_triton
-
-        return quantize_rows_triton(a)
+        try:
+            from tasks.fp8_kernels import quantize_rows_triton
+        except ImportError:  # a CUDA torch without Triton (inductor needs it too): eager, slower, same values
+            warnings.warn("Triton is not importable: the fp8 base quantizes activations eagerly (slower)", stacklevel=2)
+            QUANTIZER = "eager"
+            return quantize_rows(a)
+        else:
+            return quantize_rows_triton(a)
     if _compiled_quantize is None:
         _compiled_quantize = torch.compile(quantize_rows, dynamic=True)
     return _compiled_quantize(a)
