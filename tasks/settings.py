@@ -249,7 +249,7 @@ class TrainSettings(_Section):
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     qlora: bool = False  # 4-bit NF4 frozen base through bitsandbytes (CUDA only)
     fp8_base: bool = False  # frozen base's linear layers as fp8 GEMMs (tasks/fp8.py; CUDA 8.9+, e.g. H100): ~1.35x, another numeric recipe
-    fp8_fast_accum: bool = False  # with fp8_base: the tensor cores' fast accumulation (~1.07x more, fewer accumulator bits)
+    fp8_fast_accum: bool = False  # with fp8_base: the tensor cores' fast accumulation (~1.06x more, fewer accumulator bits)
     distributed: bool = False  # join the torchrun/accelerate process group, DDP-wrap, log on rank 0
     nproc: int = Field(default=1, ge=1, le=64)  # train-lora: > 1 launches that many processes (GPUs) on this host through torchrun
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # several processes: a replica each (ddp) or base + LoRA sharded (fsdp, FSDP2)
