@@ -22,7 +22,8 @@ loss to 4e-5). Through the training core on an H100 and an H200 (bench/check_tra
 the adapter it trains scores as the bf16-trained one does on the bf16 base (accuracy 0.961 both;
 0.953 with fast accumulation); the 7B step is 1.32-1.37x the bf16 fast path's (1.39-1.47x with
 fast accumulation). Opt-in through ``train.fp8_base`` (and ``train.fp8_fast_accum``); the adapter
-it trains loads on the bf16 base. On CUDA the activations are quantized by the Triton kernel of ``tasks/fp8_kernels.py``.
+it trains loads on the bf16 base. On CUDA the activations are quantized by the Triton kernel of
+``tasks/fp8_kernels.py``.
 ``torch._scaled_mm`` runs on CUDA cards with fp8 tensor cores (compute capability 8.9+: L4, L40,
 H100, H200) and, slowly, on CPU (tests).
 """
@@ -57,22 +58,23 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
 # are kept for bench/bench_fp8_layer.py, which times all three; CPU always runs quantize_rows.
 QUANTIZER = "triton"
 _compiled_quantize = None
+_triton_quantize = None  # tasks.fp8_kernels.quantize_rows_triton, imported on first use (CUDA only)
 
 
 def _quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_rows, fused into one kernel on CUDA. Called from inside the custom ops below."""
-    global _compiled_quantize, QUANTIZER
+    global _compiled_quantize, _triton_quantize, QUANTIZER
     if a.device.type != "cuda" or QUANTIZER == "eager":
         return quantize_rows(a)
     if QUANTIZER == "triton":
-        try:
-            from tasks.fp8_kernels import quantize_rows_triton
-        except ImportError:  # a CUDA torch without Triton (inductor needs it too): eager, slower, same values
-            warnings.warn("Triton is not importable: the fp8 base quantizes activations eagerly (slower)", stacklevel=2)
-            QUANTIZER = "eager"
-            return quantize_rows(a)
-        else:
-            return quantize_rows_triton(a)
+        if _triton_quantize is None:
+            try:
+                from tasks.fp8_kernels import quantize_rows_triton as _triton_quantize
+            except ImportError:  # a CUDA torch without Triton (inductor needs it too): eager, slower, same values
+                warnings.warn("Triton is not importable: the fp8 base quantizes activations eagerly (slower)", stacklevel=2)
+                QUANTIZER = "eager"
+                return quantize_rows(a)
+        return _triton_quantize(a)
     if _compiled_quantize is None:
         _compiled_quantize = torch.compile(quantize_rows, dynamic=True)
     return _compiled_quantize(a)

@@ -404,9 +404,9 @@ def train_lora_adapter(
         if not fp8_supported(device):
             raise ValueError(f"train.fp8_base needs fp8 tensor cores (CUDA compute capability 8.9+, e.g. L4, H100); "
                              f"{device} has none: set train.fp8_base=false")
+        fast_accum = getattr(cfg, "fp8_fast_accum", False)
         log.info("fp8 base: %d frozen linear layers now run as fp8 GEMMs%s",
-                 fp8_frozen_base(model, fast_accum=getattr(cfg, "fp8_fast_accum", False)),
-                 " (fast accumulation)" if getattr(cfg, "fp8_fast_accum", False) else "")
+                 fp8_frozen_base(model, fast_accum=fast_accum), " (fast accumulation)" if fast_accum else "")
     unwrapped = model
     if getattr(cfg, "compile", False):
         compile_decoder_layers(unwrapped)
