@@ -29,7 +29,9 @@ by kernel family (GEMM, attention, fused Triton, other) and the busy share of th
 the variant's JSON, the top kernels in profile_<variant>.txt.
 
 Measured: real (non-pad) tokens per second over the timed steps (forward, backward, AdamW step),
-and peak allocated GPU memory. Before timing, each packed variant checks document masking on
+and peak allocated GPU memory. Packed variants fill their rows as the training core does with
+``train.pack_tokens`` (best-fit decreasing, tasks/packing.py; ~99% full); the packer's remainder
+row is not timed. Before timing, each packed variant checks document masking on
 this model: a packed row's logits vs each example alone (relative error must stay < 2e-2 in bf16),
 and each compiled variant checks that its LoRA gradients on one batch are the eager model's.
 Each variant runs in its own subprocess (a crashed kernel poisons the CUDA context).
@@ -91,17 +93,11 @@ def build_model(attention: str, layers: int, hidden: int, device: str):
 
 
 def pack_rows(examples: list[dict], pack_tokens: int) -> list[list[dict]]:
-    rows, cur, used = [], [], 0
-    for ex in examples:
-        n = len(ex["input_ids"])
-        if used + n > pack_tokens and cur:
-            rows.append(cur)
-            cur, used = [], 0
-        cur.append(ex)
-        used += n
-    if cur:
-        rows.append(cur)
-    return rows
+    """The examples in rows of at most ``pack_tokens`` tokens, packed as the training core packs
+    them with ``train.pack_tokens`` (tasks.packing.pack_by_tokens: best-fit decreasing, fullest first)."""
+    from tasks.packing import pack_by_tokens
+
+    return [[examples[i] for i in row] for row in pack_by_tokens([len(e["input_ids"]) for e in examples], pack_tokens)]
 
 
 def lora_grad_vector(model, loss) -> "torch.Tensor":
@@ -265,7 +261,8 @@ def run_variant(name: str, args) -> dict:
         for m in model.modules():
             if type(m).__name__.endswith("DecoderLayer"):
                 m.compile(mode=mode)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    # fused=True on CUDA: one kernel for the LoRA weights' update, as the training core does there
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=args.device == "cuda")
     if name.startswith("reference"):
         batches = [examples[i:i + 4] for i in range(0, len(examples), 4)]
 
@@ -321,6 +318,11 @@ def run_variant(name: str, args) -> dict:
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     timed = batches[warm:]
+    if not name.startswith("reference"):
+        # The packer's remainder row (under half full: what is left once every full row is made)
+        # is not timed; a training run packs each epoch's examples, so it is one row in many there.
+        timed = [b for b in timed if sum(len(e["input_ids"]) for e in b) >= pack // 2]
+        info["row_fill"] = sum(len(e["input_ids"]) for b in timed for e in b) / (pack * len(timed))
     tokens, t0 = 0, time.perf_counter()
     for batch in timed:
         loss, n = step(batch)
@@ -334,7 +336,7 @@ def run_variant(name: str, args) -> dict:
     sync()
     dt = time.perf_counter() - t0
     if name in args.profile.split(","):
-        info["profile"] = profile_steps(step, opt, batches[warm + len(losses):][:2] or timed[:2], sync,
+        info["profile"] = profile_steps(step, opt, timed[len(losses):][:2] or timed[:2], sync,
                                         Path(args.out) / f"profile_{name}.txt")
     info.update(tokens=tokens, seconds=dt, tokens_per_s=tokens / dt, peak_gb=torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else float("nan"),
                 steps=len(losses), loss_first=float(losses[0]), loss_last=float(losses[-1]),

@@ -65,6 +65,39 @@ def collate_packed(batch: Sequence[dict[str, list[int]]], device: torch.device |
     return out
 
 
+def pack_by_tokens(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Group example indices into rows of at most ``capacity`` tokens, best-fit decreasing.
+
+    Longest example first, each into the row it fills most tightly (or a new row). Rows of
+    ~200-token alpaca-like examples come out ~99% full, against ~97% for filling rows in arrival
+    order (whose last row is often nearly empty): fewer rows, so fewer steps, for the same tokens.
+    Ties keep the order of ``lengths``, so shuffling the examples first varies the rows. Each index
+    appears exactly once; rows are returned fullest first.
+    """
+    import bisect
+
+    if capacity <= 0:
+        raise ValueError(f"pack capacity must be positive, got {capacity}")
+    too_long = [n for n in lengths if n > capacity]
+    if too_long:
+        raise ValueError(f"an example of {max(too_long)} tokens does not fit a packed row of {capacity}; "
+                         "raise train.pack_tokens or lower train.cutoff_len")
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (free tokens, row number), sorted
+    for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+        n = lengths[i]
+        at = bisect.bisect_left(room, (n, -1))
+        if at < len(room):
+            free, r = room.pop(at)
+        else:
+            free, r = capacity, len(rows)
+            rows.append([])
+        rows[r].append(i)
+        bisect.insort(room, (free - n, r))
+    used = [capacity - free for free, _ in sorted(room, key=lambda fr: fr[1])]
+    return [rows[r] for r in sorted(range(len(rows)), key=lambda r: -used[r])]
+
+
 def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
     """Which example each token belongs to (0, 0, 0, 1, 1, ...), from the position restarts."""
     starts = (position_ids == 0).long()

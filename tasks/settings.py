@@ -244,6 +244,7 @@ class TrainSettings(_Section):
     # speed and memory (the padded eager path is the alpaca-lora reference; see bench/bench_train_gpu.py)
     attention: Literal["eager", "sdpa", "flex_attention"] = "sdpa"  # attention kernel of the base model
     packing: bool = False  # one document-masked packed row per micro-batch instead of padding
+    pack_tokens: int = Field(default=0, ge=0)  # with packing: rows of up to N tokens, best-fit packed (micro_batch_size unused); 0 = micro_batch_size examples a row
     compile: bool = False  # torch.compile each decoder layer (GPU; first steps pay the compile)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the device supports it
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
@@ -279,6 +280,11 @@ class TrainSettings(_Section):
             raise ValueError("fp8_fast_accum applies to the fp8 base; set fp8_base=true as well")
         if self.fp8_base and self.nproc > 1:
             raise ValueError("fp8_base runs in one process for now (multi-GPU with an fp8 base is not measured); set nproc=1")
+        if self.pack_tokens and not self.packing:
+            raise ValueError("pack_tokens applies to packed rows; set packing=true as well")
+        if self.pack_tokens and self.pack_tokens < self.cutoff_len:
+            raise ValueError(f"pack_tokens ({self.pack_tokens}) must be at least cutoff_len ({self.cutoff_len}): "
+                             "every example must fit one row")
         if self.parallelism == "fsdp" and self.qlora:
             raise ValueError("qlora cannot be combined with parallelism='fsdp' (4-bit weights are not sharded); use ddp")
         return self

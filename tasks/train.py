@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tasks.logs import get_logger
-from tasks.packing import collate_packed, packed_loss
+from tasks.packing import collate_packed, pack_by_tokens, packed_loss
 from tasks.progress import progress
 from tasks.prompter import Prompter
 
@@ -419,11 +419,20 @@ def train_lora_adapter(
     prompter = Prompter.load()
     train_ex = tokenize_records(tokenizer, prompter, train_records, cfg.cutoff_len, cfg.train_on_inputs)
     val_ex = tokenize_records(tokenizer, prompter, val_records, cfg.cutoff_len, cfg.train_on_inputs)
-    accum = cfg.batch_size // (cfg.micro_batch_size * world)
-    steps_per_epoch = max(1, math.ceil(len(train_ex) / cfg.batch_size))
+    pack_tokens = getattr(cfg, "pack_tokens", 0) if packing else 0
+    if pack_tokens:
+        # Rows of up to pack_tokens tokens, not micro_batch_size examples: an optimizer step takes
+        # as many rows (per process) as hold about batch_size examples.
+        rows_per_epoch = len(pack_by_tokens([len(e["input_ids"]) for e in train_ex], pack_tokens))
+        accum = max(1, round(cfg.batch_size * rows_per_epoch / (max(1, len(train_ex)) * world)))
+        steps_per_epoch = max(1, math.ceil(rows_per_epoch / (accum * world)))
+    else:
+        accum = cfg.batch_size // (cfg.micro_batch_size * world)
+        steps_per_epoch = max(1, math.ceil(len(train_ex) / cfg.batch_size))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     params = [p for p in unwrapped.parameters() if p.requires_grad]  # after sharding: FSDP swaps in DTensor shards
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    # fused on CUDA (one kernel for all LoRA weights); FSDP's DTensor shards keep the default
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0, fused=device.type == "cuda" and not fsdp)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total_steps - 1), total_steps)
     mode = "fsdp" if fsdp else "ddp" if distributed else "single"
     mean_len = sum(len(e["input_ids"]) for e in train_ex) / max(1, len(train_ex))
@@ -431,8 +440,9 @@ def train_lora_adapter(
         log.info(
             "train: %d examples (%.0f tokens each on average), %d steps of %d (micro %d x accum %d x %d processes, %s), "
             "device %s %s, attention %s, packing %s, compile %s, trainable %d / %d params (%.3f%%)", len(train_ex),
-            mean_len, total_steps, cfg.batch_size, cfg.micro_batch_size, accum, world, mode, device, dtype, attention,
-            packing, getattr(cfg, "compile", False), trainable, total, 100 * trainable / total,
+            mean_len, total_steps, cfg.batch_size, f"{pack_tokens}-token rows" if pack_tokens else cfg.micro_batch_size,
+            accum, world, mode, device, dtype, attention, packing, getattr(cfg, "compile", False), trainable, total,
+            100 * trainable / total,
         )
     every = getattr(cfg, "checkpoint_every_steps", 0)
     key = run_key(cfg, base_model, train_ex, world)
@@ -477,17 +487,30 @@ def train_lora_adapter(
     bar = progress(total_steps, "train-lora", "step", initial=step, disable=None if is_main else True)
     t_train = time.perf_counter()
     steps_this_run = 0
-    per_step = cfg.micro_batch_size * world
+    per_step = world if pack_tokens else cfg.micro_batch_size * world
+
+    def refill() -> list:
+        """The next epoch's units: shuffled example indices, or (pack_tokens) rows of them."""
+        fresh = list(range(len(train_ex)))
+        gen.shuffle(fresh)
+        if not pack_tokens:
+            return fresh
+        rows = [[fresh[k] for k in row] for row in pack_by_tokens([len(train_ex[i]["input_ids"]) for i in fresh], pack_tokens)]
+        gen.shuffle(rows)
+        return rows
+
+    pad_to = pack_tokens if pack_tokens and getattr(cfg, "compile", False) else None  # fixed shapes: no recompiles
     while step < total_steps:
         t_step = time.perf_counter()
         step_tokens, step_loss = 0, 0.0
         for micro in range(accum):
             if len(order) < per_step:
-                fresh = list(range(len(train_ex)))
-                gen.shuffle(fresh)
-                order += fresh
+                order += refill()
             idx, order = order[:per_step], order[per_step:]
-            mine = [train_ex[i] for i in idx[rank * cfg.micro_batch_size:(rank + 1) * cfg.micro_batch_size]]
+            if pack_tokens:
+                mine = [train_ex[i] for i in idx[rank]]
+            else:
+                mine = [train_ex[i] for i in idx[rank * cfg.micro_batch_size:(rank + 1) * cfg.micro_batch_size]]
             sync = world == 1 or micro == accum - 1
             if fsdp:
                 unwrapped.set_requires_gradient_sync(sync)  # FSDP2's no_sync: reduce-scatter once per step
@@ -495,9 +518,9 @@ def train_lora_adapter(
             with ctx:
                 with autocast:
                     if packing:
-                        batch = collate_packed(mine, device, block_mask=attention == "flex_attention")
+                        batch = collate_packed(mine, device, pad_to=pad_to, block_mask=attention == "flex_attention")
                         loss, _ = packed_loss(model, batch)
-                        step_tokens += batch["input_ids"].shape[1]
+                        step_tokens += sum(len(e["input_ids"]) for e in mine)  # real tokens, not the row's padding
                     else:
                         batch = collate(mine, tokenizer.pad_token_id, device)
                         loss = model(**batch, use_cache=False).loss

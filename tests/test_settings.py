@@ -35,6 +35,8 @@ def test_toml_file_is_read_and_env_wins(tmp_path, monkeypatch):
         ({"CHAINSIGNAL_RPC__URL": "ftp://node"}, "rpc.url"),
         ({"CHAINSIGNAL_TRAIN__BATCH_SIZE": "10", "CHAINSIGNAL_TRAIN__MICRO_BATCH_SIZE": "4"}, "train"),
         ({"CHAINSIGNAL_DATASET__EMBARGO_DAYS": "zero"}, "dataset.embargo_days"),
+        ({"CHAINSIGNAL_TRAIN__PACK_TOKENS": "4096"}, "train"),  # rows by tokens without packing
+        ({"CHAINSIGNAL_TRAIN__PACKING": "true", "CHAINSIGNAL_TRAIN__PACK_TOKENS": "128"}, "train"),  # < cutoff_len
     ],
 )
 def test_bad_value_is_one_line_naming_the_setting(monkeypatch, env, setting):

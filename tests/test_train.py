@@ -94,9 +94,26 @@ class Crash(RuntimeError):
     pass
 
 
-def test_a_crashed_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
+def test_rows_packed_by_tokens_train_on_every_example_and_count_only_real_tokens(tiny_model, tmp_path):
+    train, val = records(12), records(3)
+    # Rows of up to 200 tokens hold 2 of these 96-token examples (cutoff_len): 6 rows an epoch;
+    # batch 6 -> 3 rows a step, 2 steps an epoch.
+    result = train_lora_adapter(small_cfg(packing=True, pack_tokens=200, batch_size=6, micro_batch_size=6, epochs=2),
+                                str(tiny_model), train, val, tmp_path / "adapter")
+    tok, _ = load_base_model(str(tiny_model), torch.device("cpu"))
+    lengths = [len(e["input_ids"]) for e in tokenize_records(tok, PROMPTER, train, 96, False)]
+    assert set(lengths) == {96}  # the premise of the counts
+    assert result.steps == 4 and math.isfinite(result.train_loss_last)
+    assert result.tokens_seen == 2 * sum(lengths)  # every example twice, real tokens only
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("packed_rows", [0, 192], ids=["micro-batches", "rows-by-tokens"])
+def test_a_crashed_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path, packed_rows):
     train, val = records(8), records(3)
-    cfg = small_cfg(epochs=3, checkpoint_every_steps=2, packing=True)  # 6 steps, dropout on (RNG state resumes too)
+    # 6 steps, dropout on (RNG state resumes too)
+    # 6 steps either way (96-token examples: 2 a row by tokens, 4 rows an epoch, 2 a step)
+    cfg = small_cfg(epochs=3, checkpoint_every_steps=2, packing=True, pack_tokens=packed_rows)
     whole = train_lora_adapter(cfg, str(tiny_model), train, val, tmp_path / "whole")
 
     def crash_after_step_3(metrics, step):
@@ -119,7 +136,7 @@ def test_a_crashed_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
     with pytest.raises(Crash):
         train_lora_adapter(cfg, str(tiny_model), train, val, tmp_path / "x", crash_after_step_3, checkpoint_dir=ckpt)
     other = []
-    train_lora_adapter(small_cfg(epochs=3, checkpoint_every_steps=2, packing=True, lora_r=4), str(tiny_model), train, val,
+    train_lora_adapter(cfg.model_copy(update={"lora_r": 4}), str(tiny_model), train, val,
                        tmp_path / "y", lambda m, s: other.append(s), checkpoint_dir=ckpt)
     assert other[0] == 1
 
