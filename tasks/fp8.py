@@ -62,7 +62,7 @@ _triton_quantize = None  # tasks.fp8_kernels.quantize_rows_triton, imported on f
 
 
 def _quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_rows, fused into one kernel on CUDA. Called from inside the custom ops below."""
+    """quantize_rows, fused into one kernel on CUDA. Called from inside the custom operators below."""
     global _compiled_quantize, _triton_quantize, QUANTIZER
     if a.device.type != "cuda" or QUANTIZER == "eager":
         return quantize_rows(a)
@@ -80,24 +80,25 @@ def _quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _compiled_quantize(a)
 
 
-def _mm(a: torch.Tensor, b_rows: torch.Tensor, b_scale: torch.Tensor, out_dtype: torch.dtype, fast_accum: bool) -> torch.Tensor:
-    """a [M, K] (any float) @ b_rows.T, where b_rows [N, K] is fp8 with one scale per row ([1, N]).
-    ``fast_accum``: the tensor cores' fast accumulation (CUDA; faster, fewer accumulator bits)."""
-    m = a.shape[0]
-    pad = -m % _ALIGN
+def _quantized_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] as rows, padded with zero rows to a multiple of 16 (_scaled_mm's alignment), quantized."""
+    a = x.reshape(-1, x.shape[-1])
+    pad = -a.shape[0] % _ALIGN
     if pad:
         a = torch.nn.functional.pad(a, (0, 0, 0, pad))
-    aq, a_scale = _quantize(a)
-    out = torch._scaled_mm(aq, b_rows.t(), scale_a=a_scale, scale_b=b_scale, out_dtype=out_dtype,
-                           use_fast_accum=fast_accum and a.device.type == "cuda")
-    return out[:m] if pad else out
+    return _quantize(a)
 
 
-def _matmul(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, fast_accum: bool) -> torch.Tensor:
-    """x [..., K] @ w.T in fp8, w [N, K] fp8 with per-row scales s [1, N]; the result in x's dtype."""
+def _product(x: torch.Tensor, xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, s: torch.Tensor,
+             fast_accum: bool) -> torch.Tensor:
+    """x @ w.T in fp8 from x's quantized rows (xq, xs = _quantized_rows(x)); w [N, K] fp8 with per-row
+    scales s [1, N]. The result in x's dtype (an fp32 model on CPU gets fp32 back).
+    ``fast_accum``: the tensor cores' fast accumulation (CUDA; faster, fewer accumulator bits)."""
     out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-    y = _mm(x.reshape(-1, x.shape[-1]), w, s, out_dtype, fast_accum).reshape(*x.shape[:-1], w.shape[0])
-    return y.to(x.dtype)  # an fp32 model (CPU) gets fp32 back: the next layers expect their own dtype
+    y = torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=s, out_dtype=out_dtype,
+                         use_fast_accum=fast_accum and x.device.type == "cuda")
+    m = x.numel() // x.shape[-1]
+    return y[:m].reshape(*x.shape[:-1], w.shape[0]).to(x.dtype)
 
 
 # The products are custom operators (torch.library), opaque to torch.compile, with their autograd
@@ -105,23 +106,41 @@ def _matmul(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, fast_accum: bool)
 # torch.autograd.Function, once compiled (inductor or aot_eager), returned an input gradient of
 # exactly zero while eager was right, so every LoRA weight got no gradient and nothing trained.
 # bench/check_train_fp8_gpu.py checks this through the training core on a GPU.
+#
+# The forward's activation quantization is an operator of its own: q, k and v (and gate and up)
+# read the same normed hidden states, and a compiled decoder layer then quantizes them once, not
+# three (two) times - the compiler merges identical pure calls on the same input (AOTAutograd's CSE).
+@torch.library.custom_op("chainsignal::fp8_quantize_rows", mutates_args=())
+def fp8_quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] as rows (padded with zero rows to a multiple of 16), quantized by :func:`_quantize`:
+    (fp8 values [rows, K], fp32 scales [rows, 1])."""
+    return _quantized_rows(x)
+
+
+@fp8_quantize_rows.register_fake
+def _(x):
+    rows = (x.numel() // x.shape[-1] + _ALIGN - 1) // _ALIGN * _ALIGN
+    return x.new_empty((rows, x.shape[-1]), dtype=E4M3), x.new_empty((rows, 1), dtype=torch.float32)
+
+
 @torch.library.custom_op("chainsignal::fp8_linear", mutates_args=())
-def fp8_linear(x: torch.Tensor, w_fwd: torch.Tensor, s_fwd: torch.Tensor, w_bwd: torch.Tensor,
-               s_bwd: torch.Tensor, fast_accum: bool) -> torch.Tensor:
+def fp8_linear(x: torch.Tensor, xq: torch.Tensor, xs: torch.Tensor, w_fwd: torch.Tensor, s_fwd: torch.Tensor,
+               w_bwd: torch.Tensor, s_bwd: torch.Tensor, fast_accum: bool) -> torch.Tensor:
     """y = x @ W.T with W frozen and held twice in fp8: w_fwd [out, in] (per-row scales, forward)
-    and w_bwd [in, out] (per-input-column scales, the input gradient)."""
-    return _matmul(x, w_fwd, s_fwd, fast_accum)
+    and w_bwd [in, out] (per-input-column scales, the input gradient). The product reads x's
+    quantization (xq, xs = fp8_quantize_rows(x)); x itself is the autograd edge and gives the shape."""
+    return _product(x, xq, xs, w_fwd, s_fwd, fast_accum)
 
 
 @fp8_linear.register_fake
-def _(x, w_fwd, s_fwd, w_bwd, s_bwd, fast_accum):
+def _(x, xq, xs, w_fwd, s_fwd, w_bwd, s_bwd, fast_accum):
     return x.new_empty((*x.shape[:-1], w_fwd.shape[0]))
 
 
 @torch.library.custom_op("chainsignal::fp8_linear_input_grad", mutates_args=())
 def fp8_linear_input_grad(grad_out: torch.Tensor, w_bwd: torch.Tensor, s_bwd: torch.Tensor, fast_accum: bool) -> torch.Tensor:
     """dL/dx = grad_out @ W, from the transposed fp8 copy w_bwd [in, out]."""
-    return _matmul(grad_out, w_bwd, s_bwd, fast_accum)
+    return _product(grad_out, *_quantized_rows(grad_out), w_bwd, s_bwd, fast_accum)
 
 
 @fp8_linear_input_grad.register_fake
@@ -133,7 +152,7 @@ INPUT_GRAD_IN_BF16 = False  # diagnostics (bench_train_gpu.py): the input gradie
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, _, _, w_bwd, s_bwd, fast_accum = inputs
+    x, _, _, _, _, w_bwd, s_bwd, fast_accum = inputs
     ctx.save_for_backward(w_bwd, s_bwd)
     ctx.in_dtype, ctx.fast_accum = x.dtype, fast_accum
 
@@ -144,7 +163,7 @@ def _backward(ctx, grad_out):
         grad_in = grad_out @ dequantize_rows(w_bwd, s_bwd, grad_out.dtype).t()  # w_bwd: [in, out]
     else:
         grad_in = fp8_linear_input_grad(grad_out, w_bwd, s_bwd, ctx.fast_accum)
-    return grad_in.to(ctx.in_dtype), None, None, None, None, None
+    return grad_in.to(ctx.in_dtype), None, None, None, None, None, None, None
 
 
 fp8_linear.register_autograd(_backward, setup_context=_setup_context)
@@ -174,7 +193,8 @@ class Fp8Linear(nn.Module):
         return dequantize_rows(self.w_fwd, self.s_fwd, torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = fp8_linear(x, self.w_fwd, self.s_fwd, self.w_bwd, self.s_bwd, self.fast_accum)
+        xq, xs = fp8_quantize_rows(x.detach())  # not differentiable: the gradient flows through x
+        y = fp8_linear(x, xq, xs, self.w_fwd, self.s_fwd, self.w_bwd, self.s_bwd, self.fast_accum)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:

@@ -196,3 +196,29 @@ def test_fp8_layer_bench_smoke_cpu():
     _, out = run_bench_script("bench_fp8_layer.py", "--device", "cpu", "--repeats", "1")
     found = [(float(err), float(norm)) for err, norm in re.findall(r"input-grad rel err ([0-9.]+) \(norm ([0-9.e+]+)", out)]
     assert len(found) == 6 and all(err < 0.05 and norm > 0 for err, norm in found), out
+
+
+def test_compiled_layer_quantizes_a_shared_input_once(monkeypatch):
+    """q, k and v read the same hidden states: compiled, their fp8 products share one quantization
+    of it (the quantizer is its own pure operator, merged by the compiler); the backward still
+    quantizes each output gradient, and the results are the eager ones."""
+    import tasks.fp8 as fp8
+
+    torch.manual_seed(0)
+    projs = nn.ModuleList(Fp8Linear(nn.Linear(64, 32, bias=False).requires_grad_(False)) for _ in range(3))
+
+    def qkv(x):
+        return sum(p(x).float().square().sum() for p in projs)
+
+    calls = []
+    real = fp8._quantize
+    monkeypatch.setattr(fp8, "_quantize", lambda a: calls.append(tuple(a.shape)) or real(a))
+    x = torch.randn(40, 64)
+    x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    qkv(x_eager).backward()
+    eager_calls, calls[:] = len(calls), []
+    torch._dynamo.reset()
+    torch.compile(qkv, backend="inductor", fullgraph=True)(x_comp).backward()
+    assert eager_calls == 6  # 3 inputs + 3 output gradients
+    assert len(calls) == 4  # 1 shared input + 3 output gradients
+    assert rel(x_comp.grad, x_eager.grad) < 1e-2
