@@ -159,3 +159,18 @@ def test_qlora_off_cuda_is_a_one_line_error(tiny_model, tmp_path):
     with pytest.raises(ValueError, match=r"^train.qlora needs a CUDA device") as err:
         train_lora_adapter(small_cfg(qlora=True), str(tiny_model), records(4), [], tmp_path / "a")
     assert "\n" not in str(err.value)
+
+
+def test_check_train_core_gpu_smoke_cpu(tmp_path):
+    """bench/check_train_core_gpu.py: the training core with micro-batch rows and with pack_tokens rows (CPU, no figures)."""
+    from tests.bench_smoke import TINY_LLAMA, run_bench_script
+
+    report, _ = run_bench_script("check_train_core_gpu.py", *TINY_LLAMA, "--examples", "48", "--batch", "8",
+                                 "--pack-tokens", "1024", "--out", str(tmp_path), report=tmp_path / "train_core_gpu.json")
+    runs = report["runs"]
+    assert set(runs) == {"rows of micro-batches", "pack_tokens rows"}
+    assert runs["rows of micro-batches"]["steps"] == 6  # 48 examples, 8 a step
+    assert all(r["steady_tokens_per_s"] > 0 and r["tokens_seen"] > 0 for r in runs.values())
+    # one epoch is every example once (the last step may start the next epoch's rows)
+    assert runs["pack_tokens rows"]["tokens_seen"] >= runs["rows of micro-batches"]["tokens_seen"]
+    assert "CPU smoke test" in (tmp_path / "train_core_gpu.md").read_text()
