@@ -20,7 +20,7 @@ ways: on the random-init 7B one packed row's LoRA gradients differ in direction 
 against bf16), yet 100 training steps follow the same loss curve (largest gap 0.065, same held-out
 loss to 4e-5). Through the training core on an H100 and an H200 (bench/check_train_fp8_gpu.py)
 the adapter it trains scores as the bf16-trained one does on the bf16 base (accuracy 0.961 both;
-0.953 with fast accumulation); the 7B step is 1.32-1.37x the bf16 fast path's (1.39-1.47x with
+0.953 with fast accumulation); the 7B step is 1.32-1.38x the bf16 fast path's (1.39-1.47x with
 fast accumulation). Opt-in through ``train.fp8_base`` (and ``train.fp8_fast_accum``); the adapter
 it trains loads on the bf16 base. On CUDA the activations are quantized by the Triton kernel of
 ``tasks/fp8_kernels.py``.
