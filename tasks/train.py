@@ -347,7 +347,8 @@ def train_lora_adapter(
     """Fine-tune LoRA adapters on ``train_records``; save adapter + tokenizer to ``out_dir``.
 
     ``cfg`` is a :class:`tasks.settings.TrainSettings` (or anything with the same fields).
-    Fast path: ``cfg.packing`` (one packed row per micro-batch, document-masked),
+    Fast path: ``cfg.packing`` (one packed row per micro-batch, document-masked; with
+    ``cfg.pack_tokens`` rows of up to that many tokens, best-fit packed each epoch),
     ``cfg.attention``, ``cfg.compile``. With ``checkpoint_dir`` and ``cfg.checkpoint_every_steps``
     the run saves its state every N steps and a rerun with the same settings and data resumes
     from the last checkpoint (the checkpoint is removed once the adapter is saved).
