@@ -174,3 +174,16 @@ def test_check_train_core_gpu_smoke_cpu(tmp_path):
     # one epoch is every example once (the last step may start the next epoch's rows)
     assert runs["pack_tokens rows"]["tokens_seen"] >= runs["rows of micro-batches"]["tokens_seen"]
     assert "CPU smoke test" in (tmp_path / "train_core_gpu.md").read_text()
+
+
+def test_a_diverging_run_stops_with_one_line_and_checkpoints_only_finite_steps(tiny_model, tmp_path):
+    # The loss is read on the host one step late (no per-step GPU stall); a checkpoint step reads it first.
+    cfg = small_cfg(epochs=3, learning_rate=3e37, checkpoint_every_steps=1, packing=True, lora_dropout=0.0)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(FloatingPointError) as err:
+        train_lora_adapter(cfg, str(tiny_model), records(8), records(3), tmp_path / "adapter", checkpoint_dir=ckpt)
+    assert "\n" not in str(err.value) and "lower train.learning_rate" in str(err.value)
+    step = int(str(err.value).split(" at step ")[1].split(";")[0])
+    assert step >= 2  # the first step starts from B = 0: finite whatever the learning rate
+    state = torch.load(ckpt / "checkpoint.pt", weights_only=False)
+    assert state["step"] == step - 1 and not (tmp_path / "adapter").exists()
