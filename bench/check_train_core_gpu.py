@@ -3,9 +3,9 @@
 bench_train_gpu.py times the fast path with its own loop over 6,144-token rows. This script runs
 the code the train-lora flow runs (``tasks.train.train_lora_adapter``: tokenizing, scheduler,
 gradient clipping, accumulation, logging) on one model, in the same process and on the same GPU,
-with flex attention, packing and regional torch.compile, and reads the steady-state speed from the
-core's own per-step metrics (median tokens/s over the steps after the first ``--warm-steps``,
-which pay the compile):
+with flex attention, packing and regional torch.compile. Steady-state speed: the real tokens of the
+steps after the first ``--warm-steps`` (which pay the compile) over the wall-clock time between the
+core's reports of those steps (its ``log_metrics`` calls):
 
 - ``rows of micro-batches``: ``train.packing`` alone, one packed row per micro-batch of examples
   (the rows' lengths vary from step to step);
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -92,13 +91,15 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "torch": torch.__version__,
               "args": vars(args) | {"out": str(args.out)}, "runs": {}}
     for name, extra in runs:
-        per_step: list[dict] = []
+        seen: list[tuple[float, float]] = []  # (when the core reported the step, its real tokens)
         t0 = time.perf_counter()
         result = train_lora_adapter(TrainSettings(**knobs, **extra), str(model_dir), train, val, work / "adapter",
-                                    log_metrics=lambda m, s: per_step.append(m) if "tokens_per_s" in m else None)
-        steady = [m["tokens_per_s"] for m in per_step[args.warm_steps:]] or [m["tokens_per_s"] for m in per_step]
+                                    log_metrics=lambda m, s: seen.append((time.perf_counter(), m["tokens_per_s"] * m["step_time_s"]))
+                                    if "tokens_per_s" in m else None)
+        w = min(args.warm_steps, len(seen) - 2)
+        steady = sum(tok for _, tok in seen[w + 1:]) / (seen[-1][0] - seen[w][0])  # wall clock between reports
         report["runs"][name] = {**result.as_dict(), "wall_s": time.perf_counter() - t0,
-                                "steady_tokens_per_s": statistics.median(steady), "steady_steps": len(steady)}
+                                "steady_tokens_per_s": steady, "steady_steps": len(seen) - w - 1}
         shutil.rmtree(work / "adapter", ignore_errors=True)
         torch._dynamo.reset()
         if on_gpu:
@@ -110,8 +111,8 @@ def main() -> None:
              f"Command: `python3 bench/check_train_core_gpu.py {' '.join(sys.argv[1:])}`", "",
              f"Model: tiny Llama built on the fly, {args.layers} layers x {args.hidden} hidden ({args.heads} heads), random init; "
              f"LoRA r=8 q/v, dropout 0.05; {args.examples} SYNTHETIC records of alpaca-like lengths, one epoch, batch {args.batch}, "
-             f"{knobs['attention']}, packing, compile={on_gpu}; {report['mean_tokens_per_example']:.0f} tokens an example on average. tok/s: real tokens, median of the core's per-step figures "
-             f"after the first {args.warm_steps} steps.", "",
+             f"{knobs['attention']}, packing, compile={on_gpu}; {report['mean_tokens_per_example']:.0f} tokens an example on average. tok/s: real tokens of the steps after the first "
+             f"{args.warm_steps} over the wall time between the core's reports of them.", "",
              "| run | steps | steady tok/s | x micro-batch rows | peak MB | wall s (incl. compile) | train loss (last) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in report["runs"].items():

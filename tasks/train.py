@@ -501,16 +501,19 @@ def train_lora_adapter(
         return rows
 
     pad_to = pack_tokens if pack_tokens and getattr(cfg, "compile", False) else None  # fixed shapes: no recompiles
-    pending = None  # (step, loss on the device, tokens, seconds, lr) of the step not yet reported
+    pending = None  # (step, loss on the device, tokens, start time, lr) of the step not yet reported
 
-    def report(at: int, stats, tokens: int, dt: float, lr: float) -> None:
-        """Log a finished step: loss (a host sync), tokens/s, progress; stop on a non-finite loss."""
+    def report(at: int, stats, tokens: int, t0: float, lr: float, t1: float | None = None) -> None:
+        """Log a finished step: loss (a host sync), tokens/s, progress; stop on a non-finite loss. The
+        step took from ``t0`` to ``t1``, the next step's start (by then its GPU work was done: the host
+        waited for it in the previous report), or to now when no step follows."""
         nonlocal tokens_seen, last_loss
         if world > 1:
             loss_sum, tokens = stats.tolist()
             loss, tokens = loss_sum / world, int(tokens)
         else:
             loss = float(stats)
+        dt = max((t1 if t1 is not None else time.perf_counter()) - t0, 1e-9)
         tokens_seen += tokens
         last_loss = loss
         if not math.isfinite(loss):
@@ -563,12 +566,11 @@ def train_lora_adapter(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         steps_this_run += 1
-        dt = time.perf_counter() - t_step
         # This step's loss is read on the host one step later, once the next step's work is queued:
         # reading it now would leave the GPU idle while the host builds the next row (every step).
         if pending is not None:
-            report(*pending)
-        pending = (step, stats, step_tokens, dt, scheduler.get_last_lr()[0])
+            report(*pending, t1=t_step)
+        pending = (step, stats, step_tokens, t_step, scheduler.get_last_lr()[0])
         if every and checkpoint_dir is not None and step % every == 0 and step < total_steps:
             report(*pending)  # a checkpoint holds only steps whose loss was finite
             pending = None
