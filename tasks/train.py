@@ -501,30 +501,6 @@ def train_lora_adapter(
         return rows
 
     pad_to = pack_tokens if pack_tokens and getattr(cfg, "compile", False) else None  # fixed shapes: no recompiles
-    pending = None  # (step, loss on the device, tokens, start time, lr) of the step not yet reported
-
-    def report(at: int, stats, tokens: int, t0: float, lr: float, t1: float | None = None) -> None:
-        """Log a finished step: loss (a host sync), tokens/s, progress; stop on a non-finite loss. The
-        step took from ``t0`` to ``t1``, the next step's start (by then its GPU work was done: the host
-        waited for it in the previous report), or to now when no step follows."""
-        nonlocal tokens_seen, last_loss
-        if world > 1:
-            loss_sum, tokens = stats.tolist()
-            loss, tokens = loss_sum / world, int(tokens)
-        else:
-            loss = float(stats)
-        dt = max((t1 if t1 is not None else time.perf_counter()) - t0, 1e-9)
-        tokens_seen += tokens
-        last_loss = loss
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"train loss became {loss} at step {at}; lower train.learning_rate")
-        bar.update(1)
-        bar.set_postfix_str(f"loss {loss:.4f}, {tokens / dt:,.0f} tok/s", refresh=False)
-        if is_main and (at % cfg.log_every_steps == 0 or at == total_steps):
-            metrics = {"train_loss": loss, "learning_rate": lr, "tokens_per_s": tokens / dt, "step_time_s": dt}
-            log_metrics(metrics, at)
-            log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s %.2fs", at, total_steps, loss, lr, metrics["tokens_per_s"], dt)
-
     while step < total_steps:
         t_step = time.perf_counter()
         step_tokens, step_loss = 0, 0.0
@@ -551,29 +527,26 @@ def train_lora_adapter(
                         loss = model(**batch, use_cache=False).loss
                         step_tokens += int(batch["attention_mask"].sum())
                 (loss / accum).backward()
-            step_loss += loss.detach() / accum  # stays on the device: the host reads it one step later
-        if world > 1:  # what is logged is over every process: mean loss, all tokens (reduced on the device)
+            step_loss += loss.detach() / accum  # stays on the device: one host sync per optimizer step, not per micro-batch
+        step_loss = float(step_loss)
+        if world > 1:  # what is logged is over every process: mean loss, all tokens
             import torch.distributed as dist
 
-            stats = torch.stack([torch.as_tensor(step_loss, device=device).double(),
-                                 torch.full((), float(step_tokens), dtype=torch.float64, device=device)])
-            dist.all_reduce(stats)
-        else:
-            stats = step_loss
+            both = torch.tensor([step_loss, float(step_tokens)], dtype=torch.float64, device=device)
+            dist.all_reduce(both)
+            step_loss, step_tokens = float(both[0]) / world, int(both[1])
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         steps_this_run += 1
-        # This step's loss is read on the host one step later, once the next step's work is queued:
-        # reading it now would leave the GPU idle while the host builds the next row (every step).
-        if pending is not None:
-            report(*pending, t1=t_step)
-        pending = (step, stats, step_tokens, t_step, scheduler.get_last_lr()[0])
+        tokens_seen += step_tokens
+        last_loss = step_loss
+        dt = time.perf_counter() - t_step
+        if not math.isfinite(last_loss):
+            raise FloatingPointError(f"train loss became {last_loss} at step {step}; lower train.learning_rate")
         if every and checkpoint_dir is not None and step % every == 0 and step < total_steps:
-            report(*pending)  # a checkpoint holds only steps whose loss was finite
-            pending = None
             # Collective under FSDP (shards gathered) and for the per-rank RNG states: every rank takes part.
             lora = lora_state(unwrapped, fsdp, rank)
             optim = _full_optimizer_state(unwrapped, optimizer) if fsdp else optimizer.state_dict()
@@ -584,8 +557,14 @@ def train_lora_adapter(
                     "torch_rng": torch.get_rng_state(), "rng_ranks": rngs, "optimizer": optim,
                     "scheduler": scheduler.state_dict(), "lora": lora,
                 })
-    if pending is not None:
-        report(*pending)
+        bar.update(1)
+        bar.set_postfix_str(f"loss {last_loss:.4f}, {step_tokens / dt:,.0f} tok/s", refresh=False)
+        if is_main and (step % cfg.log_every_steps == 0 or step == total_steps):
+            metrics = {"train_loss": last_loss, "learning_rate": scheduler.get_last_lr()[0],
+                       "tokens_per_s": step_tokens / dt, "step_time_s": dt}
+            log_metrics(metrics, step)
+            log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s %.2fs", step, total_steps, last_loss,
+                     metrics["learning_rate"], metrics["tokens_per_s"], dt)
     bar.close()
     train_seconds = time.perf_counter() - t_train
     val_loss = None

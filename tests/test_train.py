@@ -177,7 +177,7 @@ def test_check_train_core_gpu_smoke_cpu(tmp_path):
 
 
 def test_a_diverging_run_stops_with_one_line_and_checkpoints_only_finite_steps(tiny_model, tmp_path):
-    # The loss is read on the host one step late (no per-step GPU stall); a checkpoint step reads it first.
+    # A non-finite loss stops the run at once: no checkpoint of that step, no adapter.
     cfg = small_cfg(epochs=3, learning_rate=3e37, checkpoint_every_steps=1, packing=True, lora_dropout=0.0)
     ckpt = tmp_path / "ckpt"
     with pytest.raises(FloatingPointError) as err:
