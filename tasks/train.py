@@ -439,7 +439,7 @@ def train_lora_adapter(
     mean_len = sum(len(e["input_ids"]) for e in train_ex) / max(1, len(train_ex))
     if is_main:
         log.info(
-            "train: %d examples (%.0f tokens each on average), %d steps of %d (micro %d x accum %d x %d processes, %s), "
+            "train: %d examples (%.0f tokens each on average), %d steps of %d (micro %s x accum %d x %d processes, %s), "
             "device %s %s, attention %s, packing %s, compile %s, trainable %d / %d params (%.3f%%)", len(train_ex),
             mean_len, total_steps, cfg.batch_size, f"{pack_tokens}-token rows" if pack_tokens else cfg.micro_batch_size,
             accum, world, mode, device, dtype, attention, packing, getattr(cfg, "compile", False), trainable, total,

@@ -94,7 +94,8 @@ class Crash(RuntimeError):
     pass
 
 
-def test_rows_packed_by_tokens_train_on_every_example_and_count_only_real_tokens(tiny_model, tmp_path):
+def test_rows_packed_by_tokens_train_on_every_example_and_count_only_real_tokens(tiny_model, tmp_path, caplog):
+    caplog.set_level("INFO", logger="chainsignal")
     train, val = records(12), records(3)
     # Rows of up to 200 tokens hold 2 of these 96-token examples (cutoff_len): 6 rows an epoch;
     # batch 6 -> 3 rows a step, 2 steps an epoch.
@@ -105,6 +106,7 @@ def test_rows_packed_by_tokens_train_on_every_example_and_count_only_real_tokens
     assert set(lengths) == {96}  # the premise of the counts
     assert result.steps == 4 and math.isfinite(result.train_loss_last)
     assert result.tokens_seen == 2 * sum(lengths)  # every example twice, real tokens only
+    assert "micro 200-token rows x accum 3" in caplog.text  # the run's shape, in its first log line
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
