@@ -181,6 +181,9 @@ def worker(args) -> None:
         print(json.dumps(info), flush=True)
     dist.barrier()  # nobody tears the group down while rank 0 still writes (gloo aborts otherwise)
     dist.destroy_process_group()
+    from tasks.train_launch import exit_now
+
+    exit_now()  # rank 0 once aborted at exit after writing its result (see tasks.train_launch.exit_now)
 
 
 # ----------------------------------------------------------------------------- orchestration

@@ -209,6 +209,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("job", type=Path, help="job.json written by tasks.train_launch.write_job")
     args = ap.parse_args(argv)
     run_job(args.job)
+    exit_now()
+
+
+def exit_now() -> None:
+    """End a finished worker process without the interpreter's teardown. Its result is written and
+    its process group destroyed; in a fresh-clone CI run a gloo process (FSDP, CPU) still aborted at
+    exit after that ("terminate called without an active exception": a C++ thread still joinable
+    when the process's destructors ran), and torchrun then reports the whole run as failed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import peft
 from mlflow.tracking import MlflowClient
 
-from tasks.train_launch import run_job
+from tasks.train_launch import exit_now, run_job
 
 RANK = int(os.environ["RANK"])
 SPY_DIR = Path(os.environ["SPY_DIR"])
@@ -43,3 +43,4 @@ def kill_switch(metrics, step):
 
 
 run_job(Path(sys.argv[1]), on_step=kill_switch if KILL_AT_STEP else None)
+exit_now()  # as tasks.train_launch's own entry point does
