@@ -113,8 +113,8 @@ def test_rows_packed_by_tokens_train_on_every_example_and_count_only_real_tokens
 @pytest.mark.parametrize("packed_rows", [0, 192], ids=["micro-batches", "rows-by-tokens"])
 def test_a_crashed_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path, packed_rows):
     train, val = records(8), records(3)
-    # 6 steps, dropout on (RNG state resumes too)
-    # 6 steps either way (96-token examples: 2 a row by tokens, 4 rows an epoch, 2 a step)
+    # 6 steps either way (96-token examples: 2 a row by tokens, 4 rows an epoch, 2 a step);
+    # dropout on, so the RNG state must resume too
     cfg = small_cfg(epochs=3, checkpoint_every_steps=2, packing=True, pack_tokens=packed_rows)
     whole = train_lora_adapter(cfg, str(tiny_model), train, val, tmp_path / "whole")
 
