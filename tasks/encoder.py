@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.logs import get_logger
+from tasks.logs import get_logger, quiet_peft_wrap
 from tasks.progress import progress
 from tasks.schemas import LABELS
 from tasks.train import MetricsFn, TrainResult, _rss_mb, count_params, pick_device
@@ -74,8 +74,9 @@ def train_encoder_adapter(cfg: Any, train_records: Sequence[dict[str, Any]], val
     device = pick_device(cfg.device)
     n_out = 1 if kind == "number" else len(LABELS)
     tokenizer, model = load_encoder(cfg.encoder_model, n_out, device)
-    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                             lora_dropout=cfg.lora_dropout, target_modules=list(ENCODER_TARGETS)))
+    with quiet_peft_wrap():
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout, target_modules=list(ENCODER_TARGETS)))
     trainable, total = count_params(model)
     texts = [r["input"] for r in train_records]
     y = _targets(train_records, kind)
@@ -153,7 +154,8 @@ class EncoderPredictor:
         dev = pick_device(device)
         self.kind, self.max_len, self.device = kind, max_len, dev
         self.tokenizer, base_model = load_encoder(base, 1 if kind == "number" else len(LABELS), dev)
-        self.model = PeftModel.from_pretrained(base_model, str(adapter_dir)).to(dev).eval()
+        with quiet_peft_wrap():
+            self.model = PeftModel.from_pretrained(base_model, str(adapter_dir)).to(dev).eval()
 
     @torch.no_grad()
     def outputs(self, texts: Sequence[str]) -> np.ndarray:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from tasks.logs import quiet_peft_wrap
 from tasks.schemas import LABELS
 
 COLLAPSE_SHARE = 0.9  # warn when one class takes at least this share of predictions
@@ -302,7 +303,8 @@ class CausalScorer:
 
         dev = pick_device(device)
         self.tokenizer, base = load_base_model(base_model, dev)
-        self.model = PeftModel.from_pretrained(base, str(adapter_dir)).to(dev)
+        with quiet_peft_wrap():
+            self.model = PeftModel.from_pretrained(base, str(adapter_dir)).to(dev)
         self.prompter = Prompter.load()
         self.cutoff_len = cutoff_len
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tasks.logs import get_logger
+from tasks.logs import get_logger, quiet_peft_wrap
 from tasks.packing import collate_packed, pack_by_tokens, packed_loss
 from tasks.progress import progress
 from tasks.prompter import Prompter
@@ -392,10 +392,11 @@ def train_lora_adapter(
     elif grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # training: a KV cache would also switch packed document masking off
-    model = get_peft_model(model, LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
-    ))
+    with quiet_peft_wrap():
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
+        ))
     trainable, total = count_params(model)
     if getattr(cfg, "fp8_base", False):
         from tasks.fp8 import fp8_frozen_base, fp8_supported

@@ -143,6 +143,17 @@ def test_a_crashed_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path, pa
     assert other[0] == 1
 
 
+def test_lora_wraps_and_reloads_without_the_deprecation_warning_peft_triggers(tiny_model, tmp_path, recwarn):
+    """peft reads ``is_gradient_checkpointing`` whenever it wraps a model, and transformers 5 warns that
+    it is deprecated (once per model: in the demo, on every training and scoring run). chainsignal drops
+    that one FutureWarning where it wraps models, training and scoring alike."""
+    from tasks.evaluate import CausalScorer
+
+    train_lora_adapter(small_cfg(epochs=1), str(tiny_model), records(4), records(2), tmp_path / "adapter")
+    CausalScorer(tmp_path / "adapter", str(tiny_model), 96, "cpu")
+    assert not [str(w.message) for w in recwarn if "is_gradient_checkpointing" in str(w.message)]
+
+
 def test_distributed_path_runs_with_one_process(tiny_model, tmp_path):
     import torch.distributed as dist
 
