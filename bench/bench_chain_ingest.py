@@ -150,8 +150,9 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=5)
     ap.add_argument("--blocks-per-day", type=int, default=500)
     ap.add_argument("--txs-per-day", type=int, default=10_000)
-    ap.add_argument("--blocks-per-batch", type=int, default=50)
-    ap.add_argument("--in-flight", type=int, default=4, help="rpc.max_concurrent_requests")
+    rpc_defaults = load_settings().rpc
+    ap.add_argument("--blocks-per-batch", type=int, default=rpc_defaults.blocks_per_batch, help="rpc.blocks_per_batch")
+    ap.add_argument("--in-flight", type=int, default=rpc_defaults.max_concurrent_requests, help="rpc.max_concurrent_requests")
     ap.add_argument("--repeats", type=int, default=3, help="best of N for each contender (a multiple of 3 rotates evenly)")
     ap.add_argument("--pause", type=float, default=0.5, help="seconds of quiet before each run")
     ap.add_argument("--state", type=Path, default=REPO / "var" / "bench" / "chain_ingest_state.json")
@@ -241,7 +242,7 @@ def main() -> None:
         "(480 credits), i.e. 1,200 requests for a mainnet day.",
         "",
         f"Command: `.venv/bin/python bench/bench_chain_ingest.py --days {args.days} --blocks-per-day {args.blocks_per_day} "
-        f"--txs-per-day {args.txs_per_day} --in-flight {args.in_flight} --repeats {args.repeats} --pause {args.pause}`",
+        f"--txs-per-day {args.txs_per_day} --blocks-per-batch {args.blocks_per_batch} --in-flight {args.in_flight} --repeats {args.repeats} --pause {args.pause}`",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -11,7 +11,8 @@ Faults are queued and consumed one per HTTP request, in order, before normal rep
 ``402``, ``rpc-32005`` (first item of the answer is a JSON-RPC limit error with backoff_seconds),
 ``rpc-32603`` (every other item fails with an internal error), ``null`` (the first item's result
 is null), ``timeout`` (sleep past the client's timeout), ``truncated`` (half a body),
-``malformed`` (a body that is not JSON), ``reset`` (the connection is closed with no answer).
+``malformed`` (a body that is not JSON), ``reset`` (the connection is closed with no answer),
+``reversed`` (a clean answer, its items in reverse order: JSON-RPC allows any order).
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ class ReplayServer(LocalServer):
                 out[k] = {"jsonrpc": "2.0", "id": items[k]["id"], "error": {"code": -32603, "message": "internal error"}}
         if fault == "null" and out:
             out[0] = {"jsonrpc": "2.0", "id": items[0]["id"], "result": None}
+        if fault == "reversed":
+            out = out[::-1]
         return out if isinstance(body, list) else out[0]
 
     def calls_of(self, method: str) -> int:

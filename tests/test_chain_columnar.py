@@ -70,3 +70,33 @@ def test_unclean_answer_falls_back_and_recovers(fault):
             got = s.take(0xB872, 0xB873)
     assert rpc.stats["retries"] >= 1  # the faulty answer was handled, not taken as rows
     assert got.frames(1)[1].equals(clean.frames(1)[1])
+
+
+def test_an_answer_in_another_order_is_put_back_in_call_order():
+    """JSON-RPC lets a node answer a batch's items in any order: the columnar frame comes back in call
+    order all the same, with no retry."""
+    with ReplayServer(RPC_DATA / "blocks_with_transactions") as replay:
+        clean, _ = both_ways(client(replay.url), 0xB872, 0xB873, BLOCKS)
+        replay.faults = ["reversed"]
+        rpc = client(replay.url)
+        with ChunkStream(rpc, [(0xB872, 0xB873)], receipts=False, blocks_per_batch=2) as s:
+            got = s.take(0xB872, 0xB873)
+    assert isinstance(got.blocks[0], pl.DataFrame) and rpc.stats["retries"] == 0
+    blocks, txs = got.frames(1)
+    assert blocks["block_number"].to_list() == [0xB872, 0xB873] and txs.equals(clean.frames(1)[1])
+
+
+def test_a_chunk_of_many_small_batches_maps_like_one_batch():
+    """The chunk's columnar pieces are joined before they are mapped (one polars pass, not one per
+    batch); a piece that fell back to dicts keeps its place among them."""
+    with ReplayServer(RPC_DATA / "blocks_with_transactions") as replay:
+        rpc = client(replay.url)
+        with ChunkStream(rpc, [(0xB872, 0xB873)], receipts=False, blocks_per_batch=2) as s:
+            one = s.take(0xB872, 0xB873)
+        replay.faults = ["rpc-32603"]  # the first batch of one block falls back to dicts
+        with ChunkStream(client(replay.url), [(0xB872, 0xB873)], receipts=False, blocks_per_batch=1, columnar=True) as s:
+            mixed = s.take(0xB872, 0xB873)
+    kinds = [type(p).__name__ for p in mixed.blocks]
+    assert kinds == ["list", "DataFrame"], kinds
+    (b1, t1), (b2, t2) = one.frames(1), mixed.frames(1)
+    assert b1.equals(b2) and t1.equals(t2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -27,10 +28,13 @@ def day_start_ts(day: date) -> int:
 
 
 class BlockClock:
-    """Block timestamps from a node, memoised; finds the block range of a UTC day."""
+    """Block timestamps from a node, memoised; finds the block range of a UTC day. Thread-safe: a
+    stream's planner thread and the day's own task may ask for the same day; one searches, the
+    other reads the answer."""
 
     def __init__(self, rpc: ChainRpc, cache_file: Path | None = None):
         self.rpc = rpc
+        self._lock = threading.RLock()
         self._ts: dict[int, int] = {}
         self.cache_file = cache_file
         self._ranges: dict[str, list[int]] = {}
@@ -91,6 +95,10 @@ class BlockClock:
 
     def day_range(self, day: date, latest_number: int, latest_ts: int, finality_blocks: int) -> DayBlocks | None:
         """The day's blocks, or None when the day is not over (or not final) on this node."""
+        with self._lock:
+            return self._day_range(day, latest_number, latest_ts, finality_blocks)
+
+    def _day_range(self, day: date, latest_number: int, latest_ts: int, finality_blocks: int) -> DayBlocks | None:
         key = day.isoformat()
         if key in self._ranges:
             first, last = self._ranges[key]

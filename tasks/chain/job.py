@@ -8,6 +8,8 @@ manifests are written last.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -86,13 +88,33 @@ class Chunk:
 
     def frames(self, chain_id: int) -> tuple[pl.DataFrame, pl.DataFrame]:
         """(blocks, transactions) in the lake's schemas."""
-        raws = [raw_blocks_from_batch(p) if isinstance(p, pl.DataFrame) else raw_blocks_from_dicts(p) for p in self.blocks]
+        raws = [raw_blocks_from_batch(p) if isinstance(p, pl.DataFrame) else raw_blocks_from_dicts(p)
+                for p in _runs(self.blocks)]
         return map_raw_blocks(pl.concat([b for b, _ in raws]), pl.concat([t for _, t in raws]), chain_id)
 
     def receipts_frame(self) -> pl.DataFrame:
         raws = [raw_receipts_from_batch(p) if isinstance(p, pl.DataFrame) else raw_receipts_from_dicts(p)
-                for p in self.receipts]
+                for p in _runs(self.receipts)]
         return map_raw_receipts(pl.concat(raws))
+
+
+def _runs(pieces: list) -> list:
+    """The pieces in order, consecutive columnar ones joined into one frame: each polars pass over a
+    frame has a fixed cost, which small batches would otherwise pay once each. Dict pieces (answers
+    handled item by item) stay as they are."""
+    out: list = []
+    frames: list[pl.DataFrame] = []
+    for p in pieces:
+        if isinstance(p, pl.DataFrame):
+            frames.append(p)
+            continue
+        if frames:
+            out.append(pl.concat(frames, how="vertical_relaxed"))
+            frames = []
+        out.append(p)
+    if frames:
+        out.append(pl.concat(frames, how="vertical_relaxed"))
+    return out
 
 
 class ChunkStream:
@@ -105,10 +127,17 @@ class ChunkStream:
     tail (measured against cryo: bench/results/chain_ingest.md). Memory stays bounded by the
     window, not by the plan.
 
+    A lazy plan (``plan_days``: each day's block range is searched when the plan reaches the day)
+    is read ahead by a planner thread, at most ``LOOKAHEAD`` chunks ahead. On the caller's thread,
+    each search's calls waited behind the batches in flight and held up the mapping and writing
+    in between (~9 calls a day, 10-15 ms each with a 16-core node busy: bench/results/chain_ingest.md).
+
     ``take(first, last)`` returns that chunk's blocks (and receipts) if it is the next one in the
     plan, else None. Any error closes the stream (``broken``): what was taken stays valid, the
     caller decides what to do with the rest (a quota stop stops; a retry fetches on its own).
     """
+
+    LOOKAHEAD = 2  # chunks the planner thread may resolve beyond what the window has planned
 
     def __init__(self, rpc: ChainRpc, chunks: Iterable[tuple[int, int]], *, receipts: bool, blocks_per_batch: int,
                  in_flight: int = 1, methods: tuple[str, ...] | None = None, columnar: bool = True) -> None:
@@ -118,31 +147,73 @@ class ChunkStream:
         self.depth = 4 * max(1, in_flight)
         self.broken = False
         self.chunks: list[tuple[int, int]] = []  # the plan so far: ``chunks`` may be lazy (plan_days)
+        self._costs: list[dict] = []  # what resolving each chunk cost (a lazy plan's range search)
         self._source = iter(chunks)
+        self._ended = False
+        self._ahead: queue.Queue | None = None
+        self._stopped = threading.Event()
+        if not isinstance(chunks, (list, tuple)):  # lazy: resolve it on a thread of its own
+            self._ahead = queue.Queue(maxsize=self.LOOKAHEAD)
+            threading.Thread(target=self._read_ahead, name="chunk-planner", daemon=True).start()
         self._next = 0
         self._window: deque[tuple[int, str, Future, dict]] = deque()
         self._plans = self._plan()
         self._pool = ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="rpc")
         self._fill()
 
+    def _read_ahead(self) -> None:
+        """The planner thread: the plan's chunks, each with what resolving it cost, into ``_ahead``;
+        an exception is handed over in their place, and ends the thread like the plan's end does."""
+        while True:
+            try:
+                with _tally(self.rpc, merge=False) as cost:
+                    nxt = next(self._source, None)
+                item: object = (nxt, cost)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+                item = exc
+            while not self._stopped.is_set():
+                try:
+                    self._ahead.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self._stopped.is_set() or not isinstance(item, tuple) or item[0] is None:
+                return
+
     def _chunk(self, index: int) -> tuple[int, int] | None:
         while len(self.chunks) <= index:
-            nxt = next(self._source, None)
+            if self._ended:
+                return None
+            if self._ahead is None:
+                with _tally(self.rpc, merge=False) as cost:
+                    item = next(self._source, None), cost
+            else:
+                item = self._ahead.get()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            nxt, cost = item
             if nxt is None:
+                self._ended = True
                 return None
             self.chunks.append(nxt)
+            self._costs.append(cost)
         return self.chunks[index]
 
-    def _plan(self) -> Iterator[tuple[int, str, range]]:
+    def _plan(self) -> Iterator[tuple[int, str, range, dict]]:
+        """The batches, in order, each with what planning it cost: the chunk's resolution goes with
+        its first batch (so the day that takes the chunk is charged for its range search)."""
         index = 0
         while (chunk := self._chunk(index)) is not None:
             first, last = chunk
+            planning = self._costs[index]
             for method in self.methods:
                 n = first
                 while n <= last:
                     size = self.rpc.batch_size(method, self.wanted) if hasattr(self.rpc, "batch_size") else self.wanted
                     numbers = range(n, min(last, n + size - 1) + 1)
-                    yield index, method, numbers
+                    yield index, method, numbers, planning
+                    planning = {}
                     n = numbers[-1] + 1
             index += 1
 
@@ -156,11 +227,10 @@ class ChunkStream:
 
     def _fill(self) -> None:
         while not self.broken and len(self._window) < self.depth:
-            with _tally(self.rpc, merge=False) as planning:  # a lazy plan's range search: the chunk's cost
-                plan = next(self._plans, None)
+            plan = next(self._plans, None)
             if plan is None:
                 return
-            index, method, numbers = plan
+            index, method, numbers, planning = plan
             self._window.append((index, method, self._pool.submit(self._fetch, method, numbers), planning))
 
     def upcoming(self, chunks: Sequence[tuple[int, int]]) -> bool:
@@ -190,6 +260,7 @@ class ChunkStream:
 
     def close(self) -> None:
         self.broken = True
+        self._stopped.set()  # the planner thread stops at its next chunk (a search under way finishes)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> ChunkStream:
