@@ -397,10 +397,20 @@ class Settings(BaseSettings):
         return out
 
     def hash(self, *sections: str) -> str:
-        """Short stable hash of the named sections (all when none are named)."""
+        """Short stable hash of the named sections (all when none are named).
+
+        Locations (settings typed as paths: where the bundled samples, the lake or a binary live)
+        are left out: the same inputs in another checkout must give the same dataset version. What
+        the files hold is hashed by whoever reads them (the dataset fingerprint hashes its records)."""
         data = self.public_dict()
         if sections:
             data = {k: data[k] for k in sections}
+        for section, values in data.items():
+            model = getattr(self, section, None)
+            if isinstance(model, BaseModel):
+                for name, info in type(model).model_fields.items():
+                    if info.annotation in (Path, Path | None):
+                        values.pop(name, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

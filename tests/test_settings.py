@@ -65,6 +65,16 @@ def test_secret_never_in_public_views(monkeypatch):
     assert s.public_dict()["rpc"]["api_key_set"] is True
 
 
+def test_settings_hash_ignores_where_inputs_live(tmp_path):
+    """The dataset version hashes settings and records: the same bundled samples in another checkout
+    (another prices.file_dir) must give the same hash, while a setting that changes the data does not."""
+    s = load_settings()
+    moved = with_overrides(s, prices={"file_dir": tmp_path / "elsewhere" / "prices"})
+    assert moved.prices.file_dir != s.prices.file_dir
+    assert moved.hash("dataset", "prices", "sentiment") == s.hash("dataset", "prices", "sentiment")
+    assert with_overrides(s, prices={"assets": ["ETH"]}).hash("prices") != s.hash("prices")
+
+
 def test_overrides_validate_and_hash_changes():
     s = load_settings()
     t = with_overrides(s, train={"lora_r": 32, "epochs": None})
