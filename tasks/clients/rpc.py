@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+import certifi
 import urllib3
 
 from tasks.storage import read_json, write_json
@@ -262,7 +263,9 @@ class HttpJsonRpc:
         self.backoff_jitter = backoff_jitter
         # a kept-alive connection per batch in flight (+ the caller's range-search calls); retries are
         # ours (below), never urllib3's
-        self._http = urllib3.PoolManager(num_pools=2, maxsize=max(10, connections + 2), retries=False)
+        # certifi's CA bundle, as requests used: the same providers are trusted on every image
+        self._http = urllib3.PoolManager(num_pools=2, maxsize=max(10, connections + 2), retries=False,
+                                         ca_certs=certifi.where())
         self._timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
         self._ids = itertools.count(1)
         self._stats_lock = threading.Lock()
