@@ -161,14 +161,17 @@ class ChunkStream:
         self._pool = ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="rpc")
         self._fill()
 
+    def _resolve_next(self) -> tuple[tuple[int, int] | None, dict]:
+        """The plan's next chunk (None at its end) and what resolving it cost (a range search)."""
+        with _tally(self.rpc, merge=False) as cost:
+            return next(self._source, None), cost
+
     def _read_ahead(self) -> None:
         """The planner thread: the plan's chunks, each with what resolving it cost, into ``_ahead``;
         an exception is handed over in their place, and ends the thread like the plan's end does."""
         while True:
             try:
-                with _tally(self.rpc, merge=False) as cost:
-                    nxt = next(self._source, None)
-                item: object = (nxt, cost)
+                item: object = self._resolve_next()
             except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
                 item = exc
             while not self._stopped.is_set():
@@ -184,11 +187,7 @@ class ChunkStream:
         while len(self.chunks) <= index:
             if self._ended:
                 return None
-            if self._ahead is None:
-                with _tally(self.rpc, merge=False) as cost:
-                    item = next(self._source, None), cost
-            else:
-                item = self._ahead.get()
+            item = self._resolve_next() if self._ahead is None else self._ahead.get()
             if isinstance(item, BaseException):
                 self._ended = True
                 raise item

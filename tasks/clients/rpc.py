@@ -261,9 +261,8 @@ class HttpJsonRpc:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.backoff_jitter = backoff_jitter
-        # a kept-alive connection per batch in flight (+ the caller's range-search calls); retries are
-        # ours (below), never urllib3's
-        # certifi's CA bundle, as requests used: the same providers are trusted on every image
+        # A kept-alive connection per batch in flight (+ the caller's own calls); retries are ours
+        # (below), never urllib3's; certifi's CA bundle, as requests used, so every image trusts the same.
         self._http = urllib3.PoolManager(num_pools=2, maxsize=max(10, connections + 2), retries=False,
                                          ca_certs=certifi.where())
         self._timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
