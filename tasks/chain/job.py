@@ -424,7 +424,7 @@ def _ingest_chain_day(
             parts["transactions"].write(txs_df, names["transactions"])
             if receipts:
                 receipts_df = chunk.receipts_frame()
-                if receipts_df.height != txs_df.height or set(receipts_df["transaction_hash"]) != set(txs_df["transaction_hash"]):
+                if not receipts_df["transaction_hash"].sort().equals(txs_df["transaction_hash"].sort()):
                     raise ValueError(f"blocks {first}..{last}: receipts ({receipts_df.height}) do not match transactions ({txs_df.height})")
                 parts["receipts"].write(receipts_df, names["receipts"])
             parts["blocks"].write(blocks_df, names["blocks"])  # the blocks file last: chunk done when it exists
