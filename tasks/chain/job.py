@@ -201,19 +201,28 @@ class ChunkStream:
 
     def _plan(self) -> Iterator[tuple[int, str, range, dict]]:
         """The batches, in order, each with what planning it cost: the chunk's resolution goes with
-        its first batch (so the day that takes the chunk is charged for its range search)."""
+        its first batch (so the day that takes the chunk is charged for its range search).
+
+        Within a chunk the methods take turns, a batch of blocks, then a batch of receipts, and so on.
+        The two load different sides: full blocks are the node's heavy work, while receipts cost the
+        node little but are the larger answers for the client to read. Sent blocks first and then
+        receipts, each half of a chunk loaded mostly one side. Taking turns was 1.035-1.097x faster
+        (paired medians, 16 cores; bench/results/chain_ingest.md)."""
         index = 0
         while (chunk := self._chunk(index)) is not None:
             first, last = chunk
             planning = self._costs[index]
-            for method in self.methods:
-                n = first
-                while n <= last:
+            cursors = dict.fromkeys(self.methods, first)  # the next block of each method
+            while cursors:
+                for method, n in list(cursors.items()):
                     size = self.rpc.batch_size(method, self.wanted) if hasattr(self.rpc, "batch_size") else self.wanted
                     numbers = range(n, min(last, n + size - 1) + 1)
                     yield index, method, numbers, planning
                     planning = {}
-                    n = numbers[-1] + 1
+                    if numbers[-1] < last:
+                        cursors[method] = numbers[-1] + 1
+                    else:
+                        del cursors[method]
             index += 1
 
     def _fetch(self, method: str, numbers: range) -> tuple[list, dict[str, float]]:
