@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import gzip
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -145,6 +146,30 @@ def run_cryo(url: str, first: int, last: int) -> dict:
     return {"seconds": seconds, "transactions": txs, "tx_per_s": txs / seconds}
 
 
+BEGIN, END = "<!-- bench_chain_ingest.py: begin -->", "<!-- bench_chain_ingest.py: end -->"
+
+
+def write_report(out: Path, report: str) -> None:
+    """Write the report to ``out``. When ``out`` already holds the markers, only the part between them
+    is replaced: the notes written below a results file's table survive a rerun."""
+    block = f"{BEGIN}\n{report}{END}\n"
+    old = out.read_text() if out.is_file() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        block = head + block + rest.split(END, 1)[1].lstrip("\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(block)
+
+
+def node_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) the node process has used so far; None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--days", type=int, default=5)
@@ -165,6 +190,7 @@ def main() -> None:
     try:
         results: dict[str, dict] = {}
         every: dict[str, list[float]] = {}
+        cpu: dict[str, list[tuple[float, float | None]]] = {}  # per run: (this process's CPU-s, the node's CPU-s)
         contenders = [("ours, receipts off", lambda: run_ours(url, days, False, args.blocks_per_batch, args.in_flight)),
                       ("ours, receipts on", lambda: run_ours(url, days, True, args.blocks_per_batch, args.in_flight)),
                       ("cryo transactions (receipts)", lambda: run_cryo(url, results["ours, receipts off"]["first_block"],
@@ -174,7 +200,11 @@ def main() -> None:
             # state after a run, e.g. its allocator, must not favour whoever comes next)
             for name, fn in contenders[i % 3:] + contenders[:i % 3]:
                 time.sleep(args.pause)
+                cpu0, node0 = time.process_time(), node_cpu_s(proc.pid)
                 r = fn()
+                node1 = node_cpu_s(proc.pid)
+                cpu.setdefault(name, []).append((time.process_time() - cpu0,
+                                                 node1 - node0 if node0 is not None and node1 is not None else None))
                 every.setdefault(name, []).append(r["seconds"])
                 if name not in results or r["seconds"] < results[name]["seconds"]:
                     results[name] = r
@@ -212,6 +242,11 @@ def main() -> None:
         + ", ".join(f"{r:.2f}x" for r in rounds) + f"; their median {statistics.median(rounds):.2f}x, "
         f"{sum(r >= 1 for r in rounds)} of {len(rounds)} rounds >= 1.00x.",
         "",
+        "CPU per run (medians; cryo runs in this process, through its Rust extension): "
+        + ", ".join(f"{k} {statistics.median(c for c, _ in v):.2f} CPU-s" + (
+            f" + anvil {statistics.median(n for _, n in v):.2f}" if all(n is not None for _, n in v) else "")
+            for k, v in cpu.items()) + f", on {shutil.os.cpu_count()} CPUs.",
+        "",
         "## Requests and credits (Infura costs: 80 per eth_getBlockByNumber / eth_chainId, 1,000 per eth_getBlockReceipts)",
         "",
         "| run | requests | calls | credits | credits per block | range-search and set-up calls per day |",
@@ -244,8 +279,7 @@ def main() -> None:
         f"Command: `.venv/bin/python bench/bench_chain_ingest.py --days {args.days} --blocks-per-day {args.blocks_per_day} "
         f"--txs-per-day {args.txs_per_day} --blocks-per-batch {args.blocks_per_batch} --in-flight {args.in_flight} --repeats {args.repeats} --pause {args.pause}`",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_report(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nratio (receipts on) ours/cryo = {ratio_on:.2f}x; receipts off = {ratio_off:.2f}x")
 
