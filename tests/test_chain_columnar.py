@@ -100,3 +100,31 @@ def test_a_chunk_of_many_small_batches_maps_like_one_batch():
     assert kinds == ["list", "DataFrame"], kinds
     (b1, t1), (b2, t2) = one.frames(1), mixed.frames(1)
     assert b1.equals(b2) and t1.equals(t2)
+
+
+class Recording(HttpJsonRpc):
+    """The real client; it also notes the method and size of each batch it is asked to send."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sent: list[tuple[str, int]] = []
+
+    def batch(self, calls, *args, **kwargs):
+        self.sent.append((calls[0][0], len(calls)))
+        return super().batch(calls, *args, **kwargs)
+
+
+def test_blocks_and_receipts_batches_take_turns(seeded_node):
+    """Within a chunk the plan alternates a batch of blocks (the node's heavy work) and a batch of
+    receipts (the client's), instead of all blocks then all receipts; the chunk still comes out whole,
+    in block order, its receipts matching its transactions."""
+    node, _ = seeded_node
+    rpc = Recording(node.url, requests_per_second=1000, timeout_s=5)
+    last = int(rpc.call("eth_blockNumber", []), 16)
+    with ChunkStream(rpc, [(1, last)], receipts=True, blocks_per_batch=40, in_flight=1) as s:  # one thread: plan order
+        got = s.take(1, last)
+    batches = -(-last // 40)
+    assert [m for m, _ in rpc.sent] == ["eth_getBlockByNumber", "eth_getBlockReceipts"] * batches
+    blocks, txs = got.frames(31337)
+    assert blocks["block_number"].to_list() == list(range(1, last + 1)) and txs.height > 0
+    assert got.receipts_frame()["transaction_hash"].sort().equals(txs["transaction_hash"].sort())
