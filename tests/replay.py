@@ -12,7 +12,8 @@ Faults are queued and consumed one per HTTP request, in order, before normal rep
 ``rpc-32603`` (every other item fails with an internal error), ``null`` (the first item's result
 is null), ``timeout`` (sleep past the client's timeout), ``truncated`` (half a body),
 ``malformed`` (a body that is not JSON), ``reset`` (the connection is closed with no answer),
-``reversed`` (a clean answer, its items in reverse order: JSON-RPC allows any order).
+``reversed`` (a clean answer, its items in reverse order: JSON-RPC allows any order),
+``receipts-short`` (the first non-empty list of receipts in the answer loses its last receipt).
 """
 
 from __future__ import annotations
@@ -163,6 +164,11 @@ class ReplayServer(LocalServer):
             out[0] = {"jsonrpc": "2.0", "id": items[0]["id"], "result": None}
         if fault == "reversed":
             out = out[::-1]
+        if fault == "receipts-short":
+            for k, item in enumerate(out):
+                if isinstance(item.get("result"), list) and item["result"]:
+                    out[k] = {**item, "result": item["result"][:-1]}
+                    break
         return out if isinstance(body, list) else out[0]
 
     def calls_of(self, method: str) -> int:

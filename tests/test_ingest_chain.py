@@ -10,6 +10,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from flows.ingest_chain import ingest_chain
 from tasks.clients.rpc import HttpJsonRpc
@@ -124,6 +125,36 @@ def test_receipts_join_transactions(seeded_node, data_dir, monkeypatch):
     assert (joined["gas_used"] <= joined["gas_limit"]).all() and (joined["effective_gas_price_wei"] > 0).all()
     # contract creations got an address, calls did not
     assert (joined["to_address"].is_null() == joined["contract_address"].is_not_null()).all()
+
+
+def test_receipts_that_do_not_match_write_nothing_and_the_rerun_completes(seeded_node, tmp_path):
+    """A node whose receipts do not cover the blocks' transactions (here each receipts answer loses
+    one) stops the day with a one-line error before any file of those blocks is written; the next
+    run fetches them again and completes."""
+    from tasks.chain.blockrange import BlockClock
+    from tasks.chain.job import ingest_chain_day
+
+    node, _ = seeded_node
+    lake = Lake(tmp_path / "lake")
+    with ReplayServer(upstream=node.url) as proxy:
+        def run():
+            rpc = HttpJsonRpc(proxy.url, requests_per_second=1000)
+            clock = BlockClock(rpc)
+            return ingest_chain_day(rpc, lake, clock, DAY, chain="ethereum", chain_id=31337, latest=clock.latest(),
+                                    blocks_per_file=1000, blocks_per_batch=25, finality_blocks=64, receipts=True)
+
+        proxy.fault_for = lambda body: ("receipts-short" if isinstance(body, list)
+                                        and body[0]["method"] == "eth_getBlockReceipts" else None)
+        with pytest.raises(ValueError) as err:
+            run()
+        message = str(err.value)
+        assert "do not match" in message and str(DAY) in message and "\n" not in message
+        assert not list((tmp_path / "lake").rglob("*.parquet"))  # nothing of those blocks was written
+        proxy.fault_for = None
+        report = run()
+    assert report.status == "done" and report.transactions > 0
+    f = lake_frames(tmp_path, "transactions", "receipts")
+    assert f["receipts"]["transaction_hash"].sort().equals(f["transactions"]["transaction_hash"].sort())
 
 
 def _settings_env(monkeypatch, **values):

@@ -430,11 +430,14 @@ def _ingest_chain_day(
                 log.warning("%s stopped at block %d: %s", day, first, err)
                 return close("stopped")
             blocks_df, txs_df = chunk.frames(chain_id)
+            receipts_df = chunk.receipts_frame() if receipts else None
+            # checked before anything of the chunk is written: a node that answers receipts for other
+            # transactions (or loses some) leaves no file behind, and the rerun fetches the chunk again
+            if receipts_df is not None and not receipts_df["transaction_hash"].sort().equals(txs_df["transaction_hash"].sort()):
+                raise ValueError(f"{day} blocks {first}..{last}: the node's receipts ({receipts_df.height}) do not match "
+                                 f"the blocks' transactions ({txs_df.height}); nothing of these blocks was written")
             parts["transactions"].write(txs_df, names["transactions"])
-            if receipts:
-                receipts_df = chunk.receipts_frame()
-                if not receipts_df["transaction_hash"].sort().equals(txs_df["transaction_hash"].sort()):
-                    raise ValueError(f"blocks {first}..{last}: receipts ({receipts_df.height}) do not match transactions ({txs_df.height})")
+            if receipts_df is not None:
                 parts["receipts"].write(receipts_df, names["receipts"])
             parts["blocks"].write(blocks_df, names["blocks"])  # the blocks file last: chunk done when it exists
             report.chunks_written += 1
