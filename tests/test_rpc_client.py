@@ -16,7 +16,7 @@ from tasks.clients.rpc import (
     RpcUnreachableError,
 )
 from tests.conftest import RPC_DATA
-from tests.replay import BACKOFF_S, ReplayServer
+from tests.replay import BACKOFF_S, LocalServer, ReplayServer
 
 CASES = [RPC_DATA / "blocks_with_transactions", RPC_DATA / "block_with_logs"]
 
@@ -247,55 +247,54 @@ def test_batches_in_flight_come_back_in_block_order(replay):
     assert len(replay.requests) == 3
 
 
-def _self_signed_server(tmp_path):
-    """A real local HTTPS server whose certificate no CA signed."""
-    import datetime as dt
-    import http.server
-    import ssl
-    import threading
+class SelfSignedServer(LocalServer):
+    """A real local HTTPS server: the suite's LocalServer behind TLS, with a certificate no CA signed."""
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    def __init__(self, tmp_path):
+        import datetime as dt
+        import http.server
+        import ssl
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(hours=1)).sign(key, hashes.SHA256()))
-    pem = tmp_path / "cert.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
 
-    class Answer(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = b'{"jsonrpc": "2.0", "id": 1, "result": "0x1"}'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+                .not_valid_after(now + dt.timedelta(hours=1)).sign(key, hashes.SHA256()))
+        pem = tmp_path / "cert.pem"
+        pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
-        def log_message(self, *args):
-            pass
+        class Answer(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = b'{"jsonrpc": "2.0", "id": 1, "result": "0x1"}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pem)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+            def log_message(self, *args):
+                pass
+
+        self._listen(Answer)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pem)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+
+    @property
+    def url(self) -> str:
+        return "https" + super().url.removeprefix("http")
 
 
 def test_https_certificates_are_verified(tmp_path):
     """The transport (urllib3 with certifi's CA bundle) checks the provider's certificate: a
     self-signed one is refused in one line, the key not in it, never answered as if trusted."""
-    server = _self_signed_server(tmp_path)
-    try:
-        url = f"https://127.0.0.1:{server.server_address[1]}/v3/{{api_key}}"
+    with SelfSignedServer(tmp_path) as server:
         with pytest.raises(RpcError) as err:
-            client(url, api_key="k3y-tls-123", max_retries=1).call("eth_blockNumber", [])
-        assert "SSL" in str(err.value) and "\n" not in str(err.value) and "k3y-tls-123" not in str(err.value)
-    finally:
-        server.shutdown()
+            client(server.url + "/v3/{api_key}", api_key="k3y-tls-123", max_retries=1).call("eth_blockNumber", [])
+    assert "SSL" in str(err.value) and "\n" not in str(err.value) and "k3y-tls-123" not in str(err.value)
