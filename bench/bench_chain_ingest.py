@@ -26,7 +26,6 @@ import gzip
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -221,7 +220,7 @@ def main() -> None:
     lines = [
         "# Chain ingest benchmark: chainsignal vs cryo",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {shutil.os.cpu_count()} CPUs, shared with other work; "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, shared with other work; "
         f"Python {platform.python_version()}; anvil from `node_modules`; cryo 0.3.2 (Rust extension).",
         f"Chain: fixed synthetic anvil state ({meta['days']} days x {meta['blocks_per_day']} blocks, "
         f"{off['blocks']:,} blocks and {off['transactions']:,} transactions ingested, blocks {off['first_block']}..{off['last_block']}), "
@@ -245,7 +244,7 @@ def main() -> None:
         "CPU per run (medians; cryo runs in this process, through its Rust extension): "
         + ", ".join(f"{k} {statistics.median(c for c, _ in v):.2f} CPU-s" + (
             f" + anvil {statistics.median(n for _, n in v):.2f}" if all(n is not None for _, n in v) else "")
-            for k, v in cpu.items()) + f", on {shutil.os.cpu_count()} CPUs.",
+            for k, v in cpu.items()) + f", on {os.cpu_count()} CPUs.",
         "",
         "## Requests and credits (Infura costs: 80 per eth_getBlockByNumber / eth_chainId, 1,000 per eth_getBlockReceipts)",
         "",
