@@ -9,7 +9,8 @@ Faults are queued and consumed one per HTTP request, in order, before normal rep
 ``429`` (Retry-After 0.05 s), ``429-33200`` (Infura body -33200, no Retry-After),
 ``429-32005`` (body -32005 with ``data.backoff_seconds``), ``500``/``502``/``503``, ``401``,
 ``402``, ``rpc-32005`` (first item of the answer is a JSON-RPC limit error with backoff_seconds),
-``rpc-32603`` (every other item fails with an internal error), ``null`` (the first item's result
+``rpc-32603`` (every other item fails with an internal error), ``rpc-32000`` (the last item fails
+with geth's "header not found", what a load-balanced node that lags behind answers), ``null`` (the first item's result
 is null), ``timeout`` (sleep past the client's timeout), ``truncated`` (half a body),
 ``malformed`` (a body that is not JSON), ``reset`` (the connection is closed with no answer),
 ``reversed`` (a clean answer, its items in reverse order: JSON-RPC allows any order),
@@ -160,6 +161,8 @@ class ReplayServer(LocalServer):
         if fault == "rpc-32603":
             for k in range(0, len(out), 2):
                 out[k] = {"jsonrpc": "2.0", "id": items[k]["id"], "error": {"code": -32603, "message": "internal error"}}
+        if fault == "rpc-32000" and out:
+            out[-1] = {"jsonrpc": "2.0", "id": items[-1]["id"], "error": {"code": -32000, "message": "header not found"}}
         if fault == "null" and out:
             out[0] = {"jsonrpc": "2.0", "id": items[0]["id"], "result": None}
         if fault == "reversed":

@@ -41,7 +41,7 @@ def test_batch_returns_results_in_call_order(replay):
 
 
 @pytest.mark.parametrize("fault", ["429", "429-33200", "429-32005", "500", "502", "503", "timeout", "truncated",
-                                   "malformed", "reset", "rpc-32005", "rpc-32603", "null"])
+                                   "malformed", "reset", "rpc-32005", "rpc-32603", "rpc-32000", "null"])
 def test_transient_faults_are_retried(replay, fault):
     replay.faults = [fault, fault]
     rpc = client(replay.url)
@@ -135,6 +135,16 @@ def test_only_failed_items_of_a_batch_are_sent_again(replay):
     assert [b["number"] for b in blocks] == ["0xb872", "0xb873"]
     assert [len(r["body"]) for r in replay.requests] == [2, 1]
     assert replay.requests[1]["body"][0]["params"][0] == "0xb872"
+
+
+def test_an_unknown_method_fails_at_once_with_one_line(replay):
+    """-32601 (method not found: a provider without eth_getBlockReceipts) cannot get better by waiting."""
+    rpc = client(replay.url, max_retries=3)
+    for send in (lambda: rpc.call("eth_notAMethod", []), lambda: rpc.batch([("eth_notAMethod", [])])):
+        with pytest.raises(RpcError) as err:
+            send()
+        assert "\n" not in str(err.value) and "-32601" in str(err.value)
+    assert len(replay.requests) == 2 and rpc.stats["retries"] == 0
 
 
 def test_null_block_is_retried_then_fails_with_one_line(replay):

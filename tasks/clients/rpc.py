@@ -10,9 +10,12 @@ drops the JSON error body and never retries batches. Here:
 - a daily credit budget (per UTC day, persisted) is checked before a request is sent: when it
   would be exceeded, :class:`RpcBudgetError` stops the caller cleanly, like HTTP 402 does;
 - 429 (body -33200 / -32005 with ``backoff_seconds``, or ``Retry-After``), 5xx, timeouts,
-  connection resets, truncated or malformed bodies, and JSON-RPC -32005/-32603 errors on some
-  items of a batch are retried (only the failed items) with exponential backoff and jitter; a
-  null block is retried the same way when the caller asks for it;
+  connection resets, truncated or malformed bodies, and JSON-RPC errors on some items of a batch
+  (-32005, -32603, a load-balanced node's -32000 "header not found", ...) are retried (only the
+  failed items) with exponential backoff and jitter, then fail with one line; errors that say the
+  request itself is wrong (parse error, invalid request, method not found, invalid params) fail at
+  once, since sending it again cannot help; a null block is retried the same way when the caller
+  asks for it;
 - 401/403 (bad key) and 402 (quota) stop at once with a one-line error, no retry;
 - the batch size adapts: a batch that needed a retry halves the size of the next ones, and after
   ``grow_after_batches`` quiet batches it doubles back (like ethereum-etl's BatchWorkExecutor);
@@ -56,7 +59,15 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 def _text(resp: urllib3.BaseHTTPResponse) -> str:
     return resp.data.decode("utf-8", errors="replace")
 
-RETRYABLE_RPC_CODES = {-32005, -33200, -32603}  # limit exceeded (two spellings); internal error
+# JSON-RPC errors that say the request itself is wrong (parse error, invalid request, method not
+# found, invalid params; 3 = execution reverted): not retried. Every other error code is (limits
+# -32005/-33200, internal -32603, a lagging node's -32000, ...).
+PERMANENT_RPC_CODES = {-32700, -32600, -32601, -32602, 3}
+LIMIT_RPC_CODES = {-32005, -33200}  # rate or credit limit exceeded (two spellings)
+
+
+def _retryable(error: Any) -> bool:
+    return isinstance(error, dict) and error.get("code") not in PERMANENT_RPC_CODES
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
@@ -363,7 +374,7 @@ class HttpJsonRpc:
             payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
             body = self._post(payload, what=method, credits=self.credits_of(method))
             err = body.get("error") if isinstance(body, dict) else None
-            if err and err.get("code") in RETRYABLE_RPC_CODES and attempt < self.max_retries:
+            if err and _retryable(err) and attempt < self.max_retries:
                 self._count("retries", 1)
                 self._sleep_backoff(attempt, _backoff_hint(err))
                 continue
@@ -414,7 +425,7 @@ class HttpJsonRpc:
             if not isinstance(body, list):
                 # Some providers answer a whole batch with one error object (e.g. rate limit).
                 err = body.get("error") if isinstance(body, dict) else None
-                if not (err and err.get("code") in RETRYABLE_RPC_CODES):
+                if not (err and _retryable(err)):
                     self._result(body if isinstance(body, dict) else {}, "batch")  # raises on error
                     raise RpcError(f"{self.url}: a batch was answered with a single non-error object")
                 retry_items = list(pending)
@@ -430,7 +441,7 @@ class HttpJsonRpc:
                         last_reason = "an item missing from the answer"
                         continue
                     err = item.get("error")
-                    if err and err.get("code") in RETRYABLE_RPC_CODES:
+                    if err and _retryable(err):
                         retry_items.append(i)
                         hint = max(hint or 0.0, _backoff_hint(err) or 0.0) or hint
                         last_reason = f"JSON-RPC {err.get('code')}"
@@ -467,7 +478,7 @@ class HttpJsonRpc:
             code = err.get("code") if isinstance(err, dict) else None
             message = self.scrub(str(err.get("message", "") if isinstance(err, dict) else err))[:200]
             message = " ".join(message.split())
-            if code in (-32005, -33200):
+            if code in LIMIT_RPC_CODES:
                 raise RpcError(f"{self.url}: {method} refused, rate or credit limit exceeded ({code}: {message})")
             raise RpcError(f"{self.url}: {method} failed ({code}: {message})")
         return body.get("result")
