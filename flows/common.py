@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.settings import Settings, load_settings, with_overrides
+from tasks.settings import Settings, load_settings, refuse_keys_in_parameters, with_overrides
 from tasks.storage import Workspace
 
 
 def settings_for(**sections: dict[str, Any] | None) -> Settings:
     """Resolved settings with the flow's parameters (None = keep) applied on top."""
-    base = load_settings()
     clean = {k: v for k, v in sections.items() if v}
+    refuse_keys_in_parameters(**clean)
+    base = load_settings()
     return with_overrides(base, **clean) if clean else base
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -42,13 +44,43 @@ class _Section(BaseModel):
 
 
 # ----------------------------------------------------------------------------- chain (JSON-RPC)
+# Credit plans (source: the MetaMask/Infura pricing page): credits a second, credits a UTC day.
+RPC_PLANS: dict[str, tuple[float, int]] = {"infura-free": (500.0, 3_000_000)}
+_KEY_LIKE = re.compile(r"(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{20,}")  # Infura 32 hex, Alchemy 32, QuickNode 40, Ankr 64
+_KEY_PARAMS = {"apikey", "api_key", "api-key", "key", "token", "access_token", "auth", "secret"}
+
+
+def split_url_secret(url: str) -> tuple[str, str | None]:
+    """``(template, secret)``: a key written straight into an endpoint URL becomes ``{api_key}``.
+
+    Providers put the key in the path (``/v3/<key>``), in a query parameter (``?apikey=``) or as
+    the password of the URL. Whatever is found is taken out here, where the settings are read, so
+    no message, summary, artifact or MLflow param built from ``rpc.url`` can carry it. More than
+    one such value is refused (``rpc.api_key`` holds one)."""
+    parts = urlsplit(url)
+    found: list[str] = []
+    if parts.password:
+        found.append(parts.password)
+    found += [seg for seg in parts.path.split("/") if _KEY_LIKE.fullmatch(seg)]
+    found += [v for k, v in parse_qsl(parts.query) if k.lower() in _KEY_PARAMS and v and v != "{api_key}"]
+    if not found:
+        return url, None
+    if len(set(found)) > 1:
+        raise ValueError("holds more than one key-like value; write {api_key} where the key goes and set rpc.api_key")
+    return url.replace(found[0], "{api_key}"), found[0]
+
+
 class RpcSettings(_Section):
     chain: str = "ethereum"  # name used in lake file names
     # Endpoint URL. An Infura-style URL may carry the key as "{api_key}", e.g.
     # https://mainnet.infura.io/v3/{api_key}; the key itself goes in rpc.api_key (env
     # CHAINSIGNAL_RPC__API_KEY) and is only substituted at request time, never logged.
+    # A key written straight into the URL is moved into api_key when the settings are read.
     url: str = "http://127.0.0.1:8545"
     api_key: SecretStr | None = None
+    # Credit plan: fills credits_per_second and daily_credit_budget where they are unset.
+    # "auto" = "infura-free" for an *.infura.io endpoint, "unmetered" for any other (your node).
+    plan: Literal["auto", "infura-free", "unmetered"] = "auto"
     requests_per_second: float = Field(default=20.0, gt=0)  # HTTP requests (one batch = one)
     blocks_per_batch: int = Field(default=25, ge=1, le=1000)  # eth_getBlockByNumber calls per batch
     blocks_per_file: int = Field(default=1000, ge=1)  # one parquet file = one unit of retry
@@ -64,8 +96,8 @@ class RpcSettings(_Section):
         "eth_blockNumber": 80, "eth_chainId": 80,
     }  # credits per call
     default_method_credits: int = Field(default=80, ge=0)  # credits per call of an unlisted method
-    credits_per_second: float | None = Field(default=None, gt=0)  # plan's cap; None = no credit pacing (local node); Infura free: 500
-    daily_credit_budget: int | None = Field(default=None, gt=0)  # credits per UTC day this app may spend; None = unlimited; Infura free plan: 3,000,000
+    credits_per_second: float | None = Field(default=None, gt=0)  # plan's cap; None = no credit pacing (local node); from the plan when unset
+    daily_credit_budget: int | None = Field(default=None, gt=0)  # credits per UTC day this app may spend; None = unlimited; from the plan when unset
     receipts: bool = False  # also fetch eth_getBlockReceipts into lake/receipts (1,000 credits a block on Infura)
     batch_grow_after_batches: int = Field(default=10, ge=1)  # quiet batches before a shrunk batch size doubles back
     backoff_jitter: float = Field(default=0.5, ge=0, le=1)  # fraction of each backoff drawn at random
@@ -74,6 +106,35 @@ class RpcSettings(_Section):
     # node on 16 cores and as good as 50 x 4 on 2 (bench/results/chain_ingest.md); a paced provider
     # (Infura's 500 credits/s) caps each batch at 6 blocks whatever these say.
     max_concurrent_requests: int = Field(default=16, ge=1, le=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_out_of_url_and_plan(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        url = data.get("url")
+        if isinstance(url, str):
+            try:
+                template, secret = split_url_secret(url)
+            except ValueError as exc:
+                raise ValueError(f"rpc.url {exc}") from None
+            if secret is not None:
+                if data.get("api_key") is not None:
+                    raise ValueError("rpc.url holds a key-like value and rpc.api_key is set too; "
+                                     "write {api_key} in the URL where the key goes")
+                data["url"], data["api_key"] = template, secret
+        plan = data.get("plan", "auto")
+        if plan == "auto":
+            host = urlsplit(url if isinstance(url, str) else "").hostname or ""
+            plan = "infura-free" if host == "infura.io" or host.endswith(".infura.io") else "unmetered"
+        if plan in RPC_PLANS:
+            per_second, per_day = RPC_PLANS[plan]
+            if data.get("credits_per_second") is None:
+                data["credits_per_second"] = per_second
+            if data.get("daily_credit_budget") is None:
+                data["daily_credit_budget"] = per_day
+        return data
 
     @model_validator(mode="after")
     def _limit_needs_rate(self) -> "RpcSettings":
@@ -414,11 +475,26 @@ class Settings(BaseSettings):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _shown(loc: tuple, value: Any) -> str:
+    """The bad value as the message may show it: a section's whole dict (it may hold a key), a
+    secret, or a URL that carries a key is not shown."""
+    name = str(loc[-1]) if loc else ""
+    if isinstance(value, (dict, list)) or "key" in name or "webhook" in name:
+        return ""
+    if isinstance(value, str):
+        try:
+            if split_url_secret(value)[1] is not None:
+                return ""
+        except ValueError:
+            return ""
+    return f" (got {value!r})"
+
+
 def _one_line(err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "settings"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"bad setting {where}: {first['msg']} (got {first.get('input')!r}){more}"
+    return f"bad setting {where}: {first['msg']}{_shown(first['loc'], first.get('input'))}{more}"
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -432,6 +508,24 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(_one_line(err)) from None
     except (ValueError, OSError) as err:  # malformed TOML, unreadable file
         raise SettingsError(f"cannot read settings: {str(err).splitlines()[0]}") from None
+
+
+def refuse_keys_in_parameters(**sections: dict[str, Any]) -> None:
+    """Flow parameters are stored by Prefect and shown in its UI: a URL parameter that carries a
+    key is refused with one line (the key belongs in ``<section>.api_key``, from the environment)."""
+    for section, values in sections.items():
+        for name, value in values.items():
+            if not (name.endswith("url") and isinstance(value, str)):
+                continue
+            try:
+                holds_key = split_url_secret(value)[1] is not None
+            except ValueError:
+                holds_key = True
+            if holds_key:
+                raise SettingsError(
+                    f"the {section}.{name} parameter holds a key, and Prefect stores flow parameters and shows "
+                    f"them in its UI: pass the URL with {{api_key}} where the key goes and set {section}.api_key "
+                    f"(env CHAINSIGNAL_{section.upper()}__API_KEY)")
 
 
 def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:

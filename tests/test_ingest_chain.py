@@ -14,6 +14,7 @@ import pytest
 
 from flows.ingest_chain import ingest_chain
 from tasks.clients.rpc import HttpJsonRpc
+from tasks.settings import SettingsError
 from tasks.storage import Lake
 from tests.replay import ReplayServer
 
@@ -172,6 +173,16 @@ def _prefect_logs(flow_run_id) -> str:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
         arts = client.read_artifacts()
     return "\n".join(l.message for l in logs) + "\n".join(str(a.data) for a in arts)
+
+
+def test_a_key_in_the_rpc_url_parameter_is_refused_before_anything_is_sent(data_dir):
+    key = "9f2c4e1a7b3d5f60812a4c6e8b0d2f47"
+    with ReplayServer() as server:
+        with pytest.raises(SettingsError) as err:
+            ingest_chain(DAY, DAY, rpc_url=f"{server.url}/v3/{key}")
+        assert not server.requests
+    message = str(err.value)
+    assert "\n" not in message and key not in message and "rpc.api_key" in message
 
 
 def test_quota_402_stops_cleanly_then_resumes_to_the_clean_result(seeded_node, tmp_path, monkeypatch, caplog):

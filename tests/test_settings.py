@@ -65,6 +65,53 @@ def test_secret_never_in_public_views(monkeypatch):
     assert s.public_dict()["rpc"]["api_key_set"] is True
 
 
+@pytest.mark.parametrize("url, template", [
+    ("https://mainnet.infura.io/v3/{key}", "https://mainnet.infura.io/v3/{{api_key}}"),
+    ("https://eth-mainnet.g.alchemy.com/v2/{key}", "https://eth-mainnet.g.alchemy.com/v2/{{api_key}}"),
+    ("https://node.example/rpc?apikey={key}", "https://node.example/rpc?apikey={{api_key}}"),
+    ("https://me:{key}@node.example/", "https://me:{{api_key}}@node.example/"),
+])
+def test_a_key_pasted_into_the_url_is_taken_out_at_once(monkeypatch, url, template):
+    key = "9f2c4e1a7b3d5f60812a4c6e8b0d2f47"
+    monkeypatch.setenv("CHAINSIGNAL_RPC__URL", url.format(key=key))
+    s = load_settings()
+    assert s.rpc.url == template.format() and s.rpc.api_key.get_secret_value() == key
+    for view in (repr(s), str(s.public_dict()), str(s.flat_params())):
+        assert key not in view
+
+
+def test_two_keys_in_the_url_or_a_key_twice_is_one_line(monkeypatch):
+    monkeypatch.setenv("CHAINSIGNAL_RPC__URL", "https://me:pw0123456789@node.example/v2/AbCdEf0123456789AbCdEf01")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "\n" not in str(err.value) and "rpc.url" in str(err.value) and "pw0123456789" not in str(err.value)
+    monkeypatch.setenv("CHAINSIGNAL_RPC__URL", "https://mainnet.infura.io/v3/9f2c4e1a7b3d5f60812a4c6e8b0d2f47")
+    monkeypatch.setenv("CHAINSIGNAL_RPC__API_KEY", "another")
+    with pytest.raises(SettingsError, match="rpc.api_key is set too") as err:
+        load_settings()
+    assert "9f2c4e1a7b3d5f60812a4c6e8b0d2f47" not in str(err.value)
+
+
+def test_an_error_about_a_whole_section_does_not_print_its_key(monkeypatch):
+    monkeypatch.setenv("CHAINSIGNAL_RPC__API_KEY", "sk-very-secret-123")
+    monkeypatch.setenv("CHAINSIGNAL_RPC__CONCURRENCY_LIMIT", "shared")  # needs credits_per_second
+    with pytest.raises(SettingsError, match="concurrency_limit needs credits_per_second") as err:
+        load_settings()
+    assert "sk-very-secret-123" not in str(err.value)
+
+
+def test_an_infura_endpoint_gets_the_free_plan_unless_told_otherwise(monkeypatch):
+    assert (load_settings().rpc.credits_per_second, load_settings().rpc.daily_credit_budget) == (None, None)
+    monkeypatch.setenv("CHAINSIGNAL_RPC__URL", "https://mainnet.infura.io/v3/{api_key}")
+    rpc = load_settings().rpc
+    assert (rpc.credits_per_second, rpc.daily_credit_budget) == (500, 3_000_000)
+    monkeypatch.setenv("CHAINSIGNAL_RPC__CREDITS_PER_SECOND", "4000")  # a paid plan's rate, the free day kept
+    rpc = load_settings().rpc
+    assert (rpc.credits_per_second, rpc.daily_credit_budget) == (4000, 3_000_000)
+    monkeypatch.setenv("CHAINSIGNAL_RPC__PLAN", "unmetered")
+    assert load_settings().rpc.daily_credit_budget is None
+
+
 def test_settings_hash_ignores_where_inputs_live(tmp_path):
     """The dataset version hashes settings and records: the same bundled samples in another checkout
     (another prices.file_dir) must give the same hash, while a setting that changes the data does not."""
