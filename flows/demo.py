@@ -21,6 +21,8 @@ def run_demo() -> dict:
     os.environ.setdefault("CHAINSIGNAL_RPC__REQUESTS_PER_SECOND", "1000")
     # Offline: the bundled tweet sample, not the live default (snscrape, then GDELT news).
     os.environ.setdefault("CHAINSIGNAL_TWEETS__SOURCES", '["file"]')
+    # The tiny model trains in seconds: sample system metrics every second, not every 10.
+    os.environ.setdefault("CHAINSIGNAL_TRACKING__SYSTEM_METRICS_S", "1")
     t0 = time.perf_counter()
     settings = load_settings()
     d = settings.demo

@@ -28,7 +28,7 @@ from tasks.prompter import Prompter
 from tasks.runs import publish_summary, started
 from tasks.storage import read_json
 from tasks.tinymodel import resolve_base_model
-from tasks.tracking import MlflowTracker, git_commit
+from tasks.tracking import MlflowTracker, base_model_sha256, git_commit
 from tasks.orchestration import notify_failure
 
 
@@ -50,6 +50,7 @@ def train_lora(
     nproc: int | None = None,
     parallelism: str | None = None,
 ) -> dict:
+    from tasks.encoder import resolve_encoder
     from tasks.train import train_lora_adapter  # torch loads here, not when the module is imported
 
     t0 = started()
@@ -73,9 +74,12 @@ def train_lora(
         "chain_data": manifest["chain_label"], "base_model": base if encoder else cfg.base_model,
         "model_type": cfg.model_kind, "git_commit": git_commit(),
         "base_model_logged": str(built_here).lower(),
+        "base_model_sha256": base_model_sha256(resolve_encoder(base) if encoder else base, ws.model_dir("sha256-cache.json")),
     }
-    with tracker.run(run_name=f"lora-{'enc-' if encoder else ''}r{cfg.lora_r}-{manifest['fingerprint'][:8]}", tags=tags) as run_id:
+    with tracker.run(run_name=f"lora-{'enc-' if encoder else ''}r{cfg.lora_r}-{manifest['fingerprint'][:8]}", tags=tags,
+                     system_metrics_s=settings.tracking.system_metrics_s) as run_id:
         tracker.log_params({**settings.flat_params(), "dataset.fingerprint": manifest["fingerprint"],
+                            "base_model.sha256": tags["base_model_sha256"],
                             "dataset.rows_train": manifest["rows"]["train"], "dataset.rows_validation": manifest["rows"]["validation"],
                             "dataset.thresholds": manifest["thresholds"]})
         tracker.log_dataset(ds_dir / "features.parquet", manifest)

@@ -363,6 +363,9 @@ class TrackingSettings(_Section):
     tracking_uri: str | None = None  # default: sqlite:///<data_dir>/mlflow.db
     experiment: str = "chainsignal"
     registered_model: str = "chainsignal-lora"
+    # MLflow system metrics (system/*: CPU, memory, disk, network; GPU with nvidia-ml-py) sampled this
+    # often during a training run; 0 = off
+    system_metrics_s: float = Field(default=10.0, ge=0)
 
 
 # ----------------------------------------------------------------------------- services / orchestration

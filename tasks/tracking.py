@@ -38,6 +38,45 @@ def git_commit() -> str:
         return "unknown"
 
 
+def base_model_sha256(base: str, cache: Path | None = None) -> str:
+    """SHA-256 of a base model's files (weights, config, tokenizer), whatever names it by.
+
+    ``base`` is a local folder or a hub id (its cached snapshot is read; nothing is downloaded).
+    Each file's digest is kept in ``cache`` by (path, size, mtime), so a 7B's ~14 GB are read once.
+    "unknown" when the files cannot be found."""
+    import hashlib
+
+    folder = Path(base)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(base, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached, not a hub id: say so in the param
+            return "unknown"
+    known: dict[str, str] = {}
+    if cache is not None and cache.is_file():
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+    total = hashlib.sha256()
+    for f in sorted(q for q in folder.rglob("*") if q.is_file() and not any(part.startswith(".") for part in q.relative_to(folder).parts)):
+        st = f.resolve().stat()
+        key = f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        if key not in known:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 24):
+                    h.update(chunk)
+            known[key] = h.hexdigest()
+        total.update(f"{f.relative_to(folder).as_posix()}\0{known[key]}\n".encode())
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=0))
+    return total.hexdigest()
+
+
 class MlflowTracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | str, registered_model: str):
         self.tracking_uri = tracking_uri
@@ -72,11 +111,18 @@ class MlflowTracker:
 
     # ------------------------------------------------------------------ runs
     @contextmanager
-    def run(self, run_name: str | None = None, run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[str]:
-        """Start (or resume, with ``run_id``) a run; yields its id; ends it on exit."""
-        os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    def run(self, run_name: str | None = None, run_id: str | None = None, tags: dict[str, str] | None = None,
+            system_metrics_s: float = 0) -> Iterator[str]:
+        """Start (or resume, with ``run_id``) a run; yields its id; ends it on exit.
+
+        ``system_metrics_s`` > 0: MLflow samples CPU, memory, disk, network (and GPU, with
+        nvidia-ml-py installed) this often into ``system/*`` metrics while the run is open."""
+        os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")  # only the runs that ask
+        if system_metrics_s > 0:
+            mlflow.set_system_metrics_sampling_interval(system_metrics_s)
+            mlflow.set_system_metrics_samples_before_logging(1)
         with mlflow.start_run(run_id=run_id, run_name=run_name, experiment_id=None if run_id else self.experiment_id,
-                              tags=tags) as active:
+                              tags=tags, log_system_metrics=True if system_metrics_s > 0 else None) as active:
             yield active.info.run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -209,7 +255,20 @@ def run_base_model(tracker: "MlflowTracker", run: Any, dst: Path) -> tuple[str, 
     tags = run.data.tags
     model_type = tags.get("model_type", "causal")
     if tags.get("base_model_logged") == "true":
-        return str(tracker.download(run.info.run_id, "base_model", dst)), model_type
-    if model_type == "encoder":
-        return tags["base_model"], model_type
-    return run.data.params["train.base_model"], model_type
+        base = str(tracker.download(run.info.run_id, "base_model", dst))
+    elif model_type == "encoder":
+        base = tags["base_model"]
+    else:
+        base = run.data.params["train.base_model"]
+    trained_on = tags.get("base_model_sha256")
+    if trained_on and trained_on != "unknown":
+        if model_type == "encoder":
+            from tasks.encoder import resolve_encoder  # "minilm": the wheel's folder
+
+            here = base_model_sha256(resolve_encoder(base))
+        else:
+            here = base_model_sha256(base)
+        if here not in (trained_on, "unknown"):
+            raise ValueError(f"base model {base} is not the one run {run.info.run_id} trained on "
+                             f"(sha256 {here[:12]} here, {trained_on[:12]} in the run): the adapter needs those weights")
+    return base, model_type

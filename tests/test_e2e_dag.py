@@ -12,13 +12,13 @@ from flows.build_dataset import build_dataset
 from flows.daily_ingest import daily_ingest
 from flows.train_lora import train_lora
 from tasks.settings import load_settings
-from tasks.tracking import MlflowTracker
+from tasks.tracking import MlflowTracker, base_model_sha256
 from tests.conftest import CHAIN_END, CHAIN_START
 
 pytestmark = pytest.mark.slow
 
 
-def test_daily_ingest_build_train_evaluate(seeded_node, data_dir, tmp_path):
+def test_daily_ingest_build_train_evaluate(seeded_node, data_dir, tmp_path, monkeypatch):
     from peft import PeftModel
 
     from tasks.train import load_base_model
@@ -27,6 +27,7 @@ def test_daily_ingest_build_train_evaluate(seeded_node, data_dir, tmp_path):
     ingest = daily_ingest(CHAIN_START, CHAIN_END, rpc_url=node.url)
     assert ingest["chain"]["partitions_done"] == ingest["prices"]["partitions_done"] == (CHAIN_END - CHAIN_START).days + 1
     manifest = build_dataset()
+    monkeypatch.setenv("CHAINSIGNAL_TRACKING__SYSTEM_METRICS_S", "0.2")
     result = train_lora(epochs=2, micro_batch_size=8, batch_size=16)
     assert result["evaluation"]["verdict"].startswith("LoRA")
 
@@ -40,6 +41,7 @@ def test_daily_ingest_build_train_evaluate(seeded_node, data_dir, tmp_path):
                 "baseline_majority_test_macro_f1", "baseline_persistence_test_macro_f1", "trainable_share"):
         assert key in metrics, key
     assert len(tracker.client.get_metric_history(run.info.run_id, "train_loss")) == result["steps"]
+    assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
     assert tags["chain_data"] == "synthetic local chain" and tags["verdict"] == result["evaluation"]["verdict"]
     logged = run.inputs.dataset_inputs[0].dataset
     assert logged.name == f"direction-{manifest['fingerprint']}" and logged.digest == manifest["fingerprint"]
@@ -53,6 +55,7 @@ def test_daily_ingest_build_train_evaluate(seeded_node, data_dir, tmp_path):
     # Round trip: adapter and base model from MLflow -> peft -> same logits as the run's own copy.
     adapter = tracker.download(run.info.run_id, "adapter", tmp_path / "dl")
     base_dir = tracker.download(run.info.run_id, "base_model", tmp_path / "dl")
+    assert params["base_model.sha256"] == tags["base_model_sha256"] == base_model_sha256(str(base_dir))
     tok, base = load_base_model(str(base_dir), torch.device("cpu"))
     reloaded = PeftModel.from_pretrained(base, str(adapter)).eval()
     _, base2 = load_base_model(str(base_dir), torch.device("cpu"))

@@ -8,7 +8,7 @@ import torch
 from tasks.prompter import Prompter
 from tasks.settings import load_settings, with_overrides
 from tasks.tinymodel import build_tiny_llama
-from tasks.tracking import MlflowTracker
+from tasks.tracking import MlflowTracker, base_model_sha256, run_base_model
 from tasks.train import load_base_model, train_lora_adapter
 
 PROMPTER = Prompter.load()
@@ -76,3 +76,28 @@ def test_champion_moves_only_on_a_better_score_and_round_trips(tiny_model, tmp_p
     tok, base = load_base_model(str(tiny_model), torch.device("cpu"))
     with torch.no_grad():
         assert (base(input_ids=ids).logits - logits[0]).abs().max() > 0  # the adapter actually changes the model
+
+
+def test_base_model_hash_follows_the_weights_and_guards_the_reload(tiny_model, tmp_path):
+    """The run records its base model's hash; loading the adapter on other weights is refused."""
+    import shutil
+
+    copy = Path(shutil.copytree(tiny_model, tmp_path / "base"))
+    cache = tmp_path / "sha256-cache.json"
+    first = base_model_sha256(str(copy), cache)
+    assert first == base_model_sha256(str(copy), cache) == base_model_sha256(str(tiny_model))  # content, not place
+    assert base_model_sha256("no/such-model-anywhere") == "unknown"
+
+    settings = with_overrides(load_settings(), train={"base_model": str(copy)})
+    tracker = MlflowTracker.from_settings(settings, tmp_path / "mlartifacts")
+    with tracker.run(run_name="hash", tags={"base_model_sha256": first}) as run_id:
+        tracker.log_params(settings.flat_params())
+    run = tracker.client.get_run(run_id)
+    assert run_base_model(tracker, run, tmp_path / "dl") == (str(copy), "causal")
+
+    weights = next(copy.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))  # same size, other weights
+    assert base_model_sha256(str(copy), cache) != first  # the cache is keyed by mtime too
+    with pytest.raises(ValueError, match="is not the one run") as err:
+        run_base_model(tracker, run, tmp_path / "dl")
+    assert "\n" not in str(err.value)
