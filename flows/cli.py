@@ -107,6 +107,12 @@ def train(
     epochs: Annotated[Optional[float], typer.Option()] = None,
     lora_r: Annotated[Optional[int], typer.Option()] = None,
     lora_alpha: Annotated[Optional[int], typer.Option()] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option()] = None,
+    target_module: Annotated[Optional[list[str]], typer.Option(
+        help="A module LoRA adapts (repeat for several; default q_proj and v_proj).")] = None,
+    train_on_inputs: Annotated[Optional[bool], typer.Option(
+        "--train-on-inputs/--loss-on-response", help="Loss on the prompt too, or only on the response (default).",
+        show_default=False)] = None,
     learning_rate: Annotated[Optional[float], typer.Option()] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     micro_batch_size: Annotated[Optional[int], typer.Option()] = None,
@@ -118,8 +124,11 @@ def train(
     """Train LoRA adapters (train-lora flow), log them to MLflow, then evaluate."""
     from flows.train_lora import train_lora
 
-    _print(train_lora(dataset, base_model, lora_r, lora_alpha, None, batch_size, micro_batch_size, epochs,
-                      learning_rate, cutoff_len, seed, model_kind, evaluate))
+    _print(train_lora(dataset=dataset, base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha,
+                      lora_dropout=lora_dropout, batch_size=batch_size, micro_batch_size=micro_batch_size,
+                      epochs=epochs, learning_rate=learning_rate, cutoff_len=cutoff_len, seed=seed,
+                      model_kind=model_kind, run_evaluation=evaluate, target_modules=target_module,
+                      train_on_inputs=train_on_inputs))
 
 
 @app.command("evaluate")

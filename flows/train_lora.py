@@ -49,6 +49,8 @@ def train_lora(
     run_evaluation: bool = True,
     nproc: int | None = None,
     parallelism: str | None = None,
+    target_modules: list[str] | None = None,
+    train_on_inputs: bool | None = None,
 ) -> dict:
     from tasks.encoder import resolve_encoder
     from tasks.train import train_lora_adapter  # torch loads here, not when the module is imported
@@ -58,6 +60,7 @@ def train_lora(
         base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, batch_size=batch_size,
         micro_batch_size=micro_batch_size, epochs=epochs, learning_rate=learning_rate, cutoff_len=cutoff_len, seed=seed,
         model_kind=model_kind, nproc=nproc, parallelism=parallelism,
+        target_modules=tuple(target_modules) if target_modules else None, train_on_inputs=train_on_inputs,
     ))
     cfg = settings.train
     ws = workspace(settings)

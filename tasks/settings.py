@@ -318,7 +318,7 @@ class TrainSettings(_Section):
     distributed: bool = False  # join the torchrun/accelerate process group, DDP-wrap, log on rank 0
     nproc: int = Field(default=1, ge=1, le=64)  # train-lora: > 1 launches that many processes (GPUs) on this host through torchrun
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # several processes: a replica each (ddp) or base + LoRA sharded (fsdp, FSDP2)
-    checkpoint_every_steps: int = Field(default=0, ge=0)  # optimizer steps between resumable checkpoints; 0 = off
+    checkpoint_every_steps: int = Field(default=200, ge=0)  # optimizer steps between resumable checkpoints (alpaca-lora's save_steps); 0 = off
     # tiny offline model (used when base_model == "tiny-llama")
     tiny_hidden_size: int = 64
     tiny_layers: int = 2

@@ -19,6 +19,14 @@ def test_help_lists_every_command():
         assert cmd in out.stdout
 
 
+def test_train_help_lists_the_alpaca_lora_knobs():
+    out = run("train", "--help")
+    assert out.returncode == 0
+    for option in ("--lora-r", "--lora-alpha", "--lora-dropout", "--target-module", "--train-on-inputs",
+                   "--batch-size", "--micro-batch-size", "--epochs", "--learning-rate", "--cutoff-len", "--seed"):
+        assert option in out.stdout, option
+
+
 def test_version_prints_the_stack():
     out = run("--version")
     assert out.returncode == 0 and out.stdout.startswith("chainsignal 0.1.0")

@@ -1,5 +1,6 @@
 """predict and backfill through Prefect on real parts (ingested lake, MLflow on sqlite, Dask)."""
 
+import json
 from datetime import date
 
 import polars as pl
@@ -17,9 +18,15 @@ from tasks.tracking import MlflowTracker
 def test_predict_skips_without_champion_then_writes_the_signal(lake_copy, data_dir):
     build_dataset()
     assert predict()["status"] == "skipped"
-    result = train_lora(epochs=1, batch_size=16, micro_batch_size=16, run_evaluation=False)
+    # the alpaca-lora knobs are flow parameters too (deployments pass them as --param)
+    result = train_lora(epochs=1, batch_size=16, micro_batch_size=16, run_evaluation=False,
+                        target_modules=["q_proj", "k_proj", "v_proj"], train_on_inputs=True)
     settings = load_settings()
     tracker = MlflowTracker.from_settings(settings, data_dir / "mlartifacts")
+    params = tracker.client.get_run(result["run_id"]).data.params
+    assert params["train.target_modules"] == '["q_proj", "k_proj", "v_proj"]' and params["train.train_on_inputs"] == "True"
+    adapter_config = json.loads((data_dir / "runs" / result["run_id"] / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter_config["target_modules"]) == ["k_proj", "q_proj", "v_proj"]
     name = settings.tracking.registered_model
     if find_champion(tracker.client, name) is None:  # promotion rules are tested elsewhere: name it here
         tracker.client.set_registered_model_alias(name, CHAMPION, result["version"])
