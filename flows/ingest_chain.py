@@ -19,6 +19,7 @@ from flows.common import settings_for, workspace
 from tasks.chain.blockrange import BlockClock
 from tasks.chain.job import DayReport, ingest_chain_day_task, publish_day_table, stream_for_days
 from tasks.clients.rpc import HttpJsonRpc, RpcQuotaError
+from tasks.clients.web3_provider import endpoint_chain_id
 from tasks.runs import publish_summary, resolve_days, started, summarize
 from tasks.orchestration import notify_failure
 
@@ -35,7 +36,7 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
     stopped = None
     chain_id = None
     try:
-        chain_id = int(rpc.call("eth_chainId", []), 16)
+        chain_id = endpoint_chain_id(rpc, settings.rpc.chain_id)
         latest = clock.latest()
     except RpcQuotaError as err:  # quota or budget already spent: every day stays where it is
         stopped = {"day": None, "stopped_at_block": None, "error": str(err)}

@@ -22,13 +22,14 @@ def shared_chain_clients(settings, ws):
     """One (rpc, clock, chain_id, latest) per process and endpoint."""
     from tasks.chain.blockrange import BlockClock
     from tasks.clients.rpc import HttpJsonRpc
+    from tasks.clients.web3_provider import endpoint_chain_id
 
     key = f"{settings.rpc.url}|{ws.lake.root}"
     with _lock:
         if key not in _clients:
             rpc = HttpJsonRpc.from_settings(settings.rpc, ws.credit_ledger(settings.rpc.chain))
             clock = BlockClock(rpc, ws.block_ranges_cache(settings.rpc.chain))
-            _clients[key] = (rpc, clock, int(rpc.call("eth_chainId", []), 16), clock.latest())
+            _clients[key] = (rpc, clock, endpoint_chain_id(rpc, settings.rpc.chain_id), clock.latest())
         return _clients[key]
 
 

@@ -72,6 +72,7 @@ def split_url_secret(url: str) -> tuple[str, str | None]:
 
 class RpcSettings(_Section):
     chain: str = "ethereum"  # name used in lake file names
+    chain_id: int | None = None  # expected chain id (1 = Ethereum mainnet): another endpoint's chain stops the run; None = any
     # Endpoint URL. An Infura-style URL may carry the key as "{api_key}", e.g.
     # https://mainnet.infura.io/v3/{api_key}; the key itself goes in rpc.api_key (env
     # CHAINSIGNAL_RPC__API_KEY) and is only substituted at request time, never logged.
