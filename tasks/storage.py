@@ -38,6 +38,7 @@ import polars as pl
 from tasks.schemas import SCHEMAS, check_schema
 
 MANIFEST = "_manifest.json"
+META = "_meta"  # small JSON documents kept in the lake (see LakeMeta)
 _STAGING = ".staging"
 _TRASH = ".trash"
 _VERSION = ".v-"  # S3 overwrite: <day>/.v-<token>/<file>
@@ -207,6 +208,30 @@ class Partition:
         return f"{final}/{MANIFEST}"
 
 
+class LakeMeta:
+    """One small JSON document kept in the lake beside the data (``<lake>/_meta/<name>``), so every
+    host that shares the lake shares it; ``_``-prefixed folders are not datasets to Hive-style readers."""
+
+    def __init__(self, lake: "Lake", name: str):
+        self.lake, self.name = lake, name
+        self.where = (f"{lake.root}/{META}/{name}" if lake.remote else Path(lake.root) / META / name)
+
+    def load(self) -> Any | None:
+        """The document, or None when there is none (or it is unreadable: it is only a cache)."""
+        try:
+            if self.lake.remote:
+                return json.loads(self.lake.fs.cat_file(self.lake._key(self.where)))
+            return read_json(Path(self.where))
+        except (OSError, ValueError):
+            return None
+
+    def save(self, obj: Any) -> None:
+        if self.lake.remote:
+            self.lake.fs.pipe_file(self.lake._key(self.where), _json_bytes(obj))
+        else:
+            write_json(Path(self.where), obj)
+
+
 class Lake:
     """Partitioned parquet files under a local folder or an ``s3://`` prefix.
 
@@ -244,6 +269,9 @@ class Lake:
         return f"{self.root}{key.removeprefix(self._root_key)}"
 
     # ------------------------------------------------------------------ layout
+    def meta(self, name: str) -> LakeMeta:
+        return LakeMeta(self, name)
+
     def partition_dir(self, dataset: str, day: date) -> Path | str:
         if dataset not in SCHEMAS:
             raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(SCHEMAS)}")
@@ -354,8 +382,9 @@ class Workspace:
         """Credits spent per UTC day against the provider (the daily budget survives restarts)."""
         return self.cache_path(f"{chain}_credits_by_utc_day.json")
 
-    def block_ranges_cache(self, chain: str) -> Path:
-        return self.cache_path(f"{chain}_day_block_ranges.json")
+    def block_ranges_cache(self, chain: str) -> LakeMeta:
+        """Each day's block range, in the lake: chain facts, shared by every host using the lake."""
+        return self.lake.meta(f"{chain}_day_block_ranges.json")
 
     def reset_dir(self, path: Path) -> Path:
         if path.exists():

@@ -116,6 +116,25 @@ def test_ingest_and_build_dataset_flows_on_s3(bucket, data_dir):
     assert sum(manifest["rows"].values()) > 0
 
 
+def test_day_block_ranges_are_cached_in_the_lake_for_every_host(bucket, seeded_node):
+    from tasks.chain.blockrange import BlockClock
+    from tasks.clients.rpc import HttpJsonRpc
+    from tests.conftest import CHAIN_START
+
+    node, _ = seeded_node
+    settings = load_settings()
+    here = BlockClock(HttpJsonRpc(node.url), workspace(settings).block_ranges_cache("local"))
+    latest = here.latest()
+    found = here.day_range(CHAIN_START, *latest, finality_blocks=64)
+    assert found is not None and found.n_blocks > 0
+    assert not (settings.storage.data_dir / "cache").exists()  # nothing of it on this host's disk
+
+    rpc = HttpJsonRpc(node.url)
+    there = BlockClock(rpc, other_host_lake(bucket).meta("local_day_block_ranges.json"))
+    assert there.day_range(CHAIN_START, *latest, finality_blocks=64) == found
+    assert rpc.stats["calls"] == 0  # no search on the other host
+
+
 def test_mlflow_artifacts_land_in_the_bucket(bucket, data_dir):
     from tasks.tracking import MlflowTracker
 

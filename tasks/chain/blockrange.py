@@ -1,15 +1,13 @@
-"""A UTC day -> its block range, by binary search on block timestamps (cached on disk)."""
+"""A UTC day -> its block range, by search on block timestamps (cached in the lake)."""
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from pathlib import Path
 
 from tasks.clients.rpc import ChainRpc
-from tasks.storage import read_json, write_json
+from tasks.storage import LakeMeta
 
 
 @dataclass(frozen=True)
@@ -32,17 +30,16 @@ class BlockClock:
     stream's planner thread and the day's own task may ask for the same day; one searches, the
     other reads the answer."""
 
-    def __init__(self, rpc: ChainRpc, cache_file: Path | None = None):
+    def __init__(self, rpc: ChainRpc, cache: LakeMeta | None = None):
         self.rpc = rpc
         self._lock = threading.RLock()
         self._ts: dict[int, int] = {}
-        self.cache_file = cache_file
-        self._ranges: dict[str, list[int]] = {}
-        if cache_file and cache_file.is_file():
-            try:
-                self._ranges = read_json(cache_file)
-            except (json.JSONDecodeError, OSError):
-                self._ranges = {}  # a corrupt cache is only a cache
+        self.cache = cache  # the lake's document of day ranges (Workspace.block_ranges_cache)
+        self._ranges: dict[str, list[int]] = self._stored()
+
+    def _stored(self) -> dict[str, list[int]]:
+        got = self.cache.load() if self.cache is not None else None
+        return got if isinstance(got, dict) else {}  # a corrupt cache is only a cache
 
     def latest(self) -> tuple[int, int]:
         block = self.rpc.call("eth_getBlockByNumber", ["latest", False])
@@ -113,8 +110,9 @@ class BlockClock:
         if latest_number - last < finality_blocks:
             return None
         self._ranges[key] = [first, last]
-        if self.cache_file:
-            write_json(self.cache_file, self._ranges)
+        if self.cache is not None:  # merged with what other hosts stored meanwhile
+            self._ranges = {**self._stored(), **self._ranges}
+            self.cache.save(self._ranges)
         return DayBlocks(day, first, last)
 
 
