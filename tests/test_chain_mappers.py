@@ -28,6 +28,11 @@ def test_mapped_rows_match_ethereum_etl(case):
     assert blocks["block_number"].to_list() == [int(x) for x in expected_blocks["number"]]
     assert blocks["transaction_count"].to_list() == [int(x) for x in expected_blocks["transaction_count"]]
     assert blocks["gas_used"].to_list() == [int(x) for x in expected_blocks["gas_used"]]
+    assert blocks["gas_limit"].to_list() == [int(x) for x in expected_blocks["gas_limit"]]
+    assert blocks["block_hash"].to_list() == expected_blocks["hash"].to_list()
+    assert blocks["miner"].to_list() == expected_blocks["miner"].to_list()
+    assert blocks["block_timestamp"].dt.epoch("s").to_list() == [int(x) for x in expected_blocks["timestamp"]]
+    assert blocks["base_fee_per_gas_wei"].to_list() == [int(x) if x else None for x in expected_blocks["base_fee_per_gas"]]
     assert txs.height == expected_tx.height
     if txs.height == 0:
         return
@@ -35,6 +40,8 @@ def test_mapped_rows_match_ethereum_etl(case):
     assert txs["from_address"].to_list() == expected_tx["from_address"].to_list()
     assert txs["to_address"].to_list() == [x or None for x in expected_tx["to_address"].to_list()]
     assert txs["value_wei"].to_list() == [Decimal(x) for x in expected_tx["value"]]
+    assert txs["value_eth"].to_list() == pytest.approx([int(x) / 10**18 for x in expected_tx["value"]], rel=1e-15)
+    assert txs["transaction_index"].to_list() == [int(x) for x in expected_tx["transaction_index"]]
     assert txs["gas_limit"].to_list() == [int(x) for x in expected_tx["gas"]]
     assert txs["gas_price_wei"].to_list() == [int(x) for x in expected_tx["gas_price"]]
     assert txs["nonce"].to_list() == [int(x) for x in expected_tx["nonce"]]

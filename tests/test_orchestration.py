@@ -42,7 +42,9 @@ def test_up_setup_deployment_run_down(lake_copy, data_dir):
     try:
         sh(str(BIN / "chainsignal"), "up", env=env, timeout=240)
         env["PREFECT_API_URL"] = api
-        setup = sh(str(BIN / "chainsignal"), "setup", env=env, timeout=240)
+        # the setup command also creates the chain's shared credit limit (the workers here do not use it)
+        setup = sh(str(BIN / "chainsignal"), "setup", timeout=240, env={
+            **env, "CHAINSIGNAL_RPC__CONCURRENCY_LIMIT": "chain-credits", "CHAINSIGNAL_RPC__CREDITS_PER_SECOND": "500"})
         assert "train-lora/train-lora" in setup.stdout and "daily/daily" in setup.stdout
         run = sh(str(BIN / "prefect"), "deployment", "run", "train-lora/train-lora", "-p", "epochs=1", "-p", "batch_size=16",
                  "-p", "micro_batch_size=16", "--watch", "--watch-timeout", "400", env=env, timeout=450)
@@ -62,6 +64,8 @@ def test_up_setup_deployment_run_down(lake_copy, data_dir):
             cron = [s.schedule.cron for s in daily.schedules]
             assert cron == ["0 6 * * *"] and daily.schedules[0].schedule.timezone == "UTC"
             assert pc.read_deployment_by_name("train-lora/train-lora").work_pool_name == "gpu"
+            credits = pc.read_global_concurrency_limit_by_name("chain-credits")
+            assert credits.limit == 1000 and credits.slot_decay_per_second == 500  # a receipts call's burst, 500/s
     finally:
         down = subprocess.run([str(BIN / "chainsignal"), "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0 and "prefect-server" in down.stdout and "worker-gpu" in down.stdout
