@@ -282,7 +282,7 @@ chain_id = int(rpc.call("eth_chainId", []), 16); latest = clock.latest()
 for d in sys.argv[1:]:
     ingest_chain_day(rpc, ws.lake, clock, date.fromisoformat(d), chain=s.rpc.chain, chain_id=chain_id,
                      latest=latest, blocks_per_file=s.rpc.blocks_per_file, blocks_per_batch=s.rpc.blocks_per_batch,
-                     finality_blocks=s.rpc.finality_blocks)
+                     finality_blocks=s.rpc.finality_blocks, receipts=s.rpc.receipts)
 """
 
 
@@ -290,13 +290,15 @@ def test_sigkill_mid_day_then_resume_equals_a_clean_run(seeded_node, tmp_path, m
     node, _ = seeded_node
     days = [DAY, DAY + timedelta(days=1)]
     monkeypatch.setenv("CHAINSIGNAL_RPC__BLOCKS_PER_FILE", "1")
+    monkeypatch.setenv("CHAINSIGNAL_RPC__RECEIPTS", "true")  # the three tables, killed and resumed together
     monkeypatch.setenv("CHAINSIGNAL_STORAGE__DATA_DIR", str(tmp_path / "clean"))
     ingest_chain(*days, rpc_url=node.url)
-    clean = lake_frames(tmp_path / "clean", "transactions", "blocks")
+    clean = lake_frames(tmp_path / "clean", "transactions", "blocks", "receipts")
 
     killed = tmp_path / "killed"
     env = {**os.environ, "CHAINSIGNAL_STORAGE__DATA_DIR": str(killed), "CHAINSIGNAL_RPC__URL": node.url,
-           "CHAINSIGNAL_RPC__REQUESTS_PER_SECOND": "6", "CHAINSIGNAL_RPC__BLOCKS_PER_FILE": "1"}
+           "CHAINSIGNAL_RPC__REQUESTS_PER_SECOND": "6", "CHAINSIGNAL_RPC__BLOCKS_PER_FILE": "1",
+           "CHAINSIGNAL_RPC__RECEIPTS": "true"}
     repo = Path(__file__).resolve().parents[1]
     child = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, days)], env=env, cwd=repo,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -314,9 +316,10 @@ def test_sigkill_mid_day_then_resume_equals_a_clean_run(seeded_node, tmp_path, m
     monkeypatch.setenv("CHAINSIGNAL_STORAGE__DATA_DIR", str(killed))
     resumed = ingest_chain(*days, rpc_url=node.url)
     assert resumed["partitions_done"] + resumed.get("partitions_skipped", 0) == 2
-    got = lake_frames(killed, "transactions", "blocks")
+    got = lake_frames(killed, "transactions", "blocks", "receipts")
     assert got["transactions"].equals(clean["transactions"])  # row for row: no gap, no duplicate
     assert got["blocks"].equals(clean["blocks"])
+    assert got["receipts"].height == clean["transactions"].height and got["receipts"].equals(clean["receipts"])
 
 
 def test_progress_bar_shows_blocks_and_tx_per_second(seeded_node, data_dir):
