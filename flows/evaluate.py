@@ -80,6 +80,8 @@ def evaluate(run_id: str | None = None) -> dict:
     summary = {"flow": "evaluate", "run_id": run_id, "verdict": report["verdict"], "task": tags["task"],
                **{k: round(v, 4) for k, v in report["metrics"].items() if k.startswith(("test_", "validation_"))},
                "champion_promoted": promotion["promoted"] if promotion else None,
+               "champion_rescored": ({"version": promotion["previous_champion"], "validation_macro_f1": promotion["champion_score"]}
+                                     if promotion and promotion["champion_score"] is not None else None),
                "seconds": round(started() - t0, 2)}
     publish_summary(summary, "evaluate summary")
     return summary

@@ -244,7 +244,7 @@ class MlflowTracker:
             self.client.set_registered_model_alias(self.registered_model, self.CHAMPION, str(version))
             decision.update(promoted=True, reason=f"{metric} {score:.4f} beats the best baseline ({best_baseline_score:.4f})"
                             + ("" if current is None else f" and champion v{current.version} ({decision['champion_score']:.4f})"))
-        for key in ("promoted", "reason"):
+        for key in ("promoted", "reason", "champion_score", "previous_champion"):
             self.client.set_model_version_tag(self.registered_model, str(version), f"champion_{key}", str(decision[key]))
         return decision
 

@@ -101,3 +101,38 @@ def test_base_model_hash_follows_the_weights_and_guards_the_reload(tiny_model, t
     with pytest.raises(ValueError, match="is not the one run") as err:
         run_base_model(tracker, run, tmp_path / "dl")
     assert "\n" not in str(err.value)
+
+
+def test_the_champion_is_rescored_on_the_newest_dataset_version(lake_copy, data_dir):
+    """Flow level: a champion trained on an older dataset version is judged on the new version's
+    validation split before a new run may take its alias."""
+    from datetime import date
+
+    from flows.build_dataset import build_dataset
+    from flows.train_lora import train_lora
+    from tasks.evaluate import evaluate_adapter
+    from tasks.predict import CHAMPION
+
+    old = build_dataset(end=date(2021, 2, 28))
+    first = train_lora(epochs=1, batch_size=16, micro_batch_size=16, run_evaluation=False)
+    settings = load_settings()
+    tracker = MlflowTracker.from_settings(settings, data_dir / "mlartifacts")
+    tracker.client.set_registered_model_alias(settings.tracking.registered_model, CHAMPION, first["version"])
+
+    new = build_dataset()  # a later end date: a new dataset version
+    assert new["fingerprint"] != old["fingerprint"]
+    second = train_lora(epochs=1, batch_size=16, micro_batch_size=16)
+    rescored = second["evaluation"]["champion_rescored"]
+    assert rescored["version"] == first["version"]
+
+    # the same number, computed here: the champion's adapter on the NEW version's validation split
+    run = tracker.client.get_run(first["run_id"])
+    base, _ = run_base_model(tracker, run, data_dir / "check")
+    report = evaluate_adapter(data_dir / "runs" / first["run_id"] / "adapter", base,
+                              data_dir / "datasets" / new["task"] / new["fingerprint"],
+                              cutoff_len=int(run.data.params["train.cutoff_len"]), seed=int(run.data.params["dataset.seed"]),
+                              plots_dir=data_dir / "check" / "plots")
+    assert rescored["validation_macro_f1"] == pytest.approx(report["metrics"]["validation_macro_f1"], abs=1e-9)
+    tags = tracker.client.get_model_version(settings.tracking.registered_model, second["version"]).tags
+    assert tags["champion_previous_champion"] == first["version"]
+    assert float(tags["champion_champion_score"]) == pytest.approx(rescored["validation_macro_f1"])
