@@ -390,7 +390,10 @@ def train_lora_adapter(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     elif grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns there
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # training: a KV cache would also switch packed document masking off
     with quiet_peft_wrap():
         model = get_peft_model(model, LoraConfig(

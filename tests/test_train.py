@@ -143,6 +143,38 @@ def test_a_crashed_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path, pa
     assert other[0] == 1
 
 
+def test_gradient_checkpointing_trains_the_same_adapter(tiny_model, tmp_path, monkeypatch):
+    """train.gradient_checkpointing recomputes activations in the backward: same arithmetic, so the
+    same losses and LoRA weights (dropout off), on the packed path and the padded one."""
+    from transformers.models.llama import modeling_llama
+
+    mlp_calls = [0]
+    forward = modeling_llama.LlamaMLP.forward
+
+    def counted(self, *args, **kwargs):
+        mlp_calls[0] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counted)  # counts, changes nothing
+    train, val = records(8), records(3)
+    for packing in (False, True):
+        cfg = small_cfg(lora_dropout=0.0, packing=packing)
+        plain_losses, ckpt_losses = [], []
+        mlp_calls[0] = 0
+        plain = train_lora_adapter(cfg, str(tiny_model), train, val, tmp_path / f"plain-{packing}",
+                                   lambda m, s: plain_losses.append(m["train_loss"]) if "train_loss" in m else None)
+        plain_calls, mlp_calls[0] = mlp_calls[0], 0
+        ckpt = train_lora_adapter(cfg.model_copy(update={"gradient_checkpointing": True}), str(tiny_model), train, val,
+                                  tmp_path / f"ckpt-{packing}",
+                                  lambda m, s: ckpt_losses.append(m["train_loss"]) if "train_loss" in m else None)
+        assert plain.steps == ckpt.steps == len(plain_losses) > 1
+        assert mlp_calls[0] > plain_calls  # the training forwards ran twice: checkpointing is on
+        assert ckpt_losses == pytest.approx(plain_losses, rel=1e-5)
+        a, b = adapter_weights(tmp_path / f"plain-{packing}"), adapter_weights(tmp_path / f"ckpt-{packing}")
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+        assert any(float(v.abs().sum()) > 0 for k, v in b.items() if "lora_B" in k)  # it did train
+
+
 def test_lora_wraps_and_reloads_without_the_deprecation_warning_peft_triggers(tiny_model, tmp_path, recwarn):
     """peft reads ``is_gradient_checkpointing`` whenever it wraps a model, and transformers 5 warns that
     it is deprecated (once per model: in the demo, on every training and scoring run). chainsignal drops
