@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks.attention import sdpa_without_cudnn
 from tasks.logs import get_logger, quiet_peft_wrap
 from tasks.progress import progress
 from tasks.schemas import LABELS
@@ -60,6 +61,7 @@ def _batches(tokenizer, texts: Sequence[str], size: int, max_len: int, device: t
         yield i, {k: v.to(device) for k, v in enc.items()}
 
 
+@sdpa_without_cudnn
 def train_encoder_adapter(cfg: Any, train_records: Sequence[dict[str, Any]], val_records: Sequence[dict[str, Any]],
                           out_dir: Path, kind: str = "class", log_metrics: MetricsFn | None = None) -> TrainResult:
     """LoRA (q/v) + a trained head on the record inputs; saves adapter (head included) + tokenizer."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from tasks.attention import sdpa_without_cudnn
 from tasks.logs import quiet_peft_wrap
 from tasks.schemas import LABELS
 
@@ -331,6 +332,7 @@ class EncoderScorer:
         return [f"{x:.4f}" for x in self.predictor.predict_numbers([r["input"] for r in records])]
 
 
+@sdpa_without_cudnn
 def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, cutoff_len: int, seed: int,
                      plots_dir: Path, device: str = "auto", model_type: str = "causal") -> dict[str, Any]:
     """Score the LoRA model and the baselines on validation and test; metrics, plots, verdict.

@@ -13,6 +13,7 @@ from typing import Any
 
 import polars as pl
 
+from tasks.attention import sdpa_without_cudnn
 from tasks.schemas import SIGNALS
 
 CHAMPION = "champion"
@@ -28,6 +29,7 @@ def find_champion(client, model_name: str, alias: str = CHAMPION):
         return None
 
 
+@sdpa_without_cudnn
 def score_newest_day(adapter_dir: Path, base_model: str, dataset_dir: Path, cutoff_len: int, device: str = "auto",
                      model_type: str = "causal") -> dict[str, Any]:
     """Label and class probabilities for the dataset's ``predict`` split (its newest, unlabelled day)."""

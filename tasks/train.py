@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from tasks.attention import sdpa_without_cudnn
 from tasks.logs import get_logger, quiet_peft_wrap
 from tasks.packing import collate_packed, pack_by_tokens, packed_loss
 from tasks.progress import progress
@@ -335,6 +336,7 @@ def load_checkpoint(ckpt_dir: Path | None, key: str) -> dict[str, Any] | None:
     return state if state.get("run_key") == key else None
 
 
+@sdpa_without_cudnn
 def train_lora_adapter(
     cfg: Any,
     base_model: str,
