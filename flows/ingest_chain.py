@@ -19,7 +19,6 @@ from flows.common import settings_for, workspace
 from tasks.chain.blockrange import BlockClock
 from tasks.chain.job import DayReport, ingest_chain_day_task, publish_day_table, stream_for_days
 from tasks.clients.rpc import HttpJsonRpc, RpcQuotaError
-from tasks.clients.web3_provider import endpoint_chain_id
 from tasks.runs import publish_summary, resolve_days, started, summarize
 from tasks.orchestration import notify_failure
 
@@ -27,6 +26,8 @@ from tasks.orchestration import notify_failure
 @flow(name="ingest-chain", log_prints=True, on_failure=[notify_failure])
 def ingest_chain(start: date | None = None, end: date | None = None, overwrite: bool = False,
                  rpc_url: str | None = None) -> dict:
+    from tasks.clients.web3_provider import endpoint_chain_id  # web3 loads here (~0.9 s), not at import
+
     t0 = started()
     settings = settings_for(rpc={"url": rpc_url} if rpc_url else None)
     ws = workspace(settings)

@@ -71,3 +71,14 @@ def test_bilstm_learns_a_text_rule_and_voting_is_weighted():
     votes = weighted_vote({"a": ["POSITIVE", "NEUTRAL"], "b": ["NEGATIVE", "NEGATIVE"], "c": ["NEGATIVE", "NEUTRAL"]},
                           {"a": 0.9, "b": 0.5, "c": 0.3}, ("NEGATIVE", "NEUTRAL", "POSITIVE"))
     assert votes == ["POSITIVE", "NEUTRAL"]  # 0.9 beats 0.5 + 0.3 = 0.8; then 0.9 + 0.3 beats 0.5
+
+
+def test_number_answers_are_parsed_strictly():
+    """The number task's answer must be one plain decimal on its first line; anything else is
+    counted as unparseable, never guessed at."""
+    from tasks.evaluate import parse_number
+
+    for text, value in [("0.0123", 0.0123), ("-1.5", -1.5), ("+2", 2.0), (" 0.5 ", 0.5), ("0.5\nthe rest", 0.5)]:
+        assert parse_number(text) == value, text
+    for text in ["about 0.5", "0.5%", "1,000", "1e-3", ".5", "5.", "nan", "inf", "0x10", "1 2", "POSITIVE", ""]:
+        assert parse_number(text) is None, text

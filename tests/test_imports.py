@@ -1,0 +1,16 @@
+"""Data flows, deployments and the CLI start without the heavy libraries: torch, transformers and
+peft load inside the training and scoring tasks, web3 inside the chain ingest's flow body."""
+
+import subprocess
+import sys
+
+DATA_FLOWS = ["flows.daily", "flows.daily_ingest", "flows.ingest_chain", "flows.ingest_prices", "flows.scrape_tweets",
+              "flows.build_dataset", "flows.backfill", "flows.predict", "flows.evaluate", "flows.train_lora", "flows.cli"]
+
+
+def test_flow_modules_import_without_torch_transformers_peft_or_web3():
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in DATA_FLOWS)
+            + "print(sorted(m for m in ('torch', 'transformers', 'peft', 'web3') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
