@@ -125,17 +125,23 @@ class RpcSettings(_Section):
                     raise ValueError("rpc.url holds a key-like value and rpc.api_key is set too; "
                                      "write {api_key} in the URL where the key goes")
                 data["url"], data["api_key"] = template, secret
-        plan = data.get("plan", "auto")
+        return data
+
+    @model_validator(mode="after")
+    def _plan_fills_the_unset(self) -> "RpcSettings":
+        # Filled here, after validation, so they stay out of model_fields_set: a copy of these
+        # settings with another URL (a flow's rpc_url) gets that URL's plan, not this one's numbers.
+        plan = self.plan
         if plan == "auto":
-            host = urlsplit(url if isinstance(url, str) else "").hostname or ""
+            host = urlsplit(self.url).hostname or ""
             plan = "infura-free" if host == "infura.io" or host.endswith(".infura.io") else "unmetered"
         if plan in RPC_PLANS:
             per_second, per_day = RPC_PLANS[plan]
-            if data.get("credits_per_second") is None:
-                data["credits_per_second"] = per_second
-            if data.get("daily_credit_budget") is None:
-                data["daily_credit_budget"] = per_day
-        return data
+            if self.credits_per_second is None:
+                object.__setattr__(self, "credits_per_second", per_second)
+            if self.daily_credit_budget is None:
+                object.__setattr__(self, "daily_credit_budget", per_day)
+        return self
 
     @model_validator(mode="after")
     def _limit_needs_rate(self) -> "RpcSettings":
@@ -535,6 +541,8 @@ def refuse_keys_in_parameters(**sections: dict[str, Any]) -> None:
 def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
     """A copy of ``settings`` with some fields of some sections replaced (validated again)."""
     data = settings.model_dump()
+    # rpc: what was set, not what its plan filled in (a new URL may come with another plan)
+    data["rpc"] = settings.rpc.model_dump(exclude_unset=True)
     for section, values in sections.items():
         data[section] = {**data[section], **{k: v for k, v in values.items() if v is not None}}
     try:

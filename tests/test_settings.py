@@ -112,6 +112,21 @@ def test_an_infura_endpoint_gets_the_free_plan_unless_told_otherwise(monkeypatch
     assert load_settings().rpc.daily_credit_budget is None
 
 
+def test_a_run_pointed_at_another_endpoint_takes_that_endpoints_plan(monkeypatch):
+    """A flow's rpc_url override: the Infura config's filled-in plan does not follow it to a local
+    node, while what the user set by hand does."""
+    monkeypatch.setenv("CHAINSIGNAL_RPC__URL", "https://mainnet.infura.io/v3/{api_key}")
+    infura = load_settings()
+    local = with_overrides(infura, rpc={"url": "http://127.0.0.1:8545"}).rpc
+    assert (local.credits_per_second, local.daily_credit_budget) == (None, None)
+    back = with_overrides(with_overrides(infura, rpc={"url": "http://127.0.0.1:8545"}),
+                          rpc={"url": "https://mainnet.infura.io/v3/{api_key}"}).rpc
+    assert (back.credits_per_second, back.daily_credit_budget) == (500, 3_000_000)
+    monkeypatch.setenv("CHAINSIGNAL_RPC__DAILY_CREDIT_BUDGET", "1000000")  # set by hand: kept everywhere
+    local = with_overrides(load_settings(), rpc={"url": "http://127.0.0.1:8545"}).rpc
+    assert (local.credits_per_second, local.daily_credit_budget) == (None, 1_000_000)
+
+
 def test_settings_hash_ignores_where_inputs_live(tmp_path):
     """The dataset version hashes settings and records: the same bundled samples in another checkout
     (another prices.file_dir) must give the same hash, while a setting that changes the data does not."""
