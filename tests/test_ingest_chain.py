@@ -60,6 +60,7 @@ def test_ingest_matches_node_and_reruns_skip(seeded_node, data_dir):
     # days' credits add up to the run's, less its set-up calls (eth_chainId, latest block).
     setup = 2 * 80
     assert sum(r["credits"] for r in rows) == first["credits"] - setup
+    assert all(r["requests"] > 0 for r in rows) and sum(r["requests"] for r in rows) == first["requests"] - 2
     assert first["blocks_per_s"] > 0 and first["txs_per_s"] > 0 and first["credits"] > 0
 
     again = ingest_chain(*DAYS, rpc_url=node.url)
