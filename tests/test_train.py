@@ -232,3 +232,20 @@ def test_a_diverging_run_stops_with_one_line_and_checkpoints_only_finite_steps(t
     assert step >= 2  # the first step starts from B = 0: finite whatever the learning rate
     state = torch.load(ckpt / "checkpoint.pt", weights_only=False)
     assert state["step"] == step - 1 and not (tmp_path / "adapter").exists()
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_eos(tiny_model, tmp_path):
+    """Llama tokenizers ship without a pad token: the EOS token pads (and is masked out of the loss)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    copy = Path(shutil.copytree(tiny_model, tmp_path / "no-pad"))
+    tok = AutoTokenizer.from_pretrained(str(copy))
+    tok.pad_token = None
+    tok.save_pretrained(str(copy))
+    assert AutoTokenizer.from_pretrained(str(copy)).pad_token_id is None  # the premise
+    loaded, _ = load_base_model(str(copy), torch.device("cpu"))
+    assert loaded.pad_token_id == loaded.eos_token_id is not None
+    result = train_lora_adapter(small_cfg(epochs=1), str(copy), records(4), records(2), tmp_path / "adapter")
+    assert result.steps >= 1 and math.isfinite(result.train_loss_last)
