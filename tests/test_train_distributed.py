@@ -158,3 +158,28 @@ def test_torchrun_command_and_failure_line(tmp_path):
              "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:", "E0101 elastic ... failed"]
     assert last_error(lines) == "ValueError: train.batch_size 6 must be a multiple"
     assert last_error([]) == "no output"
+
+
+def test_the_worker_also_runs_under_accelerate_launch(tiny_model, tmp_path):
+    """The README's alternative launcher: `accelerate launch -m tasks.train_launch JOB` with 2 CPU
+    processes trains the same adapter as one process accumulating the same global batch."""
+    import os
+    import subprocess
+    import sys
+
+    from tasks.train_launch import write_job
+
+    cfg = cfg_for(checkpoint_every_steps=0)
+    job = write_job(tmp_path / "work", cfg, str(tiny_model), records(8), records(3), tmp_path / "adapter")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    # --multi_gpu is accelerate's torchrun-based launcher; with no GPU the worker joins over gloo on CPU
+    out = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tasks.train_launch", str(job)],
+                         capture_output=True, text=True, timeout=200, cwd=Path(__file__).resolve().parents[1],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
+    ranks = [json.loads((tmp_path / "work" / f"result-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2 and ranks[0]["lora_digest"] == ranks[1]["lora_digest"]
+    single = train_lora_adapter(cfg, str(tiny_model), records(8), records(3), tmp_path / "single")
+    a, b = adapter_weights(tmp_path / "adapter"), adapter_weights(tmp_path / "single")
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
