@@ -10,8 +10,8 @@ Two halves:
   per-step metrics to MLflow (into the flow's run, or a run of its own) and saves the adapter;
   every rank writes ``result-rank<R>.json`` so the parent can check that DDP replicas agree.
 
-The worker also runs under ``accelerate launch -m tasks.train_launch JOB`` (same environment
-variables). Like tasks/train.py this module imports neither prefect nor, outside rank 0, mlflow.
+The worker also runs under ``accelerate launch --multi_gpu -m tasks.train_launch JOB`` (same environment
+variables; tests/test_train_distributed.py runs it so). Like tasks/train.py this module imports neither prefect nor, outside rank 0, mlflow.
 """
 
 from __future__ import annotations
