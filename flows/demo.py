@@ -67,7 +67,8 @@ def run_demo() -> dict:
     print("  then open http://127.0.0.1:5000 -> experiment 'chainsignal':")
     print("   - select the lora-* runs (tiny causal and MiniLM encoder) and the baseline-* runs, press Compare:")
     print("     test_macro_f1, validation_macro_f1, test_mcc side by side")
-    print("   - the lora run: Model metrics (train_loss per step), Artifacts (adapter/, plots/, evaluation/)")
+    print("   - the lora run: Model metrics (train_loss per step), System metrics (CPU, memory while it trained),")
+    print("     Artifacts (adapter/, plots/, evaluation/), Parameters (every setting, base_model.sha256)")
     print("   - Models tab: every adapter registered as a version of 'chainsignal-lora'")
     print("=" * 78)
     return {"ingest": ingest, "dataset": manifest["fingerprint"], "train": result, "encoder": encoder, "predict": signal}
