@@ -37,7 +37,7 @@ def evaluate(run_id: str | None = None) -> dict:
     ds_dir = ws.dataset_dir(tags["task"], tags["dataset_fingerprint"])
     work = ws.reset_dir(ws.run_dir(run_id) / "eval")
     adapter = tracker.download(run_id, "adapter", work)
-    base, model_type = run_base_model(tracker, run, work)
+    base, model_type = run_base_model(tracker, run, work, ws.model_hash_cache())
     run_eval = task(evaluate_adapter, name="evaluate-adapter", cache_policy=NO_CACHE)
     report = run_eval(adapter, base, ds_dir, cutoff_len=int(run.data.params["train.cutoff_len"]),
                       seed=int(run.data.params["dataset.seed"]), plots_dir=work / "plots", model_type=model_type)
@@ -61,7 +61,7 @@ def evaluate(run_id: str | None = None) -> dict:
             champ = tracker.client.get_run(mv.run_id)
             cdir = ws.reset_dir(ws.run_dir(run_id) / "champion")
             c_adapter = tracker.download_alias(tracker.CHAMPION, cdir / "adapter")
-            c_base, c_type = run_base_model(tracker, champ, cdir)
+            c_base, c_type = run_base_model(tracker, champ, cdir, ws.model_hash_cache())
             return run_eval(c_adapter, c_base, ds_dir, cutoff_len=int(champ.data.params["train.cutoff_len"]),
                             seed=int(run.data.params["dataset.seed"]), plots_dir=cdir / "plots",
                             model_type=c_type)["metrics"]["validation_macro_f1"]

@@ -40,7 +40,7 @@ def predict(dataset: str | None = None) -> dict:
     manifest = read_json(ds_dir / "manifest.json")
     work = ws.reset_dir(ws.run_dir(champion.run_id) / "predict")
     adapter = tracker.download(champion.run_id, "adapter", work)
-    base, model_type = run_base_model(tracker, run, work)
+    base, model_type = run_base_model(tracker, run, work, ws.model_hash_cache())
     scored = task(score_newest_day, name="score-newest-day", cache_policy=NO_CACHE)(
         adapter, base, ds_dir, int(run.data.params["train.cutoff_len"]), model_type=model_type)
     signal = signal_frame(scored, target_asset=manifest["target_asset"], model_name=name, model_version=champion.version,

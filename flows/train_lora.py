@@ -77,7 +77,7 @@ def train_lora(
         "chain_data": manifest["chain_label"], "base_model": base if encoder else cfg.base_model,
         "model_type": cfg.model_kind, "git_commit": git_commit(),
         "base_model_logged": str(built_here).lower(),
-        "base_model_sha256": base_model_sha256(resolve_encoder(base) if encoder else base, ws.model_dir("sha256-cache.json")),
+        "base_model_sha256": base_model_sha256(resolve_encoder(base) if encoder else base, ws.model_hash_cache()),
     }
     with tracker.run(run_name=f"lora-{'enc-' if encoder else ''}r{cfg.lora_r}-{manifest['fingerprint'][:8]}", tags=tags,
                      system_metrics_s=settings.tracking.system_metrics_s) as run_id:

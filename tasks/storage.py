@@ -378,6 +378,10 @@ class Workspace:
     def cache_path(self, name: str) -> Path:
         return self.data_dir / "cache" / name
 
+    def model_hash_cache(self) -> Path:
+        """Per-file SHA-256 of base models, by path, size and mtime (read once, not per run)."""
+        return self.cache_path("model_sha256.json")
+
     def credit_ledger(self, chain: str) -> Path:
         """Credits spent per UTC day against the provider (the daily budget survives restarts)."""
         return self.cache_path(f"{chain}_credits_by_utc_day.json")

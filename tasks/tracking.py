@@ -249,9 +249,10 @@ class MlflowTracker:
         return decision
 
 
-def run_base_model(tracker: "MlflowTracker", run: Any, dst: Path) -> tuple[str, str]:
+def run_base_model(tracker: "MlflowTracker", run: Any, dst: Path, hash_cache: Path | None = None) -> tuple[str, str]:
     """(base model to load, model type) for a training run: the logged base model when it was
-    built on the fly, else the id/path the run trained from (its tag), and causal or encoder."""
+    built on the fly, else the id/path the run trained from (its tag), and causal or encoder.
+    Refused (one line) when those weights' SHA-256 is not the one the run recorded."""
     tags = run.data.tags
     model_type = tags.get("model_type", "causal")
     if tags.get("base_model_logged") == "true":
@@ -265,9 +266,9 @@ def run_base_model(tracker: "MlflowTracker", run: Any, dst: Path) -> tuple[str, 
         if model_type == "encoder":
             from tasks.encoder import resolve_encoder  # "minilm": the wheel's folder
 
-            here = base_model_sha256(resolve_encoder(base))
+            here = base_model_sha256(resolve_encoder(base), hash_cache)
         else:
-            here = base_model_sha256(base)
+            here = base_model_sha256(base, hash_cache)
         if here not in (trained_on, "unknown"):
             raise ValueError(f"base model {base} is not the one run {run.info.run_id} trained on "
                              f"(sha256 {here[:12]} here, {trained_on[:12]} in the run): the adapter needs those weights")

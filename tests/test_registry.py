@@ -93,13 +93,13 @@ def test_base_model_hash_follows_the_weights_and_guards_the_reload(tiny_model, t
     with tracker.run(run_name="hash", tags={"base_model_sha256": first}) as run_id:
         tracker.log_params(settings.flat_params())
     run = tracker.client.get_run(run_id)
-    assert run_base_model(tracker, run, tmp_path / "dl") == (str(copy), "causal")
+    assert run_base_model(tracker, run, tmp_path / "dl", cache) == (str(copy), "causal")
 
     weights = next(copy.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))  # same size, other weights
     assert base_model_sha256(str(copy), cache) != first  # the cache is keyed by mtime too
     with pytest.raises(ValueError, match="is not the one run") as err:
-        run_base_model(tracker, run, tmp_path / "dl")
+        run_base_model(tracker, run, tmp_path / "dl", cache)
     assert "\n" not in str(err.value)
 
 
