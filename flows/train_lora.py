@@ -52,7 +52,6 @@ def train_lora(
     target_modules: list[str] | None = None,
     train_on_inputs: bool | None = None,
 ) -> dict:
-    from tasks.encoder import resolve_encoder
     from tasks.train import train_lora_adapter  # torch loads here, not when the module is imported
 
     t0 = started()
@@ -77,7 +76,7 @@ def train_lora(
         "chain_data": manifest["chain_label"], "base_model": base if encoder else cfg.base_model,
         "model_type": cfg.model_kind, "git_commit": git_commit(),
         "base_model_logged": str(built_here).lower(),
-        "base_model_sha256": base_model_sha256(resolve_encoder(base) if encoder else base, ws.model_hash_cache()),
+        "base_model_sha256": base_model_sha256(base, ws.model_hash_cache(), cfg.model_kind),
     }
     with tracker.run(run_name=f"lora-{'enc-' if encoder else ''}r{cfg.lora_r}-{manifest['fingerprint'][:8]}", tags=tags,
                      system_metrics_s=settings.tracking.system_metrics_s) as run_id:

@@ -70,6 +70,14 @@ def split_url_secret(url: str) -> tuple[str, str | None]:
     return url.replace(found[0], "{api_key}"), found[0]
 
 
+def holds_key(url: str) -> bool:
+    """Whether ``url`` carries a key (one, or more than one) written into it."""
+    try:
+        return split_url_secret(url)[1] is not None
+    except ValueError:
+        return True
+
+
 class RpcSettings(_Section):
     chain: str = "ethereum"  # name used in lake file names
     chain_id: int | None = None  # expected chain id (1 = Ethereum mainnet): another endpoint's chain stops the run; None = any
@@ -489,14 +497,8 @@ def _shown(loc: tuple, value: Any) -> str:
     """The bad value as the message may show it: a section's whole dict (it may hold a key), a
     secret, or a URL that carries a key is not shown."""
     name = str(loc[-1]) if loc else ""
-    if isinstance(value, (dict, list)) or "key" in name or "webhook" in name:
+    if isinstance(value, (dict, list)) or "key" in name or "webhook" in name or (isinstance(value, str) and holds_key(value)):
         return ""
-    if isinstance(value, str):
-        try:
-            if split_url_secret(value)[1] is not None:
-                return ""
-        except ValueError:
-            return ""
     return f" (got {value!r})"
 
 
@@ -525,13 +527,7 @@ def refuse_keys_in_parameters(**sections: dict[str, Any]) -> None:
     key is refused with one line (the key belongs in ``<section>.api_key``, from the environment)."""
     for section, values in sections.items():
         for name, value in values.items():
-            if not (name.endswith("url") and isinstance(value, str)):
-                continue
-            try:
-                holds_key = split_url_secret(value)[1] is not None
-            except ValueError:
-                holds_key = True
-            if holds_key:
+            if name.endswith("url") and isinstance(value, str) and holds_key(value):
                 raise SettingsError(
                     f"the {section}.{name} parameter holds a key, and Prefect stores flow parameters and shows "
                     f"them in its UI: pass the URL with {{api_key}} where the key goes and set {section}.api_key "

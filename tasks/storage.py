@@ -219,9 +219,7 @@ class LakeMeta:
     def load(self) -> Any | None:
         """The document, or None when there is none (or it is unreadable: it is only a cache)."""
         try:
-            if self.lake.remote:
-                return json.loads(self.lake.fs.cat_file(self.lake._key(self.where)))
-            return read_json(Path(self.where))
+            return json.loads(self.lake.fs.cat_file(self.lake._key(self.where)))  # as Lake.manifest reads
         except (OSError, ValueError):
             return None
 

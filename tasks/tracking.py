@@ -38,14 +38,19 @@ def git_commit() -> str:
         return "unknown"
 
 
-def base_model_sha256(base: str, cache: Path | None = None) -> str:
+def base_model_sha256(base: str, cache: Path | None = None, model_type: str = "causal") -> str:
     """SHA-256 of a base model's files (weights, config, tokenizer), whatever names it by.
 
-    ``base`` is a local folder or a hub id (its cached snapshot is read; nothing is downloaded).
-    Each file's digest is kept in ``cache`` by (path, size, mtime), so a 7B's ~14 GB are read once.
-    "unknown" when the files cannot be found."""
+    ``base`` is a local folder, a hub id (its cached snapshot is read; nothing is downloaded) or,
+    for the encoder kind, the bundled "minilm". Each file's digest is kept in ``cache`` under its
+    path with the size and mtime it had, so a 7B's ~14 GB are read once (and a file that changed is
+    read again). "unknown" when the files cannot be found."""
     import hashlib
 
+    if model_type == "encoder":
+        from tasks.encoder import resolve_encoder  # "minilm": the wheel's folder
+
+        base = resolve_encoder(base)
     folder = Path(base)
     if not folder.is_dir():
         try:
@@ -54,7 +59,7 @@ def base_model_sha256(base: str, cache: Path | None = None) -> str:
             folder = Path(snapshot_download(base, local_files_only=True))
         except Exception:  # noqa: BLE001 - not cached, not a hub id: say so in the param
             return "unknown"
-    known: dict[str, str] = {}
+    known: dict[str, list] = {}
     if cache is not None and cache.is_file():
         try:
             known = json.loads(cache.read_text())
@@ -62,15 +67,16 @@ def base_model_sha256(base: str, cache: Path | None = None) -> str:
             known = {}
     total = hashlib.sha256()
     for f in sorted(q for q in folder.rglob("*") if q.is_file() and not any(part.startswith(".") for part in q.relative_to(folder).parts)):
-        st = f.resolve().stat()
-        key = f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-        if key not in known:
+        real = f.resolve()
+        st = real.stat()
+        seen = known.get(str(real))
+        if seen is None or seen[:2] != [st.st_size, st.st_mtime_ns]:
             h = hashlib.sha256()
-            with open(f, "rb") as fh:
+            with open(real, "rb") as fh:
                 while chunk := fh.read(1 << 24):
                     h.update(chunk)
-            known[key] = h.hexdigest()
-        total.update(f"{f.relative_to(folder).as_posix()}\0{known[key]}\n".encode())
+            seen = known[str(real)] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+        total.update(f"{f.relative_to(folder).as_posix()}\0{seen[2]}\n".encode())
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(known, indent=0))
@@ -263,12 +269,7 @@ def run_base_model(tracker: "MlflowTracker", run: Any, dst: Path, hash_cache: Pa
         base = run.data.params["train.base_model"]
     trained_on = tags.get("base_model_sha256")
     if trained_on and trained_on != "unknown":
-        if model_type == "encoder":
-            from tasks.encoder import resolve_encoder  # "minilm": the wheel's folder
-
-            here = base_model_sha256(resolve_encoder(base), hash_cache)
-        else:
-            here = base_model_sha256(base, hash_cache)
+        here = base_model_sha256(base, hash_cache, model_type)
         if here not in (trained_on, "unknown"):
             raise ValueError(f"base model {base} is not the one run {run.info.run_id} trained on "
                              f"(sha256 {here[:12]} here, {trained_on[:12]} in the run): the adapter needs those weights")

@@ -11,6 +11,7 @@ from tasks.clients.web3_provider import endpoint_chain_id, web3_for
 from tasks.chain.localnode import CHAIN_ID
 from tests.conftest import RPC_DATA
 from tests.replay import ReplayServer
+from tests.test_rpc_client import client as rpc_client
 
 KEY = "9f2c4e1a7b3d5f60812a4c6e8b0d2f47"
 
@@ -22,8 +23,7 @@ def replay():
 
 
 def client(url: str) -> HttpJsonRpc:
-    return HttpJsonRpc(url + "/v3/{api_key}", api_key=KEY, requests_per_second=500, timeout_s=0.5, max_retries=3,
-                       backoff_initial_s=0.01, backoff_max_s=0.2, method_credits={"eth_getBlockByNumber": 80})
+    return rpc_client(url + "/v3/{api_key}", api_key=KEY)  # the RPC tests' client, with a key in the URL
 
 
 def test_web3_calls_go_through_our_retries_and_credits(replay):

@@ -59,16 +59,17 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 def _text(resp: urllib3.BaseHTTPResponse) -> str:
     return resp.data.decode("utf-8", errors="replace")
 
+
 # JSON-RPC errors that say the request itself is wrong (parse error, invalid request, method not
 # found, invalid params; 3 = execution reverted): not retried. Every other error code is (limits
 # -32005/-33200, internal -32603, a lagging node's -32000, ...).
 PERMANENT_RPC_CODES = {-32700, -32600, -32601, -32602, 3}
 LIMIT_RPC_CODES = {-32005, -33200}  # rate or credit limit exceeded (two spellings)
+RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
 def _retryable(error: Any) -> bool:
     return isinstance(error, dict) and error.get("code") not in PERMANENT_RPC_CODES
-RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
 class RpcError(RuntimeError):
