@@ -8,7 +8,7 @@ kernel walks each document's own causal triangle from cumulative sequence length
 same q, k, v and the same output gradient; the outputs and input gradients are compared.
 
     python3 bench/bench_attention_gpu.py --out $OUT
-Needs torch (CUDA); imports tasks/packing.py and the bench's length distribution only.
+Needs torch (CUDA); imports tasks/training/fastpath/packing.py and the bench's length distribution only.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from bench_train_gpu import alpaca_lengths
     from torch.nn.attention.flex_attention import flex_attention
 
-    from bench_train_gpu import alpaca_lengths
-    from tasks.packing import document_block_mask, pack_by_tokens
+    from tasks.training.fastpath.packing import document_block_mask, pack_by_tokens
 
     dev = "cuda"
     rng = random.Random(1)

@@ -40,12 +40,12 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks.chain.blockrange import BlockClock, day_start_ts  # noqa: E402
-from tasks.chain.job import ingest_chain_day, stream_for_days  # noqa: E402
-from tasks.chain.localnode import CHAIN_ID, find_anvil, free_port, seed_chain, start_anvil  # noqa: E402
-from tasks.clients.rpc import HttpJsonRpc  # noqa: E402
-from tasks.settings import load_settings  # noqa: E402
-from tasks.storage import Lake, Workspace  # noqa: E402
+from tasks.chain.blockrange import BlockClock, day_start_ts
+from tasks.chain.job import ingest_chain_day, stream_for_days
+from tasks.chain.localnode import CHAIN_ID, find_anvil, free_port, seed_chain, start_anvil
+from tasks.clients.rpc import HttpJsonRpc
+from tasks.core.settings import load_settings
+from tasks.core.storage import Lake, Workspace
 
 START = date(2021, 1, 1)
 MAINNET_BLOCKS_PER_DAY = 7_200
@@ -215,7 +215,7 @@ def main() -> None:
     off, on, cryo = results["ours, receipts off"], results["ours, receipts on"], results["cryo transactions (receipts)"]
     assert off["transactions"] == on["transactions"] == cryo["transactions"], "contenders disagree on the rows"
     ratio_on = on["tx_per_s"] / cryo["tx_per_s"]
-    rounds = [c / o for o, c in zip(every["ours, receipts on"], every["cryo transactions (receipts)"])]  # paired: same round
+    rounds = [c / o for o, c in zip(every["ours, receipts on"], every["cryo transactions (receipts)"], strict=True)]  # paired: same round
     ratio_off = off["tx_per_s"] / cryo["tx_per_s"]
     lines = [
         "# Chain ingest benchmark: chainsignal vs cryo",

@@ -10,10 +10,10 @@ measured in the same run:
             running last-seen dict, the way one would write it by hand)
   incr      one new day against a 365-day address state (chainsignal: AddressState.update;
             peer: pandas merge on the same state)
-  windows   tx-value windows of N=32 for one day (chainsignal: tasks.dataset.tx_value_windows;
+  windows   tx-value windows of N=32 for one day (chainsignal: tasks.dataset.build.tx_value_windows;
             peer: pandas shift/format)
   authors   per-author mean sentiment for 200k posts (chainsignal: polars group_by as in
-            tasks.features.social_features; peer: the original study's Python row loop)
+            tasks.dataset.features.social_features; peer: the original study's Python row loop)
 
 Usage:  .venv/bin/python bench/bench_features.py [--days 30] [--txs-per-day 1200000] [--out bench/results/features.md]
 """
@@ -85,7 +85,7 @@ def day_files(lake: Path, days: int) -> list[Path]:
 def full_polars(lake: Path, days: int) -> dict:
     import polars as pl
 
-    from tasks.features import chain_daily_activity, chain_new_addresses
+    from tasks.dataset.features import chain_daily_activity, chain_new_addresses
 
     txs = pl.scan_parquet(day_files(lake, days))
     activity = chain_daily_activity(txs).collect(engine="streaming")
@@ -124,7 +124,7 @@ def _state(lake: Path, history_days: int):
     """A 365-day address state (address, last_seen) built from the history days (setup, not timed)."""
     import polars as pl
 
-    from tasks.features import AddressState
+    from tasks.dataset.features import AddressState
 
     txs = pl.scan_parquet(day_files(lake, history_days))
     return AddressState.from_history(txs, lookback_days=365)
@@ -133,7 +133,7 @@ def _state(lake: Path, history_days: int):
 def incr_polars(lake: Path, days: int) -> dict:
     import polars as pl
 
-    from tasks.features import chain_daily_activity
+    from tasks.dataset.features import chain_daily_activity
 
     state = _state(lake, days - 1)
     t0 = time.perf_counter()
@@ -164,8 +164,8 @@ def incr_pandas(lake: Path, days: int) -> dict:
 def windows_polars(lake: Path, days: int) -> dict:
     import polars as pl
 
-    from tasks.dataset import tx_value_windows
-    from tasks.features import frequent_addresses
+    from tasks.dataset.build import tx_value_windows
+    from tasks.dataset.features import frequent_addresses
 
     txs = pl.scan_parquet(day_files(lake, days)[-1])
     vocab = frequent_addresses(txs, D0, D0 + timedelta(days=days), 10).collect().lazy()
@@ -179,7 +179,7 @@ def windows_pandas(lake: Path, days: int) -> dict:
     import pandas as pd
     import polars as pl
 
-    from tasks.features import frequent_addresses
+    from tasks.dataset.features import frequent_addresses
 
     txs = pl.scan_parquet(day_files(lake, days)[-1])
     vocab = set(frequent_addresses(txs, D0, D0 + timedelta(days=days), 10).collect()["address"].to_list())

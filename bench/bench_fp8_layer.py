@@ -1,9 +1,9 @@
-"""One frozen linear layer, forward + input gradient: the fp8 layer (tasks/fp8.py) against bf16, same run.
+"""One frozen linear layer, forward + input gradient: the fp8 layer (tasks/training/fastpath/fp8.py) against bf16, same run.
 
 For each 7B layer shape (6,144 tokens; q/k/v/o 4,096 -> 4,096, gate/up 4,096 -> 11,008, down
 11,008 -> 4,096) it times the compiled bf16 ``nn.Linear`` (the peer) and ``Fp8Linear`` eager,
 compiled with ``aot_eager`` and with inductor, with each activation quantizer (the Triton kernel of
-``tasks/fp8_kernels.py``, ``quantize_rows`` compiled, eager) and with fast accumulation, and prints
+``tasks/training/fastpath/fp8_kernels.py``, ``quantize_rows`` compiled, eager) and with fast accumulation, and prints
 for each the input gradient's relative error against bf16 (a compiled variant whose gradient norm is
 0 is broken, not fast) and the speed ratio against the peer. On CUDA it first times the quantizers
 alone and checks the Triton kernel's values against ``quantize_rows``.
@@ -31,7 +31,7 @@ def main() -> None:
 
     import torch
 
-    import tasks.fp8 as F
+    import tasks.training.fastpath.fp8 as F
 
     dev = args.device
     shapes = [(4096, 4096), (4096, 11008), (11008, 4096)] if dev == "cuda" else [(256, 512)]
@@ -69,7 +69,7 @@ def main() -> None:
         peer = timeit(lambda: step(peer_mod))
         print(f"{k} -> {n}: bf16 nn.Linear, compiled (the peer): {peer:.2f} ms")
         if dev == "cuda":  # the quantizer alone: Triton kernel against the compiled and eager quantize_rows
-            from tasks.fp8_kernels import quantize_rows_triton
+            from tasks.training.fastpath.fp8_kernels import quantize_rows_triton
 
             for rows_of, a in (("input", x[0]), ("output grad", g[0])):
                 qe, se = F.quantize_rows(a)

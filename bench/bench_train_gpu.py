@@ -13,7 +13,7 @@ distribution (64-512 tokens, loss on the response only). The same examples feed 
   flex-packed-compile-liger     compile + liger RMSNorm/SwiGLU (RoPE left to compile)
   flex-packed-compile-blockmask  the document BlockMask built by us and passed as attention_mask (no per-step host sync)
   flex-packed-compile-autotune  compile with mode="max-autotune-no-cudagraphs" (Triton GEMM templates tried)
-  flex-packed-compile-blockmask-fp8  the frozen base's linear layers as fp8 GEMMs (tasks/fp8.py: e4m3, rowwise
+  flex-packed-compile-blockmask-fp8  the frozen base's linear layers as fp8 GEMMs (tasks/training/fastpath/fp8.py: e4m3, rowwise
                scales; LoRA, norms, embeddings, LM head unchanged) - a different numeric recipe from bf16: the
                variant reports its loss and LoRA-gradient agreement with the bf16 model on the same packed row
   ...-fp8-fastaccum  the same with the fp8 GEMMs' fast accumulation (train.fp8_fast_accum: faster, fewer accumulator bits)
@@ -30,14 +30,14 @@ the variant's JSON, the top kernels in profile_<variant>.txt.
 
 Measured: real (non-pad) tokens per second over the timed steps (forward, backward, AdamW step),
 and peak allocated GPU memory. Packed variants fill their rows as the training core does with
-``train.pack_tokens`` (best-fit decreasing, tasks/packing.py; ~99% full); the packer's remainder
+``train.pack_tokens`` (best-fit decreasing, tasks/training/fastpath/packing.py; ~99% full); the packer's remainder
 row is not timed. Before timing, each packed variant checks document masking on
 this model: a packed row's logits vs each example alone (relative error must stay < 2e-2 in bf16),
 and each compiled variant checks that its LoRA gradients on one batch are the eager model's.
 Each variant runs in its own subprocess (a crashed kernel poisons the CUDA context).
 
 Run (device machine):  python3 bench/bench_train_gpu.py --out $OUT
-Needs torch, transformers, peft; imports nothing from chainsignal but tasks/packing.py.
+Needs torch, transformers, peft; imports nothing from chainsignal but tasks/training/fastpath/packing.py.
 """
 
 from __future__ import annotations
@@ -94,13 +94,13 @@ def build_model(attention: str, layers: int, hidden: int, device: str):
 
 def pack_rows(examples: list[dict], pack_tokens: int) -> list[list[dict]]:
     """The examples in rows of at most ``pack_tokens`` tokens, packed as the training core packs
-    them with ``train.pack_tokens`` (tasks.packing.pack_by_tokens: best-fit decreasing, fullest first)."""
-    from tasks.packing import pack_by_tokens
+    them with ``train.pack_tokens`` (tasks.training.fastpath.packing.pack_by_tokens: best-fit decreasing, fullest first)."""
+    from tasks.training.fastpath.packing import pack_by_tokens
 
     return [[examples[i] for i in row] for row in pack_by_tokens([len(e["input_ids"]) for e in examples], pack_tokens)]
 
 
-def lora_grad_vector(model, loss) -> "torch.Tensor":
+def lora_grad_vector(model, loss) -> torch.Tensor:  # noqa: F821 (torch loads lazily, in main)
     """Backpropagate ``loss`` and return every LoRA gradient as one fp32 vector; the gradients are
     cleared again, so consecutive calls compare like with like."""
     import torch
@@ -119,7 +119,7 @@ def cosine(a, b) -> float:
 
 def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool, skip: tuple[str, ...] = ("lm_head",),
                   fast_accum: bool = False) -> dict:
-    """Convert the frozen base to fp8 (tasks/fp8.py) and report what that did to one packed row's
+    """Convert the frozen base to fp8 (tasks/training/fastpath/fp8.py) and report what that did to one packed row's
     loss and LoRA gradients (dropout off, under the bench's bf16 autocast), against the bf16 model.
 
     For scale, two more comparisons on the same model: bf16 against itself with the row's examples
@@ -128,8 +128,8 @@ def fp8_agreement(model, examples: list[dict], device: str, block_mask: bool, sk
     weights in bf16), which tells the forward's share of the difference from the backward's."""
     import torch
 
-    import tasks.fp8 as fp8
-    from tasks.packing import collate_packed, packed_loss
+    import tasks.training.fastpath.fp8 as fp8
+    from tasks.training.fastpath.packing import collate_packed, packed_loss
 
     row = collate_packed(examples[:16], device, block_mask=block_mask)
     reversed_row = collate_packed(examples[:16][::-1], device, block_mask=block_mask)
@@ -197,7 +197,7 @@ def masking_check(model, examples: list[dict], device: str, block_mask: bool = F
     """
     import torch
 
-    from tasks.packing import collate_packed
+    from tasks.training.fastpath.packing import collate_packed
 
     model.eval()
     exs = examples[:4]
@@ -229,7 +229,7 @@ def masking_check(model, examples: list[dict], device: str, block_mask: bool = F
 def run_variant(name: str, args) -> dict:
     import torch
 
-    from tasks.packing import collate_packed, packed_loss
+    from tasks.training.fastpath.packing import collate_packed, packed_loss
 
     attention = "eager" if name.startswith("reference") else ("sdpa" if name.startswith("sdpa") else "flex_attention")
     if "liger" in name:
@@ -290,14 +290,14 @@ def run_variant(name: str, args) -> dict:
     if args.device == "cuda" and "fp32lora" not in name:
         plain_step = step
 
-        def step(batch):  # noqa: F811 - the same step, its forward under bf16 autocast
+        def step(batch):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return plain_step(batch)
 
     if "cudagraphs" in name:
         graphed_step = step
 
-        def step(batch):  # noqa: F811 - a new CUDA-graph generation per step (cudagraph trees)
+        def step(batch):
             torch.compiler.cudagraph_mark_step_begin()
             return graphed_step(batch)
 
@@ -305,7 +305,7 @@ def run_variant(name: str, args) -> dict:
     warm = args.warmup_compile if "compile" in name else args.warmup
     model.train()
     losses = []
-    for i, batch in enumerate(batches[:warm]):
+    for batch in batches[:warm]:
         loss, _ = step(batch)
         loss.backward()
         opt.step()
@@ -346,7 +346,7 @@ def run_variant(name: str, args) -> dict:
 
 def kernel_family(name: str) -> str:
     n = name.lower()
-    if "quantize" in n:  # tasks/fp8_kernels.py
+    if "quantize" in n:  # tasks/training/fastpath/fp8_kernels.py
         return "fp8-quantize"
     if any(k in n for k in ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "ampere_bf16", "triton_tem_fused_mm", "_mm_")):
         return "gemm"
@@ -433,7 +433,7 @@ def main() -> None:
 def write_report(results: list[dict], out: Path) -> None:
     ref = next((r for r in results if r["variant"] == "reference" and "error" not in r), None)
     card = next((r["gpu"] for r in results if "gpu" in r), "unknown")
-    lines = [f"# LoRA training throughput, 7B Llama architecture (random init), bf16, LoRA r=8 q/v", "",
+    lines = ["# LoRA training throughput, 7B Llama architecture (random init), bf16, LoRA r=8 q/v", "",
              f"Card: {card}; " + (f"torch {ref['torch']}, transformers {ref['transformers']}, peft {ref['peft']}" if ref else ""),
              "Command: `python3 bench/bench_train_gpu.py --out $OUT` (one subprocess per variant, same run, same GPU)", "",
              "| variant | real tok/s | x reference | peak GB | masking check (masked docs rel err; noise floor; unmasked) "

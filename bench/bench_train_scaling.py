@@ -95,9 +95,9 @@ def build_fsdp_model(args, device, world: int):
 def worker(args) -> None:
     import torch
     import torch.distributed as dist
-
     from bench_train_gpu import build_model, make_examples, pack_rows
-    from tasks.packing import collate_packed, packed_loss
+
+    from tasks.training.fastpath.packing import collate_packed, packed_loss
 
     cuda = args.device == "cuda"
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -181,9 +181,9 @@ def worker(args) -> None:
         print(json.dumps(info), flush=True)
     dist.barrier()  # nobody tears the group down while rank 0 still writes (gloo aborts otherwise)
     dist.destroy_process_group()
-    from tasks.train_launch import exit_now
+    from tasks.training.launch import exit_now
 
-    exit_now()  # rank 0 once aborted at exit after writing its result (see tasks.train_launch.exit_now)
+    exit_now()  # rank 0 once aborted at exit after writing its result (see tasks.training.launch.exit_now)
 
 
 # ----------------------------------------------------------------------------- orchestration

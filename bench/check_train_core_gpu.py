@@ -1,7 +1,7 @@
 """Tokens/s of train-lora's training core on a GPU: micro-batch rows against ``train.pack_tokens`` rows.
 
 bench_train_gpu.py times the fast path with its own loop over 6,144-token rows. This script runs
-the code the train-lora flow runs (``tasks.train.train_lora_adapter``: tokenizing, scheduler,
+the code the train-lora flow runs (``tasks.training.train.train_lora_adapter``: tokenizing, scheduler,
 gradient clipping, accumulation, logging) on one model, in the same process and on the same GPU,
 with flex attention, packing and regional torch.compile. Steady-state speed: the real tokens of the
 steps after the first ``--warm-steps`` (which pay the compile) over the wall-clock time between the
@@ -13,7 +13,7 @@ core's reports of those steps (its ``log_metrics`` calls):
   compile), bf16 base;
 - the same with ``train.fp8_base`` and ``train.fp8_fast_accum``.
 
-The model is the tiny Llama built on the fly (tasks.tinymodel) at the size given; the records are
+The model is the tiny Llama built on the fly (tasks.training.tinymodel) at the size given; the records are
 SYNTHETIC instruction records whose inputs have an alpaca-like length distribution (64-512 tokens).
 Needs pydantic, pydantic-settings, python-dotenv and polars next to torch/transformers/peft.
 
@@ -67,11 +67,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
     from check_train_launch_gpu import tiny_llama_for, write_outputs
-    from tasks.prompter import Prompter
-    from tasks.settings import TrainSettings
-    from tasks.train import train_lora_adapter
+
+    from tasks.core.settings import TrainSettings
+    from tasks.dataset.prompter import Prompter
+    from tasks.training.train import train_lora_adapter
 
     on_gpu = args.device == "cuda"
     if on_gpu and not torch.cuda.is_available():

@@ -1,7 +1,7 @@
 """train.fp8_base through the real training core on a GPU: does the fp8-trained adapter serve on the bf16 base?
 
 bench_train_gpu.py times the fp8 frozen base with its own loop, and fp8_training_parity.py follows its
-loss curve; this script runs what the train-lora flow runs (``tasks.train.train_lora_adapter``, with
+loss curve; this script runs what the train-lora flow runs (``tasks.training.train.train_lora_adapter``, with
 flex attention, packing and regional compile) three times on the same model and records: with the base
 in bf16, with ``train.fp8_base``, and with ``train.fp8_fast_accum`` on top:
 
@@ -11,7 +11,7 @@ in bf16, with ``train.fp8_base``, and with ``train.fp8_fast_accum`` on top:
 
 The data is SYNTHETIC and learnable: each record states a made-up daily move, and the label is its
 sign (above +1% POSITIVE, below -1% NEGATIVE, otherwise NEUTRAL), so the adapter must read the
-prompt. The model is the tiny Llama built on the fly (tasks.tinymodel) at the size given.
+prompt. The model is the tiny Llama built on the fly (tasks.training.tinymodel) at the size given.
 Needs pydantic, pydantic-settings, python-dotenv and polars next to torch/transformers/peft.
 
     python3 bench/check_train_fp8_gpu.py --out $OUT
@@ -50,8 +50,8 @@ def score_on_plain_base(model_dir: Path, adapter: Path, prompter, records: list[
     import torch
     from peft import PeftModel
 
-    from tasks.evaluate import label_loglik, predict_labels
-    from tasks.train import evaluate_loss, load_base_model, tokenize_records
+    from tasks.evaluation.evaluate import label_loglik, predict_labels
+    from tasks.training.train import evaluate_loss, load_base_model, tokenize_records
 
     tok, base = load_base_model(str(model_dir), device)
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
@@ -61,7 +61,7 @@ def score_on_plain_base(model_dir: Path, adapter: Path, prompter, records: list[
     del model, base
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"val_loss_on_bf16_base": loss, "accuracy_on_bf16_base": sum(p == r["output"] for p, r in zip(preds, records)) / len(records),
+    return {"val_loss_on_bf16_base": loss, "accuracy_on_bf16_base": sum(p == r["output"] for p, r in zip(preds, records, strict=True)) / len(records),
             "predictions": preds}
 
 
@@ -80,11 +80,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
-    from tasks.prompter import Prompter
-    from tasks.settings import TrainSettings
-    from tasks.train import train_lora_adapter
     from check_train_launch_gpu import tiny_llama_for, write_outputs  # bench/ is this script's directory
+
+    from tasks.core.settings import TrainSettings
+    from tasks.dataset.prompter import Prompter
+    from tasks.training.train import train_lora_adapter
 
     device = torch.device(args.device)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -111,7 +111,7 @@ def main() -> None:
         served = score_on_plain_base(model_dir, adapter, prompter, val, 256, device)
         report["runs"][name] = {**result.as_dict(), "wall_s": wall, **served}
     preds = {name: r.pop("predictions") for name, r in report["runs"].items()}
-    agree = {name: sum(a == b for a, b in zip(preds["bf16 base"], p)) / len(val) for name, p in preds.items() if name != "bf16 base"}
+    agree = {name: sum(a == b for a, b in zip(preds["bf16 base"], p, strict=True)) / len(val) for name, p in preds.items() if name != "bf16 base"}
     majority = max(sum(r["output"] == lab for r in val) for lab in prompter.labels) / len(val)
     report |= {"prediction_agreement": agree, "majority_accuracy": majority}
 

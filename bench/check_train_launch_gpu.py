@@ -1,8 +1,8 @@
-"""The real train-lora worker on the GPUs of one host: tasks.train_launch under torchrun, NCCL.
+"""The real train-lora worker on the GPUs of one host: tasks.training.launch under torchrun, NCCL.
 
 bench_train_scaling.py measures the step on a 7B model with its own loop; this script runs the
-code the train-lora flow runs (``launch_training`` -> torchrun -> ``tasks.train_launch.run_job`` ->
-``tasks.train.train_lora_adapter``), on CUDA with NCCL, for DDP and FSDP2, and checks what the CPU
+code the train-lora flow runs (``launch_training`` -> torchrun -> ``tasks.training.launch.run_job`` ->
+``tasks.training.train.train_lora_adapter``), on CUDA with NCCL, for DDP and FSDP2, and checks what the CPU
 tests check with gloo:
 
 - every process ends with the same LoRA weights (DDP: sha256 digests of all ranks agree);
@@ -10,7 +10,7 @@ tests check with gloo:
   m gives (same global batch, dropout off), within bf16 tolerance;
 - the fast path is on: flex attention, packed document-masked rows, regional torch.compile.
 
-The model is the tiny Llama built on the fly (tasks.tinymodel) at a size given on the command line;
+The model is the tiny Llama built on the fly (tasks.training.tinymodel) at a size given on the command line;
 the records are SYNTHETIC instruction records in the dataset's prompt format. No MLflow (the
 device image has none; rank-0-only logging is tested on CPU). Needs pydantic, pydantic-settings,
 python-dotenv and polars next to torch/transformers/peft (carry their wheels to the device).
@@ -41,9 +41,9 @@ def synthetic_records(prompter, n: int) -> list[dict]:
 
 
 def tiny_llama_for(prompter, records: list[dict], work: Path, args) -> Path:
-    """The tiny Llama of tasks.tinymodel at the command line's size (--hidden, --layers, --heads),
+    """The tiny Llama of tasks.training.tinymodel at the command line's size (--hidden, --layers, --heads),
     its tokenizer trained on ``records`` in the dataset's prompt format, saved under ``work``."""
-    from tasks.tinymodel import build_tiny_llama
+    from tasks.training.tinymodel import build_tiny_llama
 
     corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in records] + list(prompter.labels)
     return build_tiny_llama(work / "model", corpus, vocab_size=2000, hidden_size=args.hidden, layers=args.layers,
@@ -85,10 +85,10 @@ def main() -> None:
 
     import torch
 
-    from tasks.prompter import Prompter
-    from tasks.settings import TrainSettings
-    from tasks.train import train_lora_adapter
-    from tasks.train_launch import launch_training
+    from tasks.core.settings import TrainSettings
+    from tasks.dataset.prompter import Prompter
+    from tasks.training.launch import launch_training
+    from tasks.training.train import train_lora_adapter
 
     if args.device == "cpu":
         args.compile = False

@@ -1,6 +1,6 @@
 """train.qlora on a GPU, through train-lora's training core: memory, speed, and the adapter's round trip.
 
-Three runs of ``tasks.train.train_lora_adapter`` (the code the train-lora flow runs) on one model,
+Three runs of ``tasks.training.train.train_lora_adapter`` (the code the train-lora flow runs) on one model,
 same records, same process, same GPU:
 
 - ``bf16 base``: the LoRA default;
@@ -16,7 +16,7 @@ Then the QLoRA adapter is reloaded the way a user reloads it (4-bit base from th
 ``PeftModel.from_pretrained``) and its validation loss is computed again: it must equal the loss
 the training core reported at the end of training.
 
-The model is the tiny Llama of tasks.tinymodel at the size given (random init; 8 layers x 4,096 is
+The model is the tiny Llama of tasks.training.tinymodel at the size given (random init; 8 layers x 4,096 is
 a quarter of a 7B's decoder), the records SYNTHETIC with alpaca-like lengths. Attention sdpa,
 packing on, no torch.compile (bitsandbytes' 4-bit layers are not compiled here), for all three.
 Needs bitsandbytes, pydantic, pydantic-settings, python-dotenv and polars next to torch/transformers/peft.
@@ -49,7 +49,8 @@ def knobs(args) -> dict:
 
 def records(args):
     from check_train_core_gpu import alpaca_like_records  # bench/ is this script's directory
-    from tasks.prompter import Prompter
+
+    from tasks.dataset.prompter import Prompter
 
     prompter = Prompter.load()
     return prompter, alpaca_like_records(prompter, args.examples, seed=1), alpaca_like_records(prompter, 32, seed=2)
@@ -62,13 +63,13 @@ def run_variant(args) -> None:
 
     import torch
 
-    from tasks.settings import TrainSettings
-    from tasks.train import train_lora_adapter
+    from tasks.core.settings import TrainSettings
+    from tasks.training.train import train_lora_adapter
 
     name, extra = RUNS[args.variant]
     _, train, val = records(args)
     speeds = []
-    for attempt in ("warm-up", "measured"):
+    for _attempt in ("warm-up", "measured"):
         seen: list[tuple[float, float]] = []
         adapter = args.work / f"adapter-{args.variant}"
         shutil.rmtree(adapter, ignore_errors=True)
@@ -104,9 +105,9 @@ def main() -> None:
     import subprocess
 
     import torch
-
     from check_train_launch_gpu import tiny_llama_for, write_outputs
-    from tasks.train import evaluate_loss, load_base_model, tokenize_records
+
+    from tasks.training.train import evaluate_loss, load_base_model, tokenize_records
 
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA device")

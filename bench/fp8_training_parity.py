@@ -1,4 +1,4 @@
-"""Does an fp8 frozen base (tasks/fp8.py) train a LoRA as well as the bf16 base? Same run.
+"""Does an fp8 frozen base (tasks/training/fastpath/fp8.py) train a LoRA as well as the bf16 base? Same run.
 
 bench_train_gpu.py's `-fp8` variant is 1.25x faster than the bf16 fast path (run F; 1.32-1.37x since
 the Triton quantizer), but one packed row's LoRA gradients point elsewhere (cosine 0.54 on the
@@ -59,13 +59,13 @@ def floor_loss(examples: list[dict]) -> float:
 
 def train_one(precision: str, args) -> dict:
     import torch
-
     from bench_train_gpu import build_model, pack_rows
-    from tasks.packing import collate_packed, packed_loss
+
+    from tasks.training.fastpath.packing import collate_packed, packed_loss
 
     model = build_model(args.attention, args.layers, args.hidden, args.device)
     if precision == "fp8":
-        from tasks.fp8 import fp8_frozen_base
+        from tasks.training.fastpath.fp8 import fp8_frozen_base
 
         converted = fp8_frozen_base(model)
     else:

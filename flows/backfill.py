@@ -14,10 +14,10 @@ from prefect import flow
 
 from flows.ingest_prices import ingest_prices
 from flows.scrape_tweets import scrape_tweets
-from tasks.backfill import backfill_chain_day, dask_task_runner
-from tasks.orchestration import notify_failure
-from tasks.runs import publish_summary, resolve_days, started, summarize
-from tasks.settings import load_settings
+from tasks.core.settings import load_settings
+from tasks.ops.backfill import backfill_chain_day, dask_task_runner
+from tasks.ops.orchestration import notify_failure
+from tasks.ops.runs import publish_summary, resolve_days, started, summarize
 
 
 @flow(name="backfill", log_prints=True, on_failure=[notify_failure],

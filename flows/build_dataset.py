@@ -14,9 +14,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import settings_for, workspace
-from tasks.dataset import build_dataset_version
-from tasks.runs import publish_summary, started
-from tasks.orchestration import notify_failure
+from tasks.dataset.build import build_dataset_version
+from tasks.ops.orchestration import notify_failure
+from tasks.ops.runs import publish_summary, started
 
 
 @flow(name="build-dataset", on_failure=[notify_failure])  # no log_prints: datasets' hashing prints bytecode through it

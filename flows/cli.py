@@ -11,7 +11,7 @@ import os
 import sys
 from datetime import date, datetime
 from importlib import metadata
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 
 STACK = ("prefect", "mlflow", "polars", "pandas", "web3", "transformers", "peft", "torch", "datasets", "snscrape")
-Day = Annotated[Optional[datetime], typer.Option(formats=["%Y-%m-%d"], help="UTC day, YYYY-MM-DD.")]
+Day = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="UTC day, YYYY-MM-DD.")]
 
 
 def _day(value: datetime | None) -> date | None:
@@ -63,7 +63,7 @@ def ingest(
     end: Day = None,
     only: Annotated[str, typer.Option(help="all | chain | prices | tweets")] = "all",
     overwrite: Annotated[bool, typer.Option(help="Rebuild complete days (atomically) instead of skipping them.")] = False,
-    rpc_url: Annotated[Optional[str], typer.Option(help="Override rpc.url for this run.")] = None,
+    rpc_url: Annotated[str | None, typer.Option(help="Override rpc.url for this run.")] = None,
 ) -> None:
     """Ingest chain, prices and tweets for UTC days START..END (default: yesterday)."""
     if only == "all":
@@ -90,8 +90,8 @@ def ingest(
 def build_dataset_cmd(
     start: Day = None,
     end: Day = None,
-    target_asset: Annotated[Optional[str], typer.Option(help="Asset whose next-day move is the label (default ETH).")] = None,
-    task: Annotated[Optional[str], typer.Option(help="direction | return | sentiment | tx-value (default: dataset.name).")] = None,
+    target_asset: Annotated[str | None, typer.Option(help="Asset whose next-day move is the label (default ETH).")] = None,
+    task: Annotated[str | None, typer.Option(help="direction | return | sentiment | tx-value (default: dataset.name).")] = None,
 ) -> None:
     """Build features, labels, splits and Alpaca records from the lake (a new dataset version)."""
     from flows.build_dataset import build_dataset
@@ -102,23 +102,23 @@ def build_dataset_cmd(
 
 @app.command()
 def train(
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset fingerprint (default: the latest build).")] = None,
-    base_model: Annotated[Optional[str], typer.Option(help="Hub id, local path, or tiny-llama.")] = None,
-    epochs: Annotated[Optional[float], typer.Option()] = None,
-    lora_r: Annotated[Optional[int], typer.Option()] = None,
-    lora_alpha: Annotated[Optional[int], typer.Option()] = None,
-    lora_dropout: Annotated[Optional[float], typer.Option()] = None,
-    target_module: Annotated[Optional[list[str]], typer.Option(
+    dataset: Annotated[str | None, typer.Option(help="Dataset fingerprint (default: the latest build).")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Hub id, local path, or tiny-llama.")] = None,
+    epochs: Annotated[float | None, typer.Option()] = None,
+    lora_r: Annotated[int | None, typer.Option()] = None,
+    lora_alpha: Annotated[int | None, typer.Option()] = None,
+    lora_dropout: Annotated[float | None, typer.Option()] = None,
+    target_module: Annotated[list[str] | None, typer.Option(
         help="A module LoRA adapts (repeat for several; default q_proj and v_proj).")] = None,
-    train_on_inputs: Annotated[Optional[bool], typer.Option(
+    train_on_inputs: Annotated[bool | None, typer.Option(
         "--train-on-inputs/--loss-on-response", help="Loss on the prompt too, or only on the response (default).",
         show_default=False)] = None,
-    learning_rate: Annotated[Optional[float], typer.Option()] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
-    micro_batch_size: Annotated[Optional[int], typer.Option()] = None,
-    cutoff_len: Annotated[Optional[int], typer.Option()] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    model_kind: Annotated[Optional[str], typer.Option(help="causal (default) or encoder (MiniLM + LoRA + head).")] = None,
+    learning_rate: Annotated[float | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    micro_batch_size: Annotated[int | None, typer.Option()] = None,
+    cutoff_len: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    model_kind: Annotated[str | None, typer.Option(help="causal (default) or encoder (MiniLM + LoRA + head).")] = None,
     evaluate: Annotated[bool, typer.Option(help="Run the evaluate flow on the new run.")] = True,
 ) -> None:
     """Train LoRA adapters (train-lora flow), log them to MLflow, then evaluate."""
@@ -132,7 +132,7 @@ def train(
 
 
 @app.command("evaluate")
-def evaluate_cmd(run_id: Annotated[Optional[str], typer.Option(help="MLflow run id (default: the latest LoRA run).")] = None) -> None:
+def evaluate_cmd(run_id: Annotated[str | None, typer.Option(help="MLflow run id (default: the latest LoRA run).")] = None) -> None:
     """Score a run's adapter against the baselines and log the verdict."""
     from flows.evaluate import evaluate
 
@@ -140,7 +140,7 @@ def evaluate_cmd(run_id: Annotated[Optional[str], typer.Option(help="MLflow run 
 
 
 @app.command()
-def daily(start: Day = None, end: Day = None, rpc_url: Annotated[Optional[str], typer.Option()] = None) -> None:
+def daily(start: Day = None, end: Day = None, rpc_url: Annotated[str | None, typer.Option()] = None) -> None:
     """The scheduled DAG once: daily-ingest, build-dataset, then predict."""
     from flows.daily import daily as daily_flow
 
@@ -157,7 +157,7 @@ def demo() -> None:
 
 
 @app.command("predict")
-def predict_cmd(dataset: Annotated[Optional[str], typer.Option(help="Dataset fingerprint (default: the latest build).")] = None) -> None:
+def predict_cmd(dataset: Annotated[str | None, typer.Option(help="Dataset fingerprint (default: the latest build).")] = None) -> None:
     """Score the newest day with the champion adapter and record the signal."""
     from flows.predict import predict
 
@@ -165,7 +165,7 @@ def predict_cmd(dataset: Annotated[Optional[str], typer.Option(help="Dataset fin
 
 
 @app.command()
-def backfill(start: Day, end: Day, rpc_url: Annotated[Optional[str], typer.Option()] = None) -> None:
+def backfill(start: Day, end: Day, rpc_url: Annotated[str | None, typer.Option()] = None) -> None:
     """Ingest a date range fanned out per day on a Dask cluster (local by default)."""
     from flows.backfill import backfill as backfill_flow
 
@@ -177,10 +177,11 @@ def status() -> None:
     """Lake coverage per dataset and day, gaps, recorded failures, and the signals' track record."""
     import polars as pl
 
-    from tasks.predict import track_record
     from flows.common import workspace
-    from tasks.settings import load_settings
-    from tasks.status import lake_coverage
+    from tasks.core.errors import NotFoundError
+    from tasks.core.settings import load_settings
+    from tasks.evaluation.predict import track_record
+    from tasks.ops.status import lake_coverage
 
     s = load_settings()
     ws = workspace(s)
@@ -196,7 +197,7 @@ def status() -> None:
     if ws.lake.completed_days("signals"):
         try:
             features = pl.scan_parquet(ws.dataset_dir(s.dataset.name) / "features.parquet")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotFoundError):  # no dataset built yet, or its file gone
             features = pl.LazyFrame(schema={"date": pl.Date, "label": pl.String, "next_day_return": pl.Float64})
         record = track_record(ws.lake.scan("signals"), features)
         typer.echo("signals (latest 10):")
@@ -208,8 +209,8 @@ def status() -> None:
 @app.command()
 def setup() -> None:
     """Create work pools, rate limits, the notification block and all deployments (PREFECT_API_URL)."""
-    from tasks.orchestration import setup as run_setup
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
+    from tasks.ops.orchestration import setup as run_setup
 
     _print(run_setup(load_settings()))
 
@@ -217,8 +218,8 @@ def setup() -> None:
 @app.command()
 def up() -> None:
     """Start a Prefect server, an MLflow server and one worker per pool as local processes."""
-    from tasks.services import start_all
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
+    from tasks.ops.services import start_all
 
     _print(start_all(load_settings()))
 
@@ -226,8 +227,8 @@ def up() -> None:
 @app.command()
 def down() -> None:
     """Stop what `chainsignal up` started."""
-    from tasks.services import stop_all
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
+    from tasks.ops.services import stop_all
 
     _print(stop_all(load_settings()))
 
@@ -235,27 +236,18 @@ def down() -> None:
 @app.command()
 def settings() -> None:
     """Print the resolved settings (secrets hidden)."""
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
 
     _print(load_settings().public_dict())
 
 
 def main() -> None:
-    """Entry point: one-line errors for the failures a user can fix."""
-    from tasks.clients.prices import PriceSourceError
-    from tasks.clients.rpc import RpcError
-    from tasks.clients.social import SourceError
-    from tasks.orchestration import SetupError
-    from tasks.services import ServiceError
-    from tasks.settings import SettingsError
-    from tasks.storage import StorageError
-
-    from tasks.chain.localnode import LocalNodeError
+    """Entry point: a user-fixable error (any ChainsignalError) is one line and exit 2; a bug keeps its traceback."""
+    from tasks.core.errors import ChainsignalError
 
     try:
         app()
-    except (SettingsError, RpcError, SourceError, PriceSourceError, StorageError, SetupError, ServiceError,
-            LocalNodeError, FileNotFoundError, LookupError) as exc:
+    except (ChainsignalError, FileNotFoundError) as exc:
         typer.echo(f"chainsignal: error: {exc}", err=True)
         sys.exit(2)
 

@@ -16,8 +16,8 @@ from prefect import flow
 from flows.build_dataset import build_dataset
 from flows.daily_ingest import daily_ingest
 from flows.predict import predict
-from tasks.orchestration import emit, notify_failure
-from tasks.runs import publish_summary, resolve_days, started
+from tasks.ops.orchestration import emit, notify_failure
+from tasks.ops.runs import publish_summary, resolve_days, started
 
 
 @flow(name="daily", log_prints=True, on_failure=[notify_failure])

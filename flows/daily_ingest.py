@@ -15,8 +15,8 @@ from prefect import flow
 from flows.ingest_chain import ingest_chain
 from flows.ingest_prices import ingest_prices
 from flows.scrape_tweets import scrape_tweets
-from tasks.runs import publish_summary, resolve_days, started
-from tasks.orchestration import notify_failure
+from tasks.ops.orchestration import notify_failure
+from tasks.ops.runs import publish_summary, resolve_days, started
 
 
 @flow(name="daily-ingest", log_prints=True, on_failure=[notify_failure])

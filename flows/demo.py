@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from tasks.settings import load_settings
+from tasks.core.settings import load_settings
 
 
 def run_demo() -> dict:

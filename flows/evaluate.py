@@ -15,11 +15,12 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import settings_for, workspace
-from tasks.evaluate import evaluate_adapter
-from tasks.logs import get_logger
-from tasks.runs import publish_summary, started
-from tasks.tracking import MlflowTracker, run_base_model
-from tasks.orchestration import notify_failure
+from tasks.core.errors import NotFoundError
+from tasks.core.logs import get_logger
+from tasks.evaluation.evaluate import evaluate_adapter
+from tasks.ops.orchestration import notify_failure
+from tasks.ops.runs import publish_summary, started
+from tasks.tracking.tracker import MlflowTracker, run_base_model
 
 
 @flow(name="evaluate", log_prints=True, on_failure=[notify_failure])
@@ -31,7 +32,7 @@ def evaluate(run_id: str | None = None) -> dict:
     tracker = MlflowTracker.from_settings(settings, ws.mlflow_artifacts_dir())
     run = tracker.client.get_run(run_id) if run_id else tracker.latest_run()
     if run is None:
-        raise LookupError("no LoRA run to evaluate in this MLflow experiment: run `chainsignal train` first")
+        raise NotFoundError("no LoRA run to evaluate in this MLflow experiment: run `chainsignal train` first")
     run_id = run.info.run_id
     tags = run.data.tags
     ds_dir = ws.dataset_dir(tags["task"], tags["dataset_fingerprint"])

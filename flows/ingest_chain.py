@@ -19,8 +19,8 @@ from flows.common import settings_for, workspace
 from tasks.chain.blockrange import BlockClock
 from tasks.chain.job import DayReport, ingest_chain_day_task, publish_day_table, stream_for_days
 from tasks.clients.rpc import HttpJsonRpc, RpcQuotaError
-from tasks.runs import publish_summary, resolve_days, started, summarize
-from tasks.orchestration import notify_failure
+from tasks.ops.orchestration import notify_failure
+from tasks.ops.runs import publish_summary, resolve_days, started, summarize
 
 
 @flow(name="ingest-chain", log_prints=True, on_failure=[notify_failure])

@@ -14,9 +14,9 @@ from prefect import flow
 
 from flows.common import settings_for, workspace
 from tasks.clients.prices import build_price_source
-from tasks.prices import fetch_prices, write_price_days
-from tasks.runs import publish_summary, resolve_days, started, summarize
-from tasks.orchestration import notify_failure
+from tasks.market.prices import fetch_prices, write_price_days
+from tasks.ops.orchestration import notify_failure
+from tasks.ops.runs import publish_summary, resolve_days, started, summarize
 
 
 @flow(name="ingest-prices", log_prints=True, on_failure=[notify_failure])

@@ -12,12 +12,12 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import settings_for, workspace
-from tasks.logs import get_logger
-from tasks.orchestration import emit, notify_failure
-from tasks.predict import find_champion, score_newest_day, signal_frame, track_record
-from tasks.runs import publish_summary, started
-from tasks.storage import read_json
-from tasks.tracking import MlflowTracker, run_base_model
+from tasks.core.logs import get_logger
+from tasks.core.storage import read_json
+from tasks.evaluation.predict import find_champion, score_newest_day, signal_frame, track_record
+from tasks.ops.orchestration import emit, notify_failure
+from tasks.ops.runs import publish_summary, started
+from tasks.tracking.tracker import MlflowTracker, run_base_model
 
 
 @flow(name="predict", log_prints=True, on_failure=[notify_failure])

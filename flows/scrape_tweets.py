@@ -13,9 +13,9 @@ from prefect import flow
 
 from flows.common import settings_for, workspace
 from tasks.clients.social import build_social_sources
-from tasks.orchestration import emit, notify_failure
-from tasks.runs import publish_summary, resolve_days, started, summarize
-from tasks.tweets import raise_if_all_sources_failed, scrape_posts_day
+from tasks.ops.orchestration import emit, notify_failure
+from tasks.ops.runs import publish_summary, resolve_days, started, summarize
+from tasks.social.tweets import raise_if_all_sources_failed, scrape_posts_day
 
 
 @flow(name="scrape-tweets", log_prints=True, on_failure=[notify_failure])

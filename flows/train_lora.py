@@ -6,7 +6,7 @@ artifacts, registers the adapter as a new version of ``tracking.registered_model
 ``evaluate`` on the same run. Parameters left as None keep the value from settings.
 
 With ``train.nproc`` > 1 the training runs in that many processes (one per GPU) started by
-torchrun (tasks/train_launch.py): DDP, or FSDP with ``train.parallelism = "fsdp"``; rank 0 logs
+torchrun (tasks/training/launch.py): DDP, or FSDP with ``train.parallelism = "fsdp"``; rank 0 logs
 the per-step metrics into this flow's MLflow run and saves the adapter; the flow logs the rest.
 
 Run locally:  chainsignal train --epochs 3 --lora-r 8
@@ -23,13 +23,13 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import settings_for, workspace
 from flows.evaluate import evaluate
-from tasks.evaluate import load_split
-from tasks.prompter import Prompter
-from tasks.runs import publish_summary, started
-from tasks.storage import read_json
-from tasks.tinymodel import resolve_base_model
-from tasks.tracking import MlflowTracker, base_model_sha256, git_commit
-from tasks.orchestration import notify_failure
+from tasks.core.storage import read_json
+from tasks.dataset.prompter import Prompter
+from tasks.evaluation.evaluate import load_split
+from tasks.ops.orchestration import notify_failure
+from tasks.ops.runs import publish_summary, started
+from tasks.tracking.tracker import MlflowTracker, base_model_sha256, git_commit
+from tasks.training.tinymodel import resolve_base_model
 
 
 @flow(name="train-lora", log_prints=True, on_failure=[notify_failure])
@@ -52,7 +52,7 @@ def train_lora(
     target_modules: list[str] | None = None,
     train_on_inputs: bool | None = None,
 ) -> dict:
-    from tasks.train import train_lora_adapter  # torch loads here, not when the module is imported
+    from tasks.training.train import train_lora_adapter  # torch loads here, not when the module is imported
 
     t0 = started()
     settings = settings_for(train=dict(
@@ -89,12 +89,12 @@ def train_lora(
         tracker.log_dict(manifest, "dataset_manifest.json")
         log_step = lambda m, step: tracker.log_metrics(m, step, run_id=run_id)  # noqa: E731
         if encoder:
-            from tasks.encoder import train_encoder_adapter
+            from tasks.training.encoder import train_encoder_adapter
 
             train = task(train_encoder_adapter, name="train-encoder-adapter", cache_policy=NO_CACHE)
             result = train(cfg, train_records, val_records, ws.run_dir(run_id) / "adapter", manifest.get("kind", "class"), log_step)
         elif cfg.nproc > 1:
-            from tasks.train_launch import launch_training
+            from tasks.training.launch import launch_training
 
             train = task(launch_training, name="train-lora-torchrun", cache_policy=NO_CACHE)
             result = train(cfg, base, train_records, val_records, ws.run_dir(run_id) / "adapter", nproc=cfg.nproc,

@@ -1,13 +1,13 @@
 """The training and scoring entry points leave cuDNN's fused attention out of sdpa's choices
-(measured on an H100: it builds a plan for every new row shape; tasks/attention.py)."""
+(measured on an H100: it builds a plan for every new row shape; tasks/training/fastpath/attention.py)."""
 
 import torch
 
-from tasks.attention import sdpa_without_cudnn
-from tasks.encoder import train_encoder_adapter
-from tasks.evaluate import evaluate_adapter
-from tasks.predict import score_newest_day
-from tasks.train import train_lora_adapter
+from tasks.evaluation.evaluate import evaluate_adapter
+from tasks.evaluation.predict import score_newest_day
+from tasks.training.encoder import train_encoder_adapter
+from tasks.training.fastpath.attention import sdpa_without_cudnn
+from tasks.training.train import train_lora_adapter
 
 
 def test_cudnn_attention_is_off_inside_and_restored_after():

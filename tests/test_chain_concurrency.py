@@ -11,8 +11,8 @@ from prefect.client.orchestration import get_client
 from flows.ingest_chain import ingest_chain
 from tasks.chain.job import fetch_blocks
 from tasks.clients.rpc import HttpJsonRpc, RpcError, ensure_credit_limit, ensure_credit_limit_from_settings
-from tasks.settings import load_settings
-from tests.conftest import RPC_DATA, CHAIN_START
+from tasks.core.settings import load_settings
+from tests.conftest import CHAIN_START, RPC_DATA
 from tests.replay import ReplayServer
 
 

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from tasks.chain.mappers import map_blocks_frame
-from tasks.schemas import BLOCKS, TRANSACTIONS
+from tasks.core.schemas import BLOCKS, TRANSACTIONS
 from tests.conftest import RPC_DATA
 
 

@@ -2,7 +2,7 @@
 receipts, error responses), from the execution-apis transcripts recorded from geth, served by the
 replay server to the real client and mapped into the lake's schemas."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
@@ -10,12 +10,12 @@ import pytest
 from tasks.chain.job import fetch_block_receipts
 from tasks.chain.mappers import map_receipt, map_receipts_frame, map_transaction, map_transactions_frame
 from tasks.clients.rpc import HttpJsonRpc, RpcError
-from tasks.schemas import RECEIPTS, TRANSACTIONS
+from tasks.core.schemas import RECEIPTS, TRANSACTIONS
 from tests.conftest import TESTS
 from tests.replay import ReplayServer, read_transcript
 
 APIS = TESTS / "data" / "rpc" / "execution-apis"
-TS = datetime(2024, 1, 1, tzinfo=timezone.utc)
+TS = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def recorded(path: str):

@@ -5,8 +5,8 @@ import pytest
 
 from flows.build_dataset import build_dataset
 from flows.daily_ingest import daily_ingest
-from tasks.dataset import fingerprint, label_from_return, plan_splits
-from tasks.storage import Lake, read_json
+from tasks.core.storage import Lake, read_json
+from tasks.dataset.build import fingerprint, label_from_return, plan_splits
 from tests.conftest import CHAIN_END, CHAIN_START
 
 DAYS = [date(2021, 1, 1) + timedelta(days=i) for i in range(60)]

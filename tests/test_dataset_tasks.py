@@ -1,14 +1,15 @@
 """The four dataset tasks built from a real ingested lake, then trained and evaluated for real."""
 
 import json
+from datetime import UTC
 
 import polars as pl
 import pytest
 
 from flows.build_dataset import build_dataset
 from flows.train_lora import train_lora
-from tasks.dataset import tx_value_windows
-from tasks.evaluate import parse_number
+from tasks.dataset.build import tx_value_windows
+from tasks.evaluation.evaluate import parse_number
 
 
 @pytest.mark.parametrize("task", ["direction", "return", "sentiment", "tx-value"])
@@ -30,9 +31,9 @@ def test_every_task_builds_disjoint_chronological_splits(lake_copy, data_dir, mo
 
 
 def test_tx_value_windows_look_only_backwards():
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    t0 = datetime(2021, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2021, 1, 1, tzinfo=UTC)
     txs = pl.LazyFrame({
         "block_number": [1, 1, 2, 3, 4], "transaction_index": [0, 1, 0, 0, 0],
         "block_timestamp": [t0, t0, t0 + timedelta(seconds=12), t0 + timedelta(seconds=24), t0 + timedelta(seconds=36)],

@@ -11,8 +11,8 @@ import torch
 from flows.build_dataset import build_dataset
 from flows.daily_ingest import daily_ingest
 from flows.train_lora import train_lora
-from tasks.settings import load_settings
-from tasks.tracking import MlflowTracker, base_model_sha256
+from tasks.core.settings import load_settings
+from tasks.tracking.tracker import MlflowTracker, base_model_sha256
 from tests.conftest import CHAIN_END, CHAIN_START
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_daily_ingest_build_train_evaluate(seeded_node, data_dir, tmp_path, monkeypatch):
     from peft import PeftModel
 
-    from tasks.train import load_base_model
+    from tasks.training.train import load_base_model
 
     node, _ = seeded_node
     ingest = daily_ingest(CHAIN_START, CHAIN_END, rpc_url=node.url)

@@ -8,9 +8,9 @@ import torch
 
 from flows.build_dataset import build_dataset
 from flows.train_lora import train_lora
-from tasks.encoder import BUNDLED, EncoderPredictor, load_encoder, resolve_encoder
-from tasks.settings import load_settings
-from tasks.tracking import MlflowTracker
+from tasks.core.settings import load_settings
+from tasks.tracking.tracker import MlflowTracker
+from tasks.training.encoder import BUNDLED, EncoderPredictor, load_encoder, resolve_encoder
 
 
 def test_bundled_encoder_is_really_pretrained():

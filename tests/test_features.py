@@ -1,11 +1,11 @@
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from tasks.features import chain_daily_activity, chain_new_addresses, price_features, social_features
-from tasks.schemas import PRICES
+from tasks.core.schemas import PRICES
+from tasks.dataset.features import chain_daily_activity, chain_new_addresses, price_features, social_features
 
 D0 = date(2021, 1, 1)
 
@@ -29,7 +29,7 @@ def test_returns_are_null_across_a_gap_never_spanning_it():
 
 
 def tx(day: int, sender: str, receiver: str | None, eth: float, typ: int = 2, gwei: int = 30) -> dict:
-    return {"block_timestamp": datetime(2021, 1, 1 + day, 12, tzinfo=timezone.utc), "from_address": sender,
+    return {"block_timestamp": datetime(2021, 1, 1 + day, 12, tzinfo=UTC), "from_address": sender,
             "to_address": receiver, "value_eth": eth, "transaction_type": typ, "gas_price_wei": gwei * 10**9}
 
 
@@ -49,9 +49,9 @@ def test_new_addresses_counts_first_sightings_only():
 
 
 def test_days_without_posts_have_missing_sentiment_not_zero():
-    sentiment = pl.LazyFrame({"post_id": ["1"], "source": ["file"], "created_at": [datetime(2021, 1, 1, 5, tzinfo=timezone.utc)],
+    sentiment = pl.LazyFrame({"post_id": ["1"], "source": ["file"], "created_at": [datetime(2021, 1, 1, 5, tzinfo=UTC)],
                               "author_username": ["x"], "compound": [0.6], "label": ["POSITIVE"]})
-    posts = pl.LazyFrame({"post_id": ["1"], "source": ["file"], "created_at": [datetime(2021, 1, 1, 5, tzinfo=timezone.utc)],
+    posts = pl.LazyFrame({"post_id": ["1"], "source": ["file"], "created_at": [datetime(2021, 1, 1, 5, tzinfo=UTC)],
                           "author_followers": pl.Series([None], dtype=pl.Int64), "text": ["great"]})
     out = social_features(sentiment, posts, [D0, D0 + timedelta(days=1)], top_posts=2).sort("date").collect()
     assert out["post_count"].to_list() == [1, 0]
@@ -60,13 +60,13 @@ def test_days_without_posts_have_missing_sentiment_not_zero():
 
 
 def test_incremental_address_state_matches_the_full_recount():
-    from tasks.features import AddressState
+    from tasks.dataset.features import AddressState
 
     # 6 days, lookback 2: "e" comes back after 3 days away and counts as new again.
     rows = [tx(0, "a", "b", 1.0), tx(1, "a", "c", 1.0), tx(1, "e", "a", 1.0), tx(2, "c", "d", 1.0),
             tx(3, "a", "b", 1.0), tx(4, "e", "b", 1.0), tx(5, "f", "a", 1.0)]
     full = chain_new_addresses(pl.LazyFrame(rows), lookback_days=2).collect()
-    expected = dict(zip(full["date"].to_list(), full["new_addresses"].to_list()))
+    expected = dict(zip(full["date"].to_list(), full["new_addresses"].to_list(), strict=True))
     state = AddressState.from_history(pl.LazyFrame(rows[:1]), lookback_days=2)
     got = {D0: state.size}
     for day in range(1, 6):

@@ -1,4 +1,4 @@
-"""The fp8 frozen base (tasks/fp8.py, train.fp8_base) on CPU, where torch._scaled_mm runs too: the same products
+"""The fp8 frozen base (tasks/training/fastpath/fp8.py, train.fp8_base) on CPU, where torch._scaled_mm runs too: the same products
 and input gradients as the bf16 layer within fp8's resolution, the LoRA weights untouched and
 still trained, and the whole tiny Llama's loss and LoRA gradients close to its bf16 twin's."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.fp8 import E4M3, Fp8Linear, fp8_frozen_base, quantize_rows
+from tasks.training.fastpath.fp8 import E4M3, Fp8Linear, fp8_frozen_base, quantize_rows
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,8 +113,8 @@ def test_fp8_base_on_a_lora_llama_keeps_loss_and_lora_gradients():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from tasks.prompter import Prompter
-    from tasks.tinymodel import build_tiny_llama
+    from tasks.dataset.prompter import Prompter
+    from tasks.training.tinymodel import build_tiny_llama
 
     p = Prompter.load()
     corpus = [p.prompt(p.instruction, f"day {i}") + lab for i in range(30) for lab in p.labels]
@@ -127,10 +127,10 @@ def test_train_lora_with_an_fp8_base_learns_an_adapter_that_loads_on_the_plain_b
     other, makes the plain (unquantized) base prefer the label it was taught."""
     from peft import PeftModel
 
-    from tasks.evaluate import label_loglik, predict_labels
-    from tasks.prompter import Prompter
-    from tasks.settings import load_settings, with_overrides
-    from tasks.train import load_base_model, train_lora_adapter
+    from tasks.core.settings import load_settings, with_overrides
+    from tasks.dataset.prompter import Prompter
+    from tasks.evaluation.evaluate import label_loglik, predict_labels
+    from tasks.training.train import load_base_model, train_lora_adapter
 
     p = Prompter.load()
     recs = [{"instruction": p.instruction, "input": f"day {i}", "output": "POSITIVE"} for i in range(24)]
@@ -147,7 +147,7 @@ def test_train_lora_with_an_fp8_base_learns_an_adapter_that_loads_on_the_plain_b
 
 
 def test_fp8_base_settings_refuse_what_is_not_supported():
-    from tasks.settings import SettingsError, load_settings, with_overrides
+    from tasks.core.settings import SettingsError, load_settings, with_overrides
 
     with pytest.raises(SettingsError, match="pick one"):
         with_overrides(load_settings(), train={"fp8_base": True, "qlora": True})
@@ -202,7 +202,7 @@ def test_compiled_layer_quantizes_a_shared_input_once(monkeypatch):
     """q, k and v read the same hidden states: compiled, their fp8 products share one quantization
     of it (the quantizer is its own pure operator, merged by the compiler); the backward still
     quantizes each output gradient, and the results are the eager ones."""
-    import tasks.fp8 as fp8
+    import tasks.training.fastpath.fp8 as fp8
 
     torch.manual_seed(0)
     projs = nn.ModuleList(Fp8Linear(nn.Linear(64, 32, bias=False).requires_grad_(False)) for _ in range(3))

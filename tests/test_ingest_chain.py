@@ -14,8 +14,8 @@ import pytest
 
 from flows.ingest_chain import ingest_chain
 from tasks.clients.rpc import HttpJsonRpc
-from tasks.settings import SettingsError
-from tasks.storage import Lake
+from tasks.core.settings import SettingsError
+from tasks.core.storage import Lake
 from tests.replay import ReplayServer
 
 DAYS = (date(2021, 1, 10), date(2021, 1, 13))
@@ -173,7 +173,7 @@ def _prefect_logs(flow_run_id) -> str:
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
         arts = client.read_artifacts()
-    return "\n".join(l.message for l in logs) + "\n".join(str(a.data) for a in arts)
+    return "\n".join(rec.message for rec in logs) + "\n".join(str(a.data) for a in arts)
 
 
 def test_a_key_in_the_rpc_url_parameter_is_refused_before_anything_is_sent(data_dir):
@@ -271,8 +271,8 @@ def test_daily_credit_budget_stops_and_next_run_resumes(seeded_node, data_dir, m
 CHILD = """
 import sys
 from datetime import date
-from tasks.settings import load_settings
-from tasks.storage import Workspace
+from tasks.core.settings import load_settings
+from tasks.core.storage import Workspace
 from tasks.clients.rpc import HttpJsonRpc
 from tasks.chain.blockrange import BlockClock
 from tasks.chain.job import ingest_chain_day
@@ -329,7 +329,7 @@ def test_progress_bar_shows_blocks_and_tx_per_second(seeded_node, data_dir):
 
     from tasks.chain.blockrange import BlockClock
     from tasks.chain.job import ingest_chain_day
-    from tasks.storage import Workspace
+    from tasks.core.storage import Workspace
 
     node, _ = seeded_node
     ws = Workspace(data_dir)

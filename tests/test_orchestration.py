@@ -79,7 +79,7 @@ def test_prefect_server_on_a_local_postgres_cluster(tmp_path):
 
     import requests
 
-    from tasks.services import ServiceManager, ensure_postgres, prefect_server, stop_postgres
+    from tasks.ops.services import ServiceManager, ensure_postgres, prefect_server, stop_postgres
 
     base = Path(tempfile.mkdtemp(prefix="chainsignal-pg-", dir="/tmp"))  # traversable by the postgres user
     base.chmod(0o755)

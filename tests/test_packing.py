@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tasks.packing import IGNORE_INDEX, collate_packed, document_ids, pack_by_tokens, packed_loss
-from tasks.train import collate
+from tasks.training.fastpath.packing import IGNORE_INDEX, collate_packed, document_ids, pack_by_tokens, packed_loss
+from tasks.training.train import collate
 
 LENGTHS = (9, 17, 4, 23)
 
@@ -85,7 +85,7 @@ def test_packed_and_padded_give_the_same_loss_and_gradients(weights, attention):
 def test_document_block_mask_matches_each_example_alone(weights):
     """The BlockMask we build (flex_attention, passed as attention_mask) isolates the examples."""
     pytest.importorskip("torch.nn.attention.flex_attention")
-    from tasks.packing import document_block_mask
+    from tasks.training.fastpath.packing import document_block_mask
 
     model = model_with(weights, "flex_attention")
     exs = examples(4)

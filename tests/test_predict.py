@@ -3,16 +3,14 @@
 import json
 from datetime import date
 
-import polars as pl
-
 from flows.backfill import backfill
 from flows.build_dataset import build_dataset
 from flows.predict import predict
 from flows.train_lora import train_lora
-from tasks.predict import CHAMPION, find_champion
-from tasks.settings import load_settings
-from tasks.storage import Lake
-from tasks.tracking import MlflowTracker
+from tasks.core.settings import load_settings
+from tasks.core.storage import Lake
+from tasks.evaluation.predict import CHAMPION, find_champion
+from tasks.tracking.tracker import MlflowTracker
 
 
 def test_predict_skips_without_champion_then_writes_the_signal(lake_copy, data_dir):

@@ -9,11 +9,17 @@ from polars.testing import assert_frame_equal
 
 from flows.ingest_prices import ingest_prices
 from tasks.clients.pacing import PacedJsonGet
-from tasks.clients.prices import (BinancePriceSource, CoinGeckoPriceSource, CsvPriceSource, PriceSourceError,
-                                  build_daily_ohlc, build_price_source)
-from tasks.schemas import PRICES
-from tasks.settings import SAMPLE_DIR, load_settings
-from tasks.storage import Lake
+from tasks.clients.prices import (
+    BinancePriceSource,
+    CoinGeckoPriceSource,
+    CsvPriceSource,
+    PriceSourceError,
+    build_daily_ohlc,
+    build_price_source,
+)
+from tasks.core.schemas import PRICES
+from tasks.core.settings import SAMPLE_DIR, load_settings
+from tasks.core.storage import Lake
 from tests.http_replay import HttpReplay, binance_route, coingecko_route
 
 START, END = date(2021, 1, 1), date(2021, 1, 10)
@@ -166,8 +172,8 @@ def test_price_source_setting_selects_and_secret_stays_hidden(monkeypatch):
 def test_shared_concurrency_limit_paces_through_the_prefect_server(monkeypatch, data_dir):
     """Workers sharing one key: every request takes a slot of a Prefect global concurrency limit
     (created by setup) on the real harness server; a missing limit is a one-line error."""
-    from tasks.orchestration import ensure_source_limits
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
+    from tasks.ops.orchestration import ensure_source_limits
 
     with HttpReplay({"/api/v3/klines": binance_route}) as server:
         missing = BinancePriceSource(PacedJsonGet("binance", server.url, concurrency_limit="chainsignal-nope", **FAST))

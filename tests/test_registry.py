@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.prompter import Prompter
-from tasks.settings import load_settings, with_overrides
-from tasks.tinymodel import build_tiny_llama
-from tasks.tracking import MlflowTracker, base_model_sha256, run_base_model
-from tasks.train import load_base_model, train_lora_adapter
+from tasks.core.settings import load_settings, with_overrides
+from tasks.dataset.prompter import Prompter
+from tasks.tracking.tracker import MlflowTracker, base_model_sha256, run_base_model
+from tasks.training.tinymodel import build_tiny_llama
+from tasks.training.train import load_base_model, train_lora_adapter
 
 PROMPTER = Prompter.load()
 
@@ -110,8 +110,8 @@ def test_the_champion_is_rescored_on_the_newest_dataset_version(lake_copy, data_
 
     from flows.build_dataset import build_dataset
     from flows.train_lora import train_lora
-    from tasks.evaluate import evaluate_adapter
-    from tasks.predict import CHAMPION
+    from tasks.evaluation.evaluate import evaluate_adapter
+    from tasks.evaluation.predict import CHAMPION
 
     old = build_dataset(end=date(2021, 2, 28))
     first = train_lora(epochs=1, batch_size=16, micro_batch_size=16, run_evaluation=False)

@@ -1,10 +1,10 @@
 """The real JSON-RPC client against a real local HTTP server replaying recorded mainnet data."""
 
+import time
+
 import pytest
 
 from tasks.chain.job import fetch_blocks
-import time
-
 from tasks.clients.rpc import (
     CreditLedger,
     HttpJsonRpc,
@@ -272,7 +272,7 @@ class SelfSignedServer(LocalServer):
 
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
                 .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
                 .not_valid_after(now + dt.timedelta(hours=1)).sign(key, hashes.SHA256()))

@@ -2,12 +2,12 @@
 
 import random
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
 
-from tasks.sentiment import author_sentiment, compute_sentiment, daily_sentiment, score_texts
+from tasks.social.sentiment import author_sentiment, compute_sentiment, daily_sentiment, score_texts
 
 
 def test_crypto_lexicon_scores_slang_that_plain_vader_misses():
@@ -21,7 +21,7 @@ def test_crypto_lexicon_scores_slang_that_plain_vader_misses():
 def _random_case(seed):
     rng = random.Random(seed)
     authors = [f"User{i}" for i in range(rng.randint(1, 8))]
-    t0 = datetime(2021, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2021, 1, 1, tzinfo=UTC)
     rows = []
     for i in range(rng.randint(1, 60)):
         author = rng.choice(authors)
@@ -92,7 +92,7 @@ def test_author_aggregation_equals_reference(seed):
 
 def test_compute_sentiment_uses_thresholds():
     posts = pl.DataFrame({"post_id": ["1", "2"], "source": ["x", "x"],
-                          "created_at": [datetime(2021, 1, 1, tzinfo=timezone.utc)] * 2,
+                          "created_at": [datetime(2021, 1, 1, tzinfo=UTC)] * 2,
                           "author_username": ["a", "b"], "text": ["bullish", "ethereum today"]},
                          schema_overrides={"created_at": pl.Datetime("us", "UTC")})
     out = compute_sentiment(posts, positive_at=0.9)
@@ -106,8 +106,8 @@ def test_transformers_sentiment_model_by_local_path(tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tasks.encoder import BUNDLED, resolve_encoder
-    from tasks.sentiment import score_texts_with_model
+    from tasks.social.sentiment import score_texts_with_model
+    from tasks.training.encoder import BUNDLED, resolve_encoder
 
     src = resolve_encoder(BUNDLED)
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def test_transformers_sentiment_model_by_local_path(tmp_path):
     assert len(got) == len(texts) and all(-1 <= g <= 1 for g in got)
     assert got[:4] == pytest.approx((p[:, 1] - p[:, 0]).tolist(), abs=1e-5)
     out = compute_sentiment(pl.DataFrame({"post_id": ["1"], "source": ["x"],
-                                          "created_at": [datetime(2021, 1, 1, tzinfo=timezone.utc)],
+                                          "created_at": [datetime(2021, 1, 1, tzinfo=UTC)],
                                           "author_username": ["a"], "text": ["ETH to the moon"]},
                                          schema_overrides={"created_at": pl.Datetime("us", "UTC")}),
                             model=str(tmp_path / "clf"))
@@ -131,7 +131,7 @@ def test_transformers_sentiment_model_by_local_path(tmp_path):
 
 
 def test_sentiment_model_errors_are_one_line(tmp_path):
-    from tasks.sentiment import score_texts_with_model
+    from tasks.social.sentiment import score_texts_with_model
 
     with pytest.raises(ValueError) as err:
         score_texts_with_model(["x"], str(tmp_path / "missing"))

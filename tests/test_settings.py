@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from tasks.settings import SettingsError, load_settings, with_overrides
+from tasks.core.settings import SettingsError, load_settings, with_overrides
 
 
 def test_defaults_are_the_embedded_default(data_dir):
@@ -148,13 +149,13 @@ def test_overrides_validate_and_hash_changes():
 
 def test_settings_are_frozen():
     s = load_settings()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         s.train.lora_r = 3  # type: ignore[misc]
     assert isinstance(s.storage.data_dir, Path)
 
 
 def test_readme_documents_every_setting():
-    from tasks.settings import REPO_ROOT, Settings
+    from tasks.core.settings import REPO_ROOT, Settings
 
     readme = (REPO_ROOT / "README.md").read_text()
     for section, field in Settings.model_fields.items():

@@ -1,16 +1,16 @@
 """X API v2 and GDELT sources against a local replay server, and the scrape-tweets flow's rules
 for blocked / failed sources. Bodies are synthetic (tests/data/http/README.md)."""
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
 from flows.scrape_tweets import scrape_tweets
 from tasks.clients.pacing import PacedJsonGet
 from tasks.clients.social import GdeltPostSource, SourceError, XApiPostSource, build_social_sources
-from tasks.schemas import POSTS
-from tasks.settings import load_settings
-from tasks.storage import Lake
+from tasks.core.schemas import POSTS
+from tasks.core.settings import load_settings
+from tasks.core.storage import Lake
 from tests.http_replay import HttpReplay, gdelt_route, x_api_route
 
 DAY = date(2021, 1, 4)
@@ -32,7 +32,7 @@ def test_x_api_paginates_and_joins_author_followers():
     by_id = {r["post_id"]: r for r in posts.to_dicts()}
     first = by_id["1346100000000000001"]
     assert (first["author_username"], first["author_followers"], first["likes"], first["reposts"]) == ("synthetic_bull", 9000, 12, 3)
-    assert first["hashtags"] == ["ETH"] and first["created_at"] == datetime(2021, 1, 4, 9, 15, tzinfo=timezone.utc)
+    assert first["hashtags"] == ["ETH"] and first["created_at"] == datetime(2021, 1, 4, 9, 15, tzinfo=UTC)
     asked = [r["query"] for r in server.requests if r["query"]]
     assert asked[-1]["next_token"] == "b26v89c19zqg8o3fpzbkk" and asked[0]["expansions"] == "author_id"
     assert asked[0]["start_time"] == "2021-01-04T00:00:00Z" and asked[0]["end_time"] == "2021-01-05T00:00:00Z"

@@ -9,9 +9,9 @@ from flows.ingest_prices import ingest_prices
 from flows.scrape_tweets import scrape_tweets
 from tasks.clients.prices import CsvPriceSource, PriceSourceError
 from tasks.clients.social import FilePostSource, SourceError
-from tasks.schemas import POSTS, PRICES
-from tasks.settings import SAMPLE_DIR
-from tasks.storage import Lake
+from tasks.core.schemas import POSTS, PRICES
+from tasks.core.settings import SAMPLE_DIR
+from tasks.core.storage import Lake
 
 
 def test_price_file_source_reads_real_candles():
@@ -65,7 +65,7 @@ def test_snscrape_block_becomes_a_recorded_blocked_day(monkeypatch, data_dir):
     import snscrape.modules.twitter as sntwitter
 
     from tasks.clients.social import SnscrapePostSource, SourceBlockedError
-    from tasks.tweets import scrape_posts_day
+    from tasks.social.tweets import scrape_posts_day
 
     def refuse(self):
         raise snscrape.base.ScraperException("4 requests to https://twitter.com/search failed, giving up: blocked (404)")

@@ -1,11 +1,11 @@
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import polars as pl
 import pytest
 
-from tasks.schemas import PRICES, TRANSACTIONS, SchemaError
-from tasks.storage import Lake, block_chunk_name
+from tasks.core.schemas import PRICES, TRANSACTIONS, SchemaError
+from tasks.core.storage import Lake, block_chunk_name
 
 DAY = date(2021, 1, 5)
 
@@ -63,7 +63,7 @@ def test_overwrite_swaps_the_whole_partition(tmp_path):
 def test_wei_values_above_2_64_round_trip(tmp_path):
     big = Decimal(2**70 + 12345)
     row = {
-        "block_number": 1, "block_timestamp": datetime(2021, 1, 5, tzinfo=timezone.utc), "transaction_index": 0,
+        "block_number": 1, "block_timestamp": datetime(2021, 1, 5, tzinfo=UTC), "transaction_index": 0,
         "transaction_hash": "0xab", "nonce": 0, "from_address": "0x1", "to_address": None, "value_wei": big,
         "value_eth": float(big) / 1e18, "gas_limit": 21000, "gas_price_wei": 1, "max_fee_per_gas_wei": None,
         "max_priority_fee_per_gas_wei": None, "transaction_type": 0, "input_selector": None, "input_bytes": 0,

@@ -17,9 +17,9 @@ import pytest
 import s3fs
 
 from flows.common import workspace
-from tasks.schemas import PRICES
-from tasks.settings import SettingsError, load_settings
-from tasks.storage import Lake, StorageError, s3_options
+from tasks.core.schemas import PRICES
+from tasks.core.settings import SettingsError, load_settings
+from tasks.core.storage import Lake, StorageError, s3_options
 
 moto_server = pytest.importorskip("moto.server")
 
@@ -136,7 +136,7 @@ def test_day_block_ranges_are_cached_in_the_lake_for_every_host(bucket, seeded_n
 
 
 def test_mlflow_artifacts_land_in_the_bucket(bucket, data_dir):
-    from tasks.tracking import MlflowTracker
+    from tasks.tracking.tracker import MlflowTracker
 
     settings = load_settings()
     tracker = MlflowTracker.from_settings(settings, workspace(settings).mlflow_artifacts_dir())

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.prompter import Prompter
-from tasks.settings import SettingsError, load_settings, with_overrides
-from tasks.tinymodel import build_tiny_llama
-from tasks.train import train_lora_adapter
-from tasks.train_launch import LaunchError, last_error, launch_training, torchrun_command
+from tasks.core.settings import SettingsError, load_settings, with_overrides
+from tasks.dataset.prompter import Prompter
+from tasks.training.launch import LaunchError, last_error, launch_training, torchrun_command
+from tasks.training.tinymodel import build_tiny_llama
+from tasks.training.train import train_lora_adapter
 
 PROMPTER = Prompter.load()
 WORKER = str(Path(__file__).with_name("torchrun_worker.py"))
@@ -151,7 +151,7 @@ def test_nproc_settings_are_checked_in_one_line():
 def test_torchrun_command_and_failure_line(tmp_path):
     cmd = torchrun_command(4, tmp_path / "job.json")
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
-    assert cmd[6:] == ["tasks.train_launch", str(tmp_path / "job.json")]
+    assert cmd[6:] == ["tasks.training.launch", str(tmp_path / "job.json")]
     assert torchrun_command(2, tmp_path / "j.json", "w.py")[-2:] == ["w.py", str(tmp_path / "j.json")]
     lines = ["[rank1]: Traceback (most recent call last):", '[rank1]:   File "x.py", line 3',
              "[rank1]: ValueError: train.batch_size 6 must be a multiple",
@@ -161,25 +161,25 @@ def test_torchrun_command_and_failure_line(tmp_path):
 
 
 def test_the_worker_also_runs_under_accelerate_launch(tiny_model, tmp_path):
-    """The README's alternative launcher: `accelerate launch -m tasks.train_launch JOB` with 2 CPU
+    """The README's alternative launcher: `accelerate launch -m tasks.training.launch JOB` with 2 CPU
     processes trains the same adapter as one process accumulating the same global batch."""
     import os
     import subprocess
     import sys
 
-    from tasks.train_launch import write_job
+    from tasks.training.launch import write_job
 
     cfg = cfg_for(checkpoint_every_steps=0)
     job = write_job(tmp_path / "work", cfg, str(tiny_model), records(8), records(3), tmp_path / "adapter")
     accelerate = Path(sys.executable).with_name("accelerate")
     # --multi_gpu is accelerate's torchrun-based launcher; with no GPU the worker joins over gloo on CPU
     out = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tasks.train_launch", str(job)],
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tasks.training.launch", str(job)],
                          capture_output=True, text=True, timeout=200, cwd=Path(__file__).resolve().parents[1],
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
     ranks = [json.loads((tmp_path / "work" / f"result-rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2 and ranks[0]["lora_digest"] == ranks[1]["lora_digest"]
-    single = train_lora_adapter(cfg, str(tiny_model), records(8), records(3), tmp_path / "single")
+    train_lora_adapter(cfg, str(tiny_model), records(8), records(3), tmp_path / "single")
     a, b = adapter_weights(tmp_path / "adapter"), adapter_weights(tmp_path / "single")
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

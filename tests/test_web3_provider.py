@@ -6,9 +6,9 @@ seeded local anvil node."""
 import pytest
 from web3 import Web3
 
+from tasks.chain.localnode import CHAIN_ID
 from tasks.clients.rpc import HttpJsonRpc, RpcError
 from tasks.clients.web3_provider import endpoint_chain_id, web3_for
-from tasks.chain.localnode import CHAIN_ID
 from tests.conftest import RPC_DATA
 from tests.replay import ReplayServer
 from tests.test_rpc_client import client as rpc_client

@@ -1,4 +1,4 @@
-"""torchrun entry for tests/test_train_distributed.py: the real worker (tasks.train_launch.run_job)
+"""torchrun entry for tests/test_train_distributed.py: the real worker (tasks.training.launch.run_job)
 with spies and a kill switch around it.
 
 - SPY_DIR: each process touches ``adapter-rank<R>`` when it saves an adapter and
@@ -15,7 +15,7 @@ from pathlib import Path
 import peft
 from mlflow.tracking import MlflowClient
 
-from tasks.train_launch import exit_now, run_job
+from tasks.training.launch import exit_now, run_job
 
 RANK = int(os.environ["RANK"])
 SPY_DIR = Path(os.environ["SPY_DIR"])
@@ -43,4 +43,4 @@ def kill_switch(metrics, step):
 
 
 run_job(Path(sys.argv[1]), on_step=kill_switch if KILL_AT_STEP else None)
-exit_now()  # as tasks.train_launch's own entry point does
+exit_now()  # as tasks.training.launch's own entry point does

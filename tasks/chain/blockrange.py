@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 from tasks.clients.rpc import ChainRpc
-from tasks.storage import LakeMeta
+from tasks.core.errors import NotFoundError
+from tasks.core.storage import LakeMeta
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class DayBlocks:
 
 
 def day_start_ts(day: date) -> int:
-    return int(datetime.combine(day, time(0), tzinfo=timezone.utc).timestamp())
+    return int(datetime.combine(day, time(0), tzinfo=UTC).timestamp())
 
 
 class BlockClock:
@@ -51,7 +52,7 @@ class BlockClock:
         if number not in self._ts:
             block = self.rpc.call("eth_getBlockByNumber", [hex(number), False])
             if block is None:
-                raise LookupError(f"block {number} not found on the node")
+                raise NotFoundError(f"block {number} not found on the node")
             self._ts[number] = int(block["timestamp"], 16)
         return self._ts[number]
 

@@ -34,9 +34,9 @@ from tasks.chain.mappers import (
     raw_receipts_from_dicts,
 )
 from tasks.clients.rpc import ChainRpc, RpcQuotaError
-from tasks.logs import get_logger
-from tasks.progress import progress
-from tasks.storage import Lake, block_chunk_name
+from tasks.core.logs import get_logger
+from tasks.core.progress import progress
+from tasks.core.storage import Lake, block_chunk_name
 
 
 @dataclass
@@ -172,7 +172,7 @@ class ChunkStream:
         while True:
             try:
                 item: object = self._resolve_next()
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            except BaseException as exc:  # re-raised on the caller's thread
                 item = exc
             while not self._stopped.is_set():
                 try:

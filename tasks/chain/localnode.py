@@ -24,17 +24,14 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from tasks.chain.blockrange import day_start_ts
-from tasks.logs import get_logger
-from tasks.settings import REPO_ROOT
+from tasks.core.errors import LocalNodeError
+from tasks.core.logs import get_logger
+from tasks.core.settings import REPO_ROOT
 
 # Init code that deploys a 10-byte runtime returning 42: a real contract creation.
 _INIT_CODE = "0x600a600c600039600a6000f3602a60005260206000f3"
 _SELECTORS = ["0xa9059cbb", "0x095ea7b3", "0x23b872dd", "0x7ff36ab5", "0x38ed1739"]  # ERC-20 / router
 CHAIN_ID = 31337
-
-
-class LocalNodeError(RuntimeError):
-    pass
 
 
 def find_anvil(configured: Path | None = None) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from tasks.schemas import BLOCKS, RECEIPTS, TRANSACTIONS
+from tasks.core.schemas import BLOCKS, RECEIPTS, TRANSACTIONS
 
 WEI_PER_ETH = 10**18
 _MAX_DECIMAL_38 = 10**38 - 1

@@ -20,12 +20,9 @@ from typing import Any
 import requests
 
 from tasks.clients.rpc import RETRYABLE_HTTP, RateLimiter
+from tasks.core.errors import HttpGiveUp
 
 RETRYABLE_STATUS = RETRYABLE_HTTP | {418}  # Binance answers 418 once an IP ignored its 429s
-
-
-class HttpGiveUp(RuntimeError):
-    """Retries exhausted, or the endpoint is unreachable; one line, no secret."""
 
 
 @dataclass
@@ -63,7 +60,7 @@ class PacedJsonGet:
             from prefect.concurrency.sync import rate_limit
 
             rate_limit(self.concurrency_limit, occupy=1, strict=True)
-        except Exception as exc:  # noqa: BLE001 - one line whatever Prefect raises
+        except Exception as exc:  # one line whatever Prefect raises
             first = self.scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:160]
             raise HttpGiveUp(f"{self.name}: Prefect concurrency limit {self.concurrency_limit!r} unavailable ({first}); "
                              "create it with `chainsignal setup`") from None

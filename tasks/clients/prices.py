@@ -8,19 +8,16 @@ retries with backoff) from :func:`build_price_source`; a bad symbol, coin id or 
 from __future__ import annotations
 
 import time as _time
-from datetime import date, datetime, time, timedelta, timezone
-from pathlib import Path
 from collections.abc import Callable
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
 
 from tasks.clients.pacing import HttpGiveUp, PacedJsonGet
-from tasks.schemas import PRICES
-
-
-class PriceSourceError(RuntimeError):
-    """A price source cannot serve a request; one line, no secret."""
+from tasks.core.errors import PriceSourceError
+from tasks.core.schemas import PRICES
 
 
 class PriceSource(Protocol):
@@ -71,7 +68,7 @@ DAY_MS = 86_400_000
 
 
 def _utc_ms(day: date) -> int:
-    return int(datetime.combine(day, time(0), tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime.combine(day, time(0), tzinfo=UTC).timestamp() * 1000)
 
 
 def _first_line(text: object, width: int = 160) -> str:
@@ -117,7 +114,8 @@ class CoinGeckoPriceSource:
     def fetch_daily(self, asset: str, start: date, end: date) -> pl.DataFrame:
         coin = self.ids.get(asset.upper())
         if coin is None:
-            raise PriceSourceError(f"coingecko: no coin id for {asset} - add it to prices.coingecko_ids (e.g. {{\"{asset.upper()}\": \"<coin id>\"}})")
+            raise PriceSourceError(f"coingecko: no coin id for {asset} - add it to prices.coingecko_ids "
+                                   f"(e.g. {{\"{asset.upper()}\": \"<coin id>\"}})")
         frames = []
         lo = start
         while lo <= end:
@@ -147,7 +145,8 @@ class CoinGeckoPriceSource:
             points = prices.cast({"ts_ms": pl.Int64, "price_usd": pl.Float64}).join(
                 vols.cast({"ts_ms": pl.Int64, "volume_usd_24h": pl.Float64}), on="ts_ms", how="left")
         except (KeyError, TypeError, pl.exceptions.PolarsError) as exc:
-            raise PriceSourceError(f"coingecko: malformed market_chart body for {asset} ({type(exc).__name__}: {_first_line(exc, 100)})") from None
+            raise PriceSourceError(f"coingecko: malformed market_chart body for {asset} "
+                                   f"({type(exc).__name__}: {_first_line(exc, 100)})") from None
         if points.is_empty():
             return pl.DataFrame(schema=PRICES)
         daily = build_daily_ohlc(
@@ -196,7 +195,8 @@ class BinancePriceSource:
                 raise PriceSourceError(str(exc)) from None
             if ans.status >= 400:
                 msg = ans.body.get("msg") if isinstance(ans.body, dict) else _first_line(ans.body)
-                hint = " - check prices.assets and prices.binance_quote" if isinstance(ans.body, dict) and ans.body.get("code") == -1121 else ""
+                unknown_symbol = isinstance(ans.body, dict) and ans.body.get("code") == -1121
+                hint = " - check prices.assets and prices.binance_quote" if unknown_symbol else ""
                 raise PriceSourceError(f"binance: {symbol}: HTTP {ans.status}: {msg}{hint}")
             page = ans.body
             if not isinstance(page, list) or any(not isinstance(k, list) or len(k) < 7 for k in page):

@@ -37,14 +37,15 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import certifi
 import urllib3
 
-from tasks.storage import read_json, write_json
+from tasks.core.errors import RpcAuthError, RpcBudgetError, RpcError, RpcQuotaError, RpcUnreachableError
+from tasks.core.storage import read_json, write_json
 
 try:  # a Prefect dependency, so present; parsing is the client's hot spot (2-3x json's speed)
     import orjson
@@ -70,26 +71,6 @@ RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 def _retryable(error: Any) -> bool:
     return isinstance(error, dict) and error.get("code") not in PERMANENT_RPC_CODES
-
-
-class RpcError(RuntimeError):
-    """A JSON-RPC call failed for good. The message is one line and holds no secret."""
-
-
-class RpcAuthError(RpcError):
-    pass
-
-
-class RpcQuotaError(RpcError):
-    """The provider's (HTTP 402) or our own daily credit budget is spent: stop for the day."""
-
-
-class RpcBudgetError(RpcQuotaError):
-    pass
-
-
-class RpcUnreachableError(RpcError):
-    pass
 
 
 class RateLimiter:
@@ -152,7 +133,7 @@ class CreditLedger:
     def __init__(self, budget_per_day: int | None, path: Path | None = None, today=None):
         self.budget = budget_per_day
         self.path = path
-        self._today = today or (lambda: datetime.now(timezone.utc).date().isoformat())
+        self._today = today or (lambda: datetime.now(UTC).date().isoformat())
         self._lock = threading.Lock()
         self._spent: dict[str, int] = {}
         if path and Path(path).is_file():
@@ -220,7 +201,7 @@ def _columns_or_json(schema: Mapping[str, Any], ids: list[int]):
 
         try:
             frame = pl.read_json(io.BytesIO(content), schema=schema)
-        except Exception:  # noqa: BLE001 - whatever polars makes of it, the plain decoder decides
+        except Exception:  # whatever polars makes of it, the plain decoder decides
             frame = None
         if (frame is not None and frame.height == len(ids) and frame["error"].null_count() == frame.height
                 and frame["result"].null_count() == 0):
@@ -287,7 +268,7 @@ class HttpJsonRpc:
         self.stats: dict[str, Any] = {"requests": 0, "calls": 0, "retries": 0, "credits": 0, "waited_s": 0.0}
 
     @classmethod
-    def from_settings(cls, rpc: Any, ledger_path: Path | None = None) -> "HttpJsonRpc":
+    def from_settings(cls, rpc: Any, ledger_path: Path | None = None) -> HttpJsonRpc:
         return cls(
             url=rpc.url,
             api_key=rpc.api_key.get_secret_value() if rpc.api_key else None,
@@ -494,7 +475,7 @@ class HttpJsonRpc:
 
     def _acquire(self, credits: int) -> None:
         gone = self._quota_gone
-        if gone is not None and gone[0] == datetime.now(timezone.utc).date().isoformat():
+        if gone is not None and gone[0] == datetime.now(UTC).date().isoformat():
             raise RpcQuotaError(gone[1])
         waited = self.limiter.acquire()
         if self.credit_limiter is not None:
@@ -507,7 +488,7 @@ class HttpJsonRpc:
                 from prefect.concurrency.sync import rate_limit
 
                 rate_limit(self.concurrency_limit, occupy=max(1, int(credits)), strict=True)
-            except Exception as exc:  # noqa: BLE001 - a one-line error whatever Prefect raises
+            except Exception as exc:  # a one-line error whatever Prefect raises
                 first = self.scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:160]
                 raise RpcError(
                     f"Prefect concurrency limit {self.concurrency_limit!r} unavailable ({first}); "
@@ -551,7 +532,7 @@ class HttpJsonRpc:
             raise RpcAuthError(f"{self.url}: the endpoint rejected the API key (HTTP {status}); check rpc.api_key")
         if status == 402:
             message = f"{self.url}: quota exhausted (HTTP 402); wait for the daily reset (00:00 UTC) or raise the plan"
-            self._quota_gone = (datetime.now(timezone.utc).date().isoformat(), message)
+            self._quota_gone = (datetime.now(UTC).date().isoformat(), message)
             raise RpcQuotaError(message)
         if status in RETRYABLE_HTTP:
             raise _Retry(f"HTTP {status}: {self._short(_text(resp))}", self._retry_wait(resp))

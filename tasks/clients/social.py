@@ -8,22 +8,15 @@ to SourceBlockedError so the day is recorded as blocked, with the cause, instead
 from __future__ import annotations
 
 import hashlib
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
 
 from tasks.clients.pacing import HttpGiveUp, PacedJsonGet
-from tasks.schemas import POSTS
-
-
-class SourceError(RuntimeError):
-    """A social source failed; one line, no secret."""
-
-
-class SourceBlockedError(SourceError):
-    """The platform refuses to serve this source (e.g. X blocks logged-out scraping)."""
+from tasks.core.errors import SourceBlockedError, SourceError
+from tasks.core.schemas import POSTS
 
 
 class SocialSource(Protocol):
@@ -33,7 +26,7 @@ class SocialSource(Protocol):
 
 
 def _day_bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time(0), tzinfo=timezone.utc)
+    start = datetime.combine(day, time(0), tzinfo=UTC)
     return start, start + timedelta(days=1)
 
 
@@ -105,7 +98,7 @@ class SnscrapePostSource:
                 user = tweet.user
                 rows.append({
                     "post_id": str(tweet.id), "source": self.name,
-                    "created_at": tweet.date.astimezone(timezone.utc),
+                    "created_at": tweet.date.astimezone(UTC),
                     "author_id": str(user.id), "author_username": user.username,
                     "author_followers": user.followersCount, "text": tweet.rawContent,
                     "likes": tweet.likeCount, "reposts": tweet.retweetCount,
@@ -114,7 +107,8 @@ class SnscrapePostSource:
         except snscrape.base.ScraperException as exc:
             raise SourceBlockedError(
                 f"snscrape: X refused the search ({str(exc).splitlines()[0][:120]}); X blocks logged-out "
-                "scraping since 2023 - configure tweets.sources with 'x_api' (a bearer token), 'gdelt' (keyless news) or 'file' (an export) instead"
+                "scraping since 2023 - configure tweets.sources with 'x_api' (a bearer token), 'gdelt' (keyless news) "
+                "or 'file' (an export) instead"
             ) from None
         except KeyError as exc:
             raise SourceBlockedError(f"snscrape: X answered with a logged-out page (missing {exc}); source blocked - "
@@ -218,7 +212,7 @@ class GdeltPostSource:
         rows = []
         try:
             for art in ans.body.get("articles", []):
-                seen = datetime.strptime(art["seendate"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+                seen = datetime.strptime(art["seendate"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
                 if not lo <= seen < hi:
                     continue
                 rows.append({

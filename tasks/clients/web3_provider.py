@@ -38,11 +38,11 @@ class PacedProvider(JSONBaseProvider):
         # web3's encoder knows its own types (HexBytes, AttributeDict...); our client sends JSON
         return json.loads(self.encode_rpc_request(method, params))["params"]
 
-    def make_request(self, method, params):  # noqa: ANN001 - web3's signature
+    def make_request(self, method, params):  # web3's signature
         result = self.rpc.call(method, self._plain(method, params))  # raises a one-line RpcError
         return {"jsonrpc": "2.0", "id": 0, "result": result}
 
-    def make_batch_request(self, requests):  # noqa: ANN001 - web3's signature
+    def make_batch_request(self, requests):  # web3's signature
         results = self.rpc.batch([(method, self._plain(method, params)) for method, params in requests])
         return [{"jsonrpc": "2.0", "id": i, "result": r} for i, r in enumerate(results)]
 

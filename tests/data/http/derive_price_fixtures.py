@@ -8,7 +8,7 @@ BTC 2021-01-06 is left out on purpose: the gap that the tests expect to see repo
 
 import csv
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -23,7 +23,7 @@ def candles(asset):
 
 
 def ms(day, hour=0, minute=0):
-    d = datetime.strptime(day, "%Y-%m-%d").replace(hour=hour, minute=minute, tzinfo=timezone.utc)
+    d = datetime.strptime(day, "%Y-%m-%d").replace(hour=hour, minute=minute, tzinfo=UTC)
     return int(d.timestamp() * 1000)
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from tasks.attention import sdpa_without_cudnn
-from tasks.logs import quiet_peft_wrap
-from tasks.schemas import LABELS
+from tasks.core.logs import quiet_peft_wrap
+from tasks.core.schemas import LABELS
+from tasks.training.fastpath.attention import sdpa_without_cudnn
 
 COLLAPSE_SHARE = 0.9  # warn when one class takes at least this share of predictions
 
@@ -83,7 +83,7 @@ def label_loglik(model, tokenizer, prompter, records: Sequence[dict[str, Any]], 
     """(n_records, n_labels) summed log-probabilities of each label's tokens given the prompt."""
     import torch
 
-    from tasks.train import collate, encode_pair
+    from tasks.training.train import collate, encode_pair
 
     device = next(model.parameters()).device
     seqs = []
@@ -196,7 +196,7 @@ def load_split(dataset_dir: Path, split: str) -> list[dict[str, Any]]:
 
 def sentiment_rule(features: pl.DataFrame, split: str, fallback: str) -> list[str]:
     """Mean sentiment of the day's posts -> label (VADER thresholds); days without posts: fallback."""
-    from tasks.sentiment import NEGATIVE_AT, POSITIVE_AT
+    from tasks.social.sentiment import NEGATIVE_AT, POSITIVE_AT
 
     out = []
     for v in features.filter(pl.col("split") == split).sort("date")["sentiment_mean"].to_list():
@@ -228,7 +228,7 @@ def generate_answers(model, tokenizer, prompter, records: Sequence[dict[str, Any
     """Greedy answers, one prompt at a time (no padding effects), decoded up to EOS."""
     import torch
 
-    from tasks.train import encode_pair
+    from tasks.training.train import encode_pair
 
     device = next(model.parameters()).device
     out = []
@@ -299,8 +299,8 @@ class CausalScorer:
     def __init__(self, adapter_dir: Path, base_model: str, cutoff_len: int, device: str = "auto"):
         from peft import PeftModel
 
-        from tasks.prompter import Prompter
-        from tasks.train import load_base_model, pick_device
+        from tasks.dataset.prompter import Prompter
+        from tasks.training.train import load_base_model, pick_device
 
         dev = pick_device(device)
         self.tokenizer, base = load_base_model(base_model, dev)
@@ -321,7 +321,7 @@ class EncoderScorer:
     """An encoder LoRA model: its head's outputs (class probabilities, or the regressed number)."""
 
     def __init__(self, adapter_dir: Path, base_model: str, cutoff_len: int, kind: str, device: str = "auto"):
-        from tasks.encoder import EncoderPredictor
+        from tasks.training.encoder import EncoderPredictor
 
         self.predictor = EncoderPredictor(adapter_dir, base_model, kind, device, max_len=cutoff_len)
 
@@ -343,7 +343,7 @@ def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, c
     """
     import json
 
-    from tasks.prompter import Prompter
+    from tasks.dataset.prompter import Prompter
 
     features = pl.read_parquet(Path(dataset_dir) / "features.parquet")
     manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
@@ -368,7 +368,7 @@ def _evaluate_classes(scorer, prompter, features, manifest, dataset_dir, seed, p
     ceilings: set[str] = set()
     split_preds: dict[str, dict[str, list[str]]] = {}
     train_majority = Counter(features.filter(pl.col("split") == "train")["label"].to_list()).most_common(1)[0][0]
-    from tasks.textbaselines import train_bilstm, weighted_vote
+    from tasks.evaluation.textbaselines import train_bilstm, weighted_vote
 
     train_records = load_split(dataset_dir, "train")
     bilstm = train_bilstm([r["input"] for r in train_records], [r["output"] for r in train_records],

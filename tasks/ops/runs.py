@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from tasks.logs import get_logger
+from tasks.core.logs import get_logger
 
 
 def resolve_days(start: date | None, end: date | None, today: date | None = None) -> list[date]:
     """Days start..end inclusive; both default to yesterday (UTC), the last whole day."""
-    yesterday = (today or datetime.now(timezone.utc).date()) - timedelta(days=1)
+    yesterday = (today or datetime.now(UTC).date()) - timedelta(days=1)
     start = start or end or yesterday
     end = end or start
     if end < start:

@@ -28,24 +28,21 @@ import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import polars as pl
 
-from tasks.schemas import SCHEMAS, check_schema
+from tasks.core.errors import NotFoundError, StorageError
+from tasks.core.schemas import SCHEMAS, check_schema
 
 MANIFEST = "_manifest.json"
 META = "_meta"  # small JSON documents kept in the lake (see LakeMeta)
 _STAGING = ".staging"
 _TRASH = ".trash"
 _VERSION = ".v-"  # S3 overwrite: <day>/.v-<token>/<file>
-
-
-class StorageError(RuntimeError):
-    """An object store that cannot be used as configured; one line naming the setting."""
 
 
 def block_chunk_name(chain: str, dataset: str, first_block: int, last_block: int) -> str:
@@ -98,7 +95,7 @@ def check_bucket(fs: Any, url: str, setting: str) -> None:
                            f"AWS_SECRET_ACCESS_KEY): {_one_line(exc)}") from None
     except OSError as exc:
         raise StorageError(f"{setting}: cannot use bucket {bucket!r} on {endpoint}: {_one_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - botocore connection errors are not OSErrors
+    except Exception as exc:  # botocore connection errors are not OSErrors
         raise StorageError(f"{setting}: cannot reach {endpoint} (storage.s3_endpoint_url): {_one_line(exc)}") from None
 
 
@@ -134,7 +131,7 @@ class Partition:
     ``dir`` is a ``Path`` on local disk and an ``s3://`` URL on an object store.
     """
 
-    lake: "Lake"
+    lake: Lake
     dataset: str
     day: date
     dir: Path | str
@@ -181,7 +178,7 @@ class Partition:
             "dataset": self.dataset,
             "date": self.day.isoformat(),
             "files": [prefix + Path(str(p)).name for p in self.files()],
-            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **manifest,
         }
         if self.lake.remote:
@@ -212,7 +209,7 @@ class LakeMeta:
     """One small JSON document kept in the lake beside the data (``<lake>/_meta/<name>``), so every
     host that shares the lake shares it; ``_``-prefixed folders are not datasets to Hive-style readers."""
 
-    def __init__(self, lake: "Lake", name: str):
+    def __init__(self, lake: Lake, name: str):
         self.lake, self.name = lake, name
         self.where = (f"{lake.root}/{META}/{name}" if lake.remote else Path(lake.root) / META / name)
 
@@ -351,6 +348,13 @@ class Workspace:
             fs, _ = fsspec.core.url_to_fs(artifacts_uri, **opts["fs"])
             check_bucket(fs, artifacts_uri, "storage.artifacts_uri")
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> Workspace:
+        """Local folders under data_dir; the lake and MLflow artifacts possibly on S3 (checked here, once)."""
+        st = settings.storage
+        return cls(st.data_dir, lake_uri=st.lake_uri, artifacts_uri=st.artifacts_uri,
+                   s3_endpoint_url=st.s3_endpoint_url, s3_region=st.s3_region, check=True)
+
     def datasets_root(self, task: str) -> Path:
         return self.data_dir / "datasets" / task
 
@@ -359,7 +363,7 @@ class Workspace:
         if fingerprint is None:
             pointer = self.latest_dataset_pointer(task)
             if not pointer.is_file():
-                raise FileNotFoundError(f"no {task} dataset built yet under {self.datasets_root(task)}: run `chainsignal build-dataset`")
+                raise NotFoundError(f"no {task} dataset built yet under {self.datasets_root(task)}: run `chainsignal build-dataset`")
             fingerprint = pointer.read_text().strip()
         path = self.datasets_root(task) / fingerprint
         return path

@@ -1,13 +1,15 @@
 """One polars schema per dataset: the data contracts of the lake.
 
 Columns are snake_case with units in the name; addresses are lowercase hex; times are UTC.
-Mappers produce exactly these shapes, :mod:`tasks.storage` checks them on write, and scans ask
+Mappers produce exactly these shapes, :mod:`tasks.core.storage` checks them on write, and scans ask
 for them on read, so drift fails loudly.
 """
 
 from __future__ import annotations
 
 import polars as pl
+
+from tasks.core.errors import SchemaError
 
 UTC_TS = pl.Datetime("us", "UTC")
 WEI = pl.Decimal(38, 0)  # exact for every real transfer (max ~1.7e38 wei); values above 2^64 exist
@@ -136,10 +138,6 @@ SCHEMAS: dict[str, pl.Schema] = {
 }
 
 LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
-
-
-class SchemaError(ValueError):
-    """A frame does not match its dataset's contract."""
 
 
 def check_schema(df: pl.DataFrame, dataset: str) -> pl.DataFrame:

@@ -28,15 +28,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tasks.core.errors import SettingsError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 ENV_PREFIX = "CHAINSIGNAL_"
 CONFIG_ENV = "CHAINSIGNAL_CONFIG"
 DEFAULT_CONFIG_FILE = "chainsignal.toml"
-
-
-class SettingsError(ValueError):
-    """A setting has a bad value; the message is one line naming the setting."""
 
 
 class _Section(BaseModel):
@@ -105,8 +103,10 @@ class RpcSettings(_Section):
         "eth_blockNumber": 80, "eth_chainId": 80,
     }  # credits per call
     default_method_credits: int = Field(default=80, ge=0)  # credits per call of an unlisted method
-    credits_per_second: float | None = Field(default=None, gt=0)  # plan's cap; None = no credit pacing (local node); from the plan when unset
-    daily_credit_budget: int | None = Field(default=None, gt=0)  # credits per UTC day this app may spend; None = unlimited; from the plan when unset
+    # the plan's cap; None = no credit pacing (local node); from the plan when unset
+    credits_per_second: float | None = Field(default=None, gt=0)
+    # credits per UTC day this app may spend; None = unlimited; from the plan when unset
+    daily_credit_budget: int | None = Field(default=None, gt=0)
     receipts: bool = False  # also fetch eth_getBlockReceipts into lake/receipts (1,000 credits a block on Infura)
     batch_grow_after_batches: int = Field(default=10, ge=1)  # quiet batches before a shrunk batch size doubles back
     backoff_jitter: float = Field(default=0.5, ge=0, le=1)  # fraction of each backoff drawn at random
@@ -136,7 +136,7 @@ class RpcSettings(_Section):
         return data
 
     @model_validator(mode="after")
-    def _plan_fills_the_unset(self) -> "RpcSettings":
+    def _plan_fills_the_unset(self) -> RpcSettings:
         # Filled here, after validation, so they stay out of model_fields_set: a copy of these
         # settings with another URL (a flow's rpc_url) gets that URL's plan, not this one's numbers.
         plan = self.plan
@@ -152,7 +152,7 @@ class RpcSettings(_Section):
         return self
 
     @model_validator(mode="after")
-    def _limit_needs_rate(self) -> "RpcSettings":
+    def _limit_needs_rate(self) -> RpcSettings:
         if self.concurrency_limit and self.credits_per_second is None:
             raise ValueError("concurrency_limit needs credits_per_second (the limit's slot decay)")
         return self
@@ -231,7 +231,7 @@ class SentimentSettings(_Section):
     min_posts_per_author: int = Field(default=1, ge=1)  # authors with fewer posts in the window are left out
 
     @model_validator(mode="after")
-    def _check(self) -> "SentimentSettings":
+    def _check(self) -> SentimentSettings:
         if not self.negative_at < self.positive_at:
             raise ValueError("negative_at must be below positive_at")
         return self
@@ -288,7 +288,7 @@ class DatasetSettings(_Section):
     seed: int = 42
 
     @model_validator(mode="after")
-    def _check(self) -> "DatasetSettings":
+    def _check(self) -> DatasetSettings:
         lo, hi = self.label_quantiles
         if not 0 < lo < hi < 1:
             raise ValueError("label_quantiles must satisfy 0 < low < high < 1")
@@ -323,17 +323,20 @@ class TrainSettings(_Section):
     # speed and memory (the padded eager path is the alpaca-lora reference; see bench/bench_train_gpu.py)
     attention: Literal["eager", "sdpa", "flex_attention"] = "sdpa"  # attention kernel of the base model
     packing: bool = False  # one document-masked packed row per micro-batch instead of padding
-    pack_tokens: int = Field(default=0, ge=0)  # with packing: rows of up to N tokens, best-fit packed (micro_batch_size unused); 0 = micro_batch_size examples a row
+    # with packing: rows of up to N tokens, best-fit packed (micro_batch_size unused); 0 = micro_batch_size examples a row
+    pack_tokens: int = Field(default=0, ge=0)
     compile: bool = False  # torch.compile each decoder layer (GPU; first steps pay the compile)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the device supports it
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     qlora: bool = False  # 4-bit NF4 frozen base through bitsandbytes (CUDA only)
-    fp8_base: bool = False  # frozen base's linear layers as fp8 GEMMs (tasks/fp8.py; CUDA 8.9+, e.g. H100): ~1.35x, another numeric recipe
+    # frozen base's linear layers as fp8 GEMMs (tasks/training/fastpath/fp8.py; CUDA 8.9+, e.g. H100): ~1.35x, another numeric recipe
+    fp8_base: bool = False
     fp8_fast_accum: bool = False  # with fp8_base: the tensor cores' fast accumulation (~1.06x more, fewer accumulator bits)
     distributed: bool = False  # join the torchrun/accelerate process group, DDP-wrap, log on rank 0
     nproc: int = Field(default=1, ge=1, le=64)  # train-lora: > 1 launches that many processes (GPUs) on this host through torchrun
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # several processes: a replica each (ddp) or base + LoRA sharded (fsdp, FSDP2)
-    checkpoint_every_steps: int = Field(default=200, ge=0)  # optimizer steps between resumable checkpoints (alpaca-lora's save_steps); 0 = off
+    # optimizer steps between resumable checkpoints (alpaca-lora's save_steps); 0 = off
+    checkpoint_every_steps: int = Field(default=200, ge=0)
     # tiny offline model (used when base_model == "tiny-llama")
     tiny_hidden_size: int = 64
     tiny_layers: int = 2
@@ -344,7 +347,7 @@ class TrainSettings(_Section):
     tiny_init_std: float = Field(default=0.2, gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainSettings":
+    def _check(self) -> TrainSettings:
         if self.batch_size % self.micro_batch_size:
             raise ValueError("batch_size must be a multiple of micro_batch_size")
         if self.nproc > 1 and self.batch_size % (self.micro_batch_size * self.nproc):
@@ -545,3 +548,11 @@ def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
         return Settings.model_validate(data)
     except ValidationError as err:
         raise SettingsError(_one_line(err)) from None
+
+
+def resolve_settings(**sections: dict[str, Any] | None) -> Settings:
+    """Resolved settings with a run's parameters (None = keep) applied on top; a key in a parameter is refused."""
+    clean = {k: v for k, v in sections.items() if v}
+    refuse_keys_in_parameters(**clean)
+    base = load_settings()
+    return with_overrides(base, **clean) if clean else base

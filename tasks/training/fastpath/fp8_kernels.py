@@ -1,4 +1,4 @@
-"""A Triton kernel for :func:`tasks.fp8.quantize_rows` on CUDA: one program per row.
+"""A Triton kernel for :func:`tasks.training.fastpath.fp8.quantize_rows` on CUDA: one program per row.
 
 Imported only on CUDA (the CPU wheel of torch ships no Triton). Each program quantizes one row:
 it reads the row once (rows up to 4,096 wide; wider ones twice, the second time mostly from L2),

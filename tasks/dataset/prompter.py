@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.schemas import LABELS
+from tasks.core.schemas import LABELS
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -24,7 +24,7 @@ class Prompter:
     instructions: tuple[tuple[str, str], ...] = ()  # (task, instruction) pairs
 
     @classmethod
-    def load(cls, name: str = "alpaca") -> "Prompter":
+    def load(cls, name: str = "alpaca") -> Prompter:
         data = json.loads((TEMPLATES_DIR / f"{name}.json").read_text())
         return cls(data["instruction"], data["prompt_input"], data["prompt_no_input"], data["response_split"],
                    instructions=tuple(data.get("instructions", {}).items()))

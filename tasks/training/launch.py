@@ -4,14 +4,15 @@ Two halves:
 
 - the parent (:func:`launch_training`, called by the train-lora flow when ``train.nproc > 1``)
   writes a job file, runs ``python -m torch.distributed.run --standalone --nproc_per_node N -m
-  tasks.train_launch JOB`` as a subprocess, relays its output, and reads rank 0's result back;
+  tasks.training.launch JOB`` as a subprocess, relays its output, and reads rank 0's result back;
 - the worker (:func:`main`, what torchrun starts N times) loads the job, joins the process group
-  (``train.distributed``) and calls :func:`tasks.train.train_lora_adapter`. Rank 0 alone logs the
+  (``train.distributed``) and calls :func:`tasks.training.train.train_lora_adapter`. Rank 0 alone logs the
   per-step metrics to MLflow (into the flow's run, or a run of its own) and saves the adapter;
   every rank writes ``result-rank<R>.json`` so the parent can check that DDP replicas agree.
 
-The worker also runs under ``accelerate launch --multi_gpu -m tasks.train_launch JOB`` (same environment
-variables; tests/test_train_distributed.py runs it so). Like tasks/train.py this module imports neither prefect nor, outside rank 0, mlflow.
+The worker also runs under ``accelerate launch --multi_gpu -m tasks.training.launch JOB`` (same environment
+variables; tests/test_train_distributed.py runs it so). Like tasks/training/train.py this module imports neither
+prefect nor, outside rank 0, mlflow.
 """
 
 from __future__ import annotations
@@ -26,19 +27,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.logs import get_logger
+from tasks.core.errors import LaunchError
+from tasks.core.logs import get_logger
+from tasks.core.settings import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 JOB_FILE = "job.json"
 StepHook = Callable[[dict[str, float], int], None]
 
 
-class LaunchError(RuntimeError):
-    """The multi-process run failed; the message is one line with torchrun's exit code and the last error."""
-
-
 # ----------------------------------------------------------------------------- parent side
-def torchrun_command(nproc: int, job_path: Path, worker: str = "tasks.train_launch") -> list[str]:
+def torchrun_command(nproc: int, job_path: Path, worker: str = "tasks.training.launch") -> list[str]:
     """The command line the parent runs (``worker``: a module name, or a path to a .py script)."""
     target = [worker] if worker.endswith(".py") else ["-m", worker]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target, str(job_path)]
@@ -70,14 +68,14 @@ def write_job(work_dir: Path, cfg: Any, base_model: str, train_records: Sequence
 
 def launch_training(cfg: Any, base_model: str, train_records: Sequence[dict], val_records: Sequence[dict],
                     out_dir: Path, *, nproc: int, work_dir: Path, checkpoint_dir: Path | None = None,
-                    mlflow: dict[str, Any] | None = None, worker: str = "tasks.train_launch",
+                    mlflow: dict[str, Any] | None = None, worker: str = "tasks.training.launch",
                     env: dict[str, str] | None = None, timeout_s: float | None = None):
     """Train on ``nproc`` processes of this host through torchrun; rank 0's :class:`TrainResult`.
 
     Raises :class:`LaunchError` when torchrun fails or when DDP replicas ended with different
     LoRA weights (they must be bit-identical after every step).
     """
-    from tasks.train import TrainResult
+    from tasks.training.train import TrainResult
 
     log = get_logger()
     job = write_job(work_dir, cfg, base_model, train_records, val_records, out_dir, checkpoint_dir=checkpoint_dir,
@@ -171,8 +169,8 @@ def run_job(job_path: Path, on_step: StepHook | None = None):
     """One torchrun process: train as the job says; rank 0 logs MLflow; every rank writes its result."""
     import torch.distributed as dist
 
-    from tasks.settings import TrainSettings
-    from tasks.train import init_distributed, pick_device, train_lora_adapter
+    from tasks.core.settings import TrainSettings
+    from tasks.training.train import init_distributed, pick_device, train_lora_adapter
 
     job = json.loads(Path(job_path).read_text())
     cfg = TrainSettings(**job["train"])
@@ -206,7 +204,7 @@ def run_job(job_path: Path, on_step: StepHook | None = None):
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="One process of a multi-process LoRA run (started by torchrun).")
-    ap.add_argument("job", type=Path, help="job.json written by tasks.train_launch.write_job")
+    ap.add_argument("job", type=Path, help="job.json written by tasks.training.launch.write_job")
     args = ap.parse_args(argv)
     run_job(args.job)
     exit_now()

@@ -16,14 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tasks.logs import get_logger
-from tasks.settings import REPO_ROOT
+from tasks.core.errors import SetupError
+from tasks.core.logs import get_logger
+from tasks.core.settings import REPO_ROOT
 
 PREFECT_FILE = REPO_ROOT / "deployments" / "prefect.yaml"
-
-
-class SetupError(RuntimeError):
-    """Setup could not complete; one line."""
 
 
 def ensure_work_pools(names: tuple[str, ...]) -> list[str]:
@@ -127,7 +124,7 @@ def emit(event: str, resource_id: str, **payload: Any) -> None:
 
         emit_event(event=f"chainsignal.{event}", resource={"prefect.resource.id": f"chainsignal.{resource_id}"},
                    payload={k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in payload.items()})
-    except Exception as exc:  # noqa: BLE001 - an event must never fail the flow that emits it
+    except Exception as exc:  # an event must never fail the flow that emits it
         get_logger().warning("could not emit chainsignal.%s: %s", event, type(exc).__name__)
 
 
@@ -138,8 +135,8 @@ def notify_failure(flow, flow_run, state) -> None:
     try:
         from prefect.blocks.notifications import SlackWebhook
 
-        from tasks.settings import load_settings
+        from tasks.core.settings import load_settings
 
         SlackWebhook.load(load_settings().services.notification_block).notify(message)
-    except Exception:  # noqa: BLE001 - no block configured (the common case) or Slack unreachable
+    except Exception:  # no block configured (the common case) or Slack unreachable
         pass

@@ -24,11 +24,8 @@ from pathlib import Path
 
 import requests
 
-from tasks.logs import get_logger
-
-
-class ServiceError(RuntimeError):
-    """A local service did not start or stop; one line."""
+from tasks.core.errors import ServiceError
+from tasks.core.logs import get_logger
 
 
 @dataclass(frozen=True)
@@ -187,7 +184,7 @@ def _layout(settings) -> dict[str, Path]:
 def start_all(settings, repo_dir: Path | None = None) -> dict:
     """Prefect server (sqlite or local PostgreSQL), MLflow server, one worker per pool; then print
     the environment a shell needs to talk to them."""
-    from tasks.settings import REPO_ROOT
+    from tasks.core.settings import REPO_ROOT
 
     sv = settings.services
     paths = _layout(settings)

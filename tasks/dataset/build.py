@@ -19,8 +19,8 @@ from typing import Any
 
 import polars as pl
 
-from tasks.prompter import Prompter
-from tasks.schemas import LABELS
+from tasks.core.schemas import LABELS
+from tasks.dataset.prompter import Prompter
 
 SPLITS = ("train", "validation", "test")
 NUMERIC_EXCLUDE = {"date", "next_day_return", "label", "split", "top_posts"}
@@ -165,7 +165,7 @@ def write_dataset(out_dir: Path, frame: pl.DataFrame, records: list[dict[str, An
     """Alpaca JSON per split, the feature table, a HF DatasetDict and the manifest (written last)."""
     import datasets
 
-    from tasks.storage import write_json
+    from tasks.core.storage import write_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     by_split: dict[str, list[dict[str, Any]]] = {}
@@ -222,7 +222,7 @@ def sentiment_options(sentiment_settings) -> dict[str, Any]:
 
 def daily_frame(lake, ds, assets: list[str], sentiment_settings=None) -> dict[str, Any]:
     """Features per day, the split plan, labels and thresholds: the base of every task."""
-    from tasks.features import daily_features, frequent_addresses, known_address_activity
+    from tasks.dataset.features import daily_features, frequent_addresses, known_address_activity
 
     price_days = lake.completed_days("prices")
     if not price_days:
@@ -377,7 +377,7 @@ def build_dataset_version(lake, out_root: Path, pointer: Path, *, dataset_settin
     if ds.name not in TASKS:
         raise ValueError(f"dataset.name must be one of {TASKS}, got {ds.name!r}")
     if sentiment_settings is None:
-        from tasks.settings import SentimentSettings
+        from tasks.core.settings import SentimentSettings
 
         sentiment_settings = SentimentSettings()
     base = daily_frame(lake, ds, assets, sentiment_settings)
@@ -416,7 +416,7 @@ def build_dataset_version(lake, out_root: Path, pointer: Path, *, dataset_settin
     if not (out_dir / "manifest.json").is_file():
         write_dataset(out_dir, frame, records, manifest)
 
-    from tasks.storage import write_bytes_atomic
+    from tasks.core.storage import write_bytes_atomic
 
     write_bytes_atomic(pointer, (fp + "\n").encode())
     return manifest

@@ -36,11 +36,12 @@ def shared_chain_clients(settings, ws):
 @task(name="backfill-chain-day", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
 def backfill_chain_day(day: date, rpc_url: str | None = None, overwrite: bool = False) -> dict:
     """Runs on a Dask worker: settings and clients are resolved there, not pickled from the flow."""
-    from flows.common import settings_for, workspace
     from tasks.chain.job import ingest_chain_day
+    from tasks.core.settings import resolve_settings
+    from tasks.core.storage import Workspace
 
-    settings = settings_for(rpc={"url": rpc_url} if rpc_url else None)
-    ws = workspace(settings)
+    settings = resolve_settings(rpc={"url": rpc_url} if rpc_url else None)
+    ws = Workspace.from_settings(settings)
     rpc, clock, chain_id, latest = shared_chain_clients(settings, ws)
     return ingest_chain_day(
         rpc, ws.lake, clock, day, chain=settings.rpc.chain, chain_id=chain_id, latest=latest,

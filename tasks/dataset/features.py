@@ -13,8 +13,6 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from tasks.sentiment import author_sentiment
-
 GWEI = 1e9
 
 
@@ -79,7 +77,7 @@ class AddressState:
     lookback_days: int
 
     @classmethod
-    def from_history(cls, transactions: pl.LazyFrame, lookback_days: int = 365) -> "AddressState":
+    def from_history(cls, transactions: pl.LazyFrame, lookback_days: int = 365) -> AddressState:
         frame = (_address_days(transactions).group_by("address").agg(pl.col("date").max().alias("last_seen"))
                  .collect(engine="streaming"))
         return cls(frame, lookback_days)
@@ -88,7 +86,7 @@ class AddressState:
     def size(self) -> int:
         return self.frame.height
 
-    def update(self, day_transactions: pl.LazyFrame) -> tuple["AddressState", int]:
+    def update(self, day_transactions: pl.LazyFrame) -> tuple[AddressState, int]:
         """Fold one new day in: (new state, number of new addresses that day)."""
         seen = _address_days(day_transactions).collect()
         if seen.is_empty():
@@ -172,13 +170,13 @@ def label_next_day_return(features: pl.LazyFrame, target: str) -> pl.LazyFrame:
 def social_features(sentiment: pl.LazyFrame, posts: pl.LazyFrame, social_days: list[date], top_posts: int,
                     **sentiment_options) -> pl.LazyFrame:
     """Per day: volume, mean and follower-weighted sentiment, label shares, per-author shares
-    (tasks.sentiment.daily_sentiment, with the sentiment settings as ``sentiment_options``) and
+    (tasks.social.sentiment.daily_sentiment, with the sentiment settings as ``sentiment_options``) and
     the latest posts as text.
 
     Days whose social partition is complete but empty get post_count 0 and null sentiment (no
     posts is not neutral sentiment); days never collected stay null throughout.
     """
-    from tasks.sentiment import daily_sentiment
+    from tasks.social.sentiment import daily_sentiment
 
     daily = daily_sentiment(sentiment, posts, **sentiment_options)
     latest = (

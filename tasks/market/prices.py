@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.clients.prices import PriceSource, PriceSourceError
-from tasks.storage import Lake
+from tasks.core.storage import Lake
 
 
 def days_between(start: date, end: date) -> list[date]:
@@ -23,7 +23,7 @@ def _retry_unless_answered(task, task_run, state) -> bool:
         state.result()
     except PriceSourceError:
         return False
-    except Exception:  # noqa: BLE001 - anything else is worth another try
+    except Exception:  # anything else is worth another try
         return True
     return True
 

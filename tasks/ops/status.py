@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from tasks.schemas import SCHEMAS
+from tasks.core.schemas import SCHEMAS
 
 
 def lake_coverage(lake) -> list[dict[str, Any]]:

@@ -7,14 +7,15 @@ artifacts, so what predicts is exactly what was evaluated.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from tasks.attention import sdpa_without_cudnn
-from tasks.schemas import SIGNALS
+from tasks.core.errors import NotFoundError
+from tasks.core.schemas import SIGNALS
+from tasks.training.fastpath.attention import sdpa_without_cudnn
 
 CHAMPION = "champion"
 
@@ -33,17 +34,17 @@ def find_champion(client, model_name: str, alias: str = CHAMPION):
 def score_newest_day(adapter_dir: Path, base_model: str, dataset_dir: Path, cutoff_len: int, device: str = "auto",
                      model_type: str = "causal") -> dict[str, Any]:
     """Label and class probabilities for the dataset's ``predict`` split (its newest, unlabelled day)."""
-    from tasks.evaluate import CausalScorer, EncoderScorer, load_split
+    from tasks.evaluation.evaluate import CausalScorer, EncoderScorer, load_split
 
     records = load_split(dataset_dir, "predict")
     if not records:
-        raise LookupError(f"{dataset_dir}: no unlabelled newest day to predict (the predict split is empty)")
+        raise NotFoundError(f"{dataset_dir}: no unlabelled newest day to predict (the predict split is empty)")
     scorer = (EncoderScorer(adapter_dir, base_model, cutoff_len, "class", device) if model_type == "encoder"
               else CausalScorer(adapter_dir, base_model, cutoff_len, device))
     labels, probs = scorer.labels(records[-1:])
-    from tasks.schemas import LABELS
+    from tasks.core.schemas import LABELS
 
-    return {"date": records[-1]["date"], "label": labels[0], "probs": dict(zip(LABELS, probs[0].tolist()))}
+    return {"date": records[-1]["date"], "label": labels[0], "probs": dict(zip(LABELS, probs[0].tolist(), strict=True))}
 
 
 def signal_frame(scored: dict[str, Any], *, target_asset: str, model_name: str, model_version: str, run_id: str,
@@ -53,7 +54,7 @@ def signal_frame(scored: dict[str, Any], *, target_asset: str, model_name: str, 
         "date": day, "target_date": day + timedelta(days=1), "target_asset": target_asset, "label": scored["label"],
         "prob_negative": scored["probs"]["NEGATIVE"], "prob_neutral": scored["probs"]["NEUTRAL"],
         "prob_positive": scored["probs"]["POSITIVE"], "model_name": model_name, "model_version": str(model_version),
-        "run_id": run_id, "dataset_fingerprint": dataset_fingerprint, "created_at": datetime.now(timezone.utc),
+        "run_id": run_id, "dataset_fingerprint": dataset_fingerprint, "created_at": datetime.now(UTC),
     }], schema=SIGNALS)
 
 

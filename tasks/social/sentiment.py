@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import polars as pl
 
-from tasks.schemas import SENTIMENT
+from tasks.core.schemas import SENTIMENT
 
 POSITIVE_AT = 0.05  # VADER's documented thresholds on the compound score (settings default)
 NEGATIVE_AT = -0.05
@@ -67,8 +67,8 @@ def _classifier(model: str, device: str):
         clf = AutoModelForSequenceClassification.from_pretrained(model).to(dev).eval()
     except OSError as exc:
         raise ValueError(f"sentiment.model: cannot load {model!r} ({str(exc).splitlines()[0][:120]})") from None
-    labels = {i: str(l).upper() for i, l in clf.config.id2label.items()}
-    if not any(l.startswith("POS") for l in labels.values()) or not any(l.startswith("NEG") for l in labels.values()):
+    labels = {i: str(name).upper() for i, name in clf.config.id2label.items()}
+    if not any(n.startswith("POS") for n in labels.values()) or not any(n.startswith("NEG") for n in labels.values()):
         raise ValueError(f"sentiment.model: {model!r} has labels {sorted(labels.values())}, needs POSITIVE and NEGATIVE")
     return tok, clf, labels, dev
 
@@ -79,8 +79,8 @@ def score_texts_with_model(texts: list[str], model: str, batch_size: int = 32, d
     import torch
 
     tok, clf, labels, dev = _classifier(model, device)
-    pos = [i for i, l in labels.items() if l.startswith("POS")]
-    neg = [i for i, l in labels.items() if l.startswith("NEG")]
+    pos = [i for i, name in labels.items() if name.startswith("POS")]
+    neg = [i for i, name in labels.items() if name.startswith("NEG")]
     out: list[float] = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):

@@ -23,7 +23,7 @@ the adapter it trains scores as the bf16-trained one does on the bf16 base (accu
 0.953 with fast accumulation); the 7B step is 1.32-1.38x the bf16 fast path's (1.39-1.47x with
 fast accumulation). Opt-in through ``train.fp8_base`` (and ``train.fp8_fast_accum``); the adapter
 it trains loads on the bf16 base. On CUDA the activations are quantized by the Triton kernel of
-``tasks/fp8_kernels.py``.
+``tasks/training/fastpath/fp8_kernels.py``.
 ``torch._scaled_mm`` runs on CUDA cards with fp8 tensor cores (compute capability 8.9+: L4, L40,
 H100, H200) and, slowly, on CPU (tests).
 """
@@ -53,12 +53,12 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     return (q.float() * scale.reshape(-1, 1)).to(dtype)
 
 
-# How activations are quantized on CUDA: "triton" (tasks/fp8_kernels.py, one pass per row: the
+# How activations are quantized on CUDA: "triton" (tasks/training/fastpath/fp8_kernels.py, one pass per row: the
 # default), "compiled" (quantize_rows through torch.compile) or "eager" (six passes). The latter two
 # are kept for bench/bench_fp8_layer.py, which times all three; CPU always runs quantize_rows.
 QUANTIZER = "triton"
 _compiled_quantize = None
-_triton_quantize = None  # tasks.fp8_kernels.quantize_rows_triton, imported on first use (CUDA only)
+_triton_quantize = None  # tasks.training.fastpath.fp8_kernels.quantize_rows_triton, imported on first use (CUDA only)
 
 
 def _quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +69,7 @@ def _quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if QUANTIZER == "triton":
         if _triton_quantize is None:
             try:
-                from tasks.fp8_kernels import quantize_rows_triton as _triton_quantize
+                from tasks.training.fastpath.fp8_kernels import quantize_rows_triton as _triton_quantize
             except ImportError:  # a CUDA torch without Triton (inductor needs it too): eager, slower, same values
                 warnings.warn("Triton is not importable: the fp8 base quantizes activations eagerly (slower)", stacklevel=2)
                 QUANTIZER = "eager"
