@@ -53,3 +53,16 @@ def test_unreachable_endpoint_is_one_line_and_writes_nothing(tmp_path):
     errors = [line for line in out.stderr.splitlines() if line.startswith("chainsignal: error:")]
     assert len(errors) == 1 and "cannot connect" in errors[0]
     assert not (tmp_path / "d" / "lake" / "transactions").exists() or not any((tmp_path / "d" / "lake" / "transactions").rglob("*.parquet"))
+
+
+def test_a_mistyped_variable_is_one_line_and_exit_2():
+    out = run("settings", env={"CHAINSIGNAL_RPC_URL": "https://mainnet.infura.io/v3/{api_key}"})
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == ("chainsignal: error: unknown setting variable CHAINSIGNAL_RPC_URL: did you mean "
+                                  "CHAINSIGNAL_RPC__URL? (sections and fields are joined by a double underscore)")
+
+
+def test_settings_never_print_a_short_key_pasted_into_the_url():
+    out = run("settings", env={"CHAINSIGNAL_RPC__URL": "https://mainnet.infura.io/v3/SECRETKEYABC"})
+    assert out.returncode == 0, out.stderr
+    assert "SECRETKEYABC" not in out.stdout + out.stderr and '"api_key_set": true' in out.stdout

@@ -81,6 +81,48 @@ def test_a_key_pasted_into_the_url_is_taken_out_at_once(monkeypatch, url, templa
         assert key not in view
 
 
+@pytest.mark.parametrize("url, key, template", [
+    ("https://mainnet.infura.io/v3/SECRETKEYABC", "SECRETKEYABC", "https://mainnet.infura.io/v3/{api_key}"),
+    ("https://mainnet.infura.io/v3/SECRETKEY123ABC", "SECRETKEY123ABC", "https://mainnet.infura.io/v3/{api_key}"),
+    ("https://eth-mainnet.g.alchemy.com/v2/mainnet", "mainnet", "https://eth-mainnet.g.alchemy.com/v2/{api_key}"),
+    ("https://red-fox.quiknode.pro/tok3n/", "tok3n", "https://red-fox.quiknode.pro/{api_key}/"),
+    ("https://rpc.ankr.com/eth/ankrkey", "ankrkey", "https://rpc.ankr.com/eth/{api_key}"),
+])
+def test_a_short_or_letters_only_key_is_found_by_its_position(monkeypatch, url, key, template):
+    """Where the documented shapes put a key, it is a key, whatever it looks like; only that segment is
+    replaced (a short key such as 'mainnet' also spells part of the host)."""
+    monkeypatch.setenv("CHAINSIGNAL_RPC__URL", url)
+    s = load_settings()
+    assert s.rpc.url == template and s.rpc.api_key.get_secret_value() == key
+    for view in (repr(s), str(s.public_dict()), str(s.flat_params())):
+        assert f"/{key}" not in view
+
+
+def test_a_local_node_url_holds_no_key(monkeypatch):
+    monkeypatch.setenv("CHAINSIGNAL_RPC__URL", "http://127.0.0.1:8545/")
+    s = load_settings()
+    assert s.rpc.url == "http://127.0.0.1:8545/" and s.rpc.api_key is None
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("CHAINSIGNAL_RPC_URL", "did you mean CHAINSIGNAL_RPC__URL?"),
+    ("CHAINSIGNAL_TRAIN__LORA_RANK", "did you mean CHAINSIGNAL_TRAIN__LORA_R"),
+    ("CHAINSIGNAL_TYPO", "unknown setting variable CHAINSIGNAL_TYPO"),
+])
+def test_an_unknown_chainsignal_variable_is_refused_with_the_nearest_name(monkeypatch, name, hint):
+    monkeypatch.setenv(name, "x")
+    with pytest.raises(SettingsError, match=hint) as err:
+        load_settings()
+    assert "\n" not in str(err.value)
+
+
+def test_known_variables_and_nested_keys_pass(monkeypatch):
+    monkeypatch.setenv("CHAINSIGNAL_RPC__URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("CHAINSIGNAL_LIVE_TESTS", "0")
+    monkeypatch.setenv("CHAINSIGNAL_PRICES__COINGECKO_IDS__ETH", "ethereum")
+    assert load_settings().rpc.url == "http://127.0.0.1:9/"
+
+
 def test_two_keys_in_the_url_or_a_key_twice_is_one_line(monkeypatch):
     monkeypatch.setenv("CHAINSIGNAL_RPC__URL", "https://me:pw0123456789@node.example/v2/AbCdEf0123456789AbCdEf01")
     with pytest.raises(SettingsError) as err:

@@ -11,6 +11,7 @@ next to manifests and written to MLflow as params.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -48,24 +49,54 @@ _KEY_LIKE = re.compile(r"(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{20,}")  # Infura 3
 _KEY_PARAMS = {"apikey", "api_key", "api-key", "key", "token", "access_token", "auth", "secret"}
 
 
+def _keys_by_position(host: str, segments: list[str]) -> list[str]:
+    """Path segments that hold a key because of where they sit, whatever they look like: the one
+    after ``v2``/``v3`` (Infura ``/v3/<key>``, Alchemy ``/v2/<key>``), QuickNode's first segment
+    (``<name>.quiknode.pro/<token>/``) and Ankr's second (``rpc.ankr.com/<chain>/<key>``)."""
+    found = [seg for prev, seg in zip(segments, segments[1:], strict=False) if prev.lower() in ("v2", "v3")]
+    if host.endswith(".quiknode.pro") and segments:
+        found.append(segments[0])
+    if host == "rpc.ankr.com" and len(segments) > 1:
+        found.append(segments[1])
+    return found
+
+
+def _key_param_swapped(pair: str, key: str) -> str:
+    """``apikey=<key>`` -> ``apikey={api_key}``; any other query pair kept as written (still encoded)."""
+    name, _, value = pair.partition("=")
+    return f"{name}={{api_key}}" if name.lower() in _KEY_PARAMS and unquote_plus(value) == key else pair
+
+
 def split_url_secret(url: str) -> tuple[str, str | None]:
     """``(template, secret)``: a key written straight into an endpoint URL becomes ``{api_key}``.
 
     Providers put the key in the path (``/v3/<key>``), in a query parameter (``?apikey=``) or as
     the password of the URL. Whatever is found is taken out here, where the settings are read, so
-    no message, summary, artifact or MLflow param built from ``rpc.url`` can carry it. More than
-    one such value is refused (``rpc.api_key`` holds one)."""
+    no message, summary, artifact or MLflow param built from ``rpc.url`` can carry it. A path key is
+    found by its position in the documented shapes (a short or letters-only key too) or by its looks
+    (20+ characters with a digit) anywhere else. More than one such value is refused (``rpc.api_key``
+    holds one)."""
     parts = urlsplit(url)
     found: list[str] = []
     if parts.password:
         found.append(parts.password)
-    found += [seg for seg in parts.path.split("/") if _KEY_LIKE.fullmatch(seg)]
-    found += [v for k, v in parse_qsl(parts.query) if k.lower() in _KEY_PARAMS and v and v != "{api_key}"]
+    segments = [seg for seg in parts.path.split("/") if seg]
+    found += _keys_by_position((parts.hostname or "").lower(), segments)
+    found += [seg for seg in segments if _KEY_LIKE.fullmatch(seg)]
+    found += [v for k, v in parse_qsl(parts.query) if k.lower() in _KEY_PARAMS and v]
+    found = list(dict.fromkeys(f for f in found if f != "{api_key}"))
     if not found:
         return url, None
-    if len(set(found)) > 1:
+    if len(found) > 1:
         raise ValueError("holds more than one key-like value; write {api_key} where the key goes and set rpc.api_key")
-    return url.replace(found[0], "{api_key}"), found[0]
+    key = found[0]
+    # swapped where it was found, not wherever the same letters occur (a short key may also spell part of the host)
+    template = parts._replace(
+        netloc=parts.netloc.replace(f":{key}@", ":{api_key}@") if parts.password == key else parts.netloc,
+        path="/".join("{api_key}" if seg == key else seg for seg in parts.path.split("/")),
+        query="&".join(_key_param_swapped(pair, key) for pair in parts.query.split("&")) if parts.query else "",
+    )
+    return urlunsplit(template), key
 
 
 def holds_key(url: str) -> bool:
@@ -512,11 +543,45 @@ def _one_line(err: ValidationError) -> str:
     return f"bad setting {where}: {first['msg']}{_shown(first['loc'], first.get('input'))}{more}"
 
 
+# CHAINSIGNAL_* variables that are not settings: the config file's path, the repo a deployment pulls, the live-test switch
+OTHER_ENV_NAMES = frozenset({CONFIG_ENV, "CHAINSIGNAL_REPO_DIR", "CHAINSIGNAL_LIVE_TESTS"})
+
+
+def setting_env_names() -> dict[str, bool]:
+    """Every ``CHAINSIGNAL_<SECTION>[__<FIELD>]`` name the settings read -> whether it nests further
+    (a dict or model field takes ``__<KEY>`` below it)."""
+    names: dict[str, bool] = {}
+    for section, info in Settings.model_fields.items():
+        names[f"{ENV_PREFIX}{section.upper()}"] = True
+        for field, finfo in info.annotation.model_fields.items():
+            nests = "dict" in str(finfo.annotation) or isinstance(finfo.annotation, type) and issubclass(finfo.annotation, BaseModel)
+            names[f"{ENV_PREFIX}{section.upper()}__{field.upper()}"] = nests
+    return names
+
+
+def refuse_unknown_env(environ: dict[str, str] | os._Environ) -> None:
+    """A mistyped variable (``CHAINSIGNAL_RPC_URL`` for ``CHAINSIGNAL_RPC__URL``) would be ignored
+    silently by pydantic-settings: refuse it in one line with the nearest real name."""
+    known = setting_env_names()
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_ENV_NAMES or upper in known:
+            continue
+        parent = "__".join(upper.split("__")[:2])
+        if upper.count("__") >= 2 and known.get(parent):
+            continue
+        near = difflib.get_close_matches(upper, [*known, *OTHER_ENV_NAMES], n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else "`chainsignal settings` shows the sections and fields"
+        raise SettingsError(f"unknown setting variable {name}: {hint} (sections and fields are joined by a double underscore)")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Resolve settings from defaults, TOML, env and ``overrides`` (nested dicts per section).
 
-    Raises :class:`SettingsError` with a one-line message naming the bad setting.
+    Raises :class:`SettingsError` with a one-line message naming the bad setting, or the
+    ``CHAINSIGNAL_*`` variable that is no setting.
     """
+    refuse_unknown_env(os.environ)
     try:
         return Settings(**overrides)
     except ValidationError as err:
