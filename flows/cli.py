@@ -51,6 +51,12 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print versions and exit.")] = False,
 ) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.logging.configuration import setup_logging
+
+    from tasks.core.logs import user_errors_in_one_line_on_the_console
+
+    setup_logging()  # now, not at the first flow run, so that the console handler it makes is the one wrapped
+    user_errors_in_one_line_on_the_console()
 
 
 def _print(obj: dict) -> None:

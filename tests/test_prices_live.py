@@ -147,10 +147,14 @@ def test_ingest_prices_flow_on_binance_reports_gaps_and_is_idempotent(monkeypatc
         monkeypatch.setenv("CHAINSIGNAL_PRICES__BINANCE_REQUESTS_PER_SECOND", "1000")
         first = ingest_prices(START, END)
         again = ingest_prices(START, END)
-    assert first["partitions_done"] == 10 and first["source"] == "binance"
+        lake = Lake(data_dir / "lake")
+        assert not lake.is_complete("prices", date(2021, 1, 6))  # left open: the next run asks again
+        monkeypatch.setenv("CHAINSIGNAL_PRICES__ACCEPT_GAPS", "true")
+        accepted = ingest_prices(START, END)
+    assert first["partitions_done"] == 9 and first["partitions_incomplete"] == 1 and first["source"] == "binance"
     assert first["gaps"] == 1 and first["first_gaps"] == "2021-01-06:BTC"
-    assert again["partitions_skipped"] == 10
-    lake = Lake(data_dir / "lake")
+    assert again["partitions_skipped"] == 9 and again["partitions_incomplete"] == 1
+    assert accepted["partitions_skipped"] == 9 and accepted["partitions_done"] == 1
     assert lake.manifest("prices", date(2021, 1, 6))["gaps"] == ["BTC"]
     stored = lake.scan("prices").collect().filter(pl.col("asset") == "ETH").sort("date")
     assert_frame_equal(stored.drop("source"), real("ETH"))

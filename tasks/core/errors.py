@@ -26,6 +26,10 @@ class StorageError(ChainsignalError, RuntimeError):
     """An object store that cannot be used as configured; one line naming the setting."""
 
 
+class DataError(ChainsignalError, ValueError):
+    """Input data breaks a rule (a duplicate candle, a negative price, a day not yet closed); nothing is written."""
+
+
 class NotFoundError(ChainsignalError, LookupError):
     """Something a command needs does not exist yet (a dataset, a run, a block); the message says what to run."""
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from tasks.core.errors import ChainsignalError
 
 
 def get_logger(name: str = "chainsignal") -> logging.Logger | logging.LoggerAdapter:
@@ -36,3 +39,26 @@ def quiet_peft_wrap() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
+
+
+class _UserErrorsInOneLine(logging.Formatter):
+    """The console's formatter, minus the traceback of a :class:`ChainsignalError` (the user gets one
+    line; Prefect's API handler, a separate handler, still stores the whole record in the run's logs)."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and isinstance(record.exc_info[1], ChainsignalError):
+            record = copy.copy(record)
+            record.exc_info, record.exc_text = None, None
+        return self.inner.format(record)
+
+
+def user_errors_in_one_line_on_the_console() -> None:
+    """Wrap the formatter of every console handler on the root logger (where Prefect puts its own)."""
+    for handler in logging.getLogger().handlers:
+        is_console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if is_console and not isinstance(handler.formatter, _UserErrorsInOneLine):
+            handler.setFormatter(_UserErrorsInOneLine(handler.formatter or logging.Formatter()))

@@ -202,6 +202,8 @@ class PriceSettings(_Section):
     # (OHLC per UTC day built from its price points); "binance": /api/v3/klines (spot, quote below).
     source: Literal["file", "coingecko", "binance"] = "file"
     assets: tuple[str, ...] = ("ETH", "BTC")  # tickers; AAVE is one entry away where you have it
+    # commit a day that lacks one of the assets (its manifest lists the gap) instead of leaving it open for the next run
+    accept_gaps: bool = False
     file_dir: Path = SAMPLE_DIR / "prices"  # <asset lowercase>_usd_daily.csv files
     timeout_s: float = Field(default=20.0, gt=0)  # per HTTP request to a live price API
     concurrency_limit: str | None = None  # Prefect global concurrency limit shared by workers on one key (1 slot/request)

@@ -10,9 +10,14 @@ from typing import Any
 from tasks.core.logs import get_logger
 
 
+def utc_today() -> date:
+    """The flows' one clock read: today's UTC date (the day whose candles and posts are still open)."""
+    return datetime.now(UTC).date()
+
+
 def resolve_days(start: date | None, end: date | None, today: date | None = None) -> list[date]:
     """Days start..end inclusive; both default to yesterday (UTC), the last whole day."""
-    yesterday = (today or datetime.now(UTC).date()) - timedelta(days=1)
+    yesterday = (today or utc_today()) - timedelta(days=1)
     start = start or end or yesterday
     end = end or start
     if end < start:
