@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tasks.chain.blockrange import BlockClock, day_start_ts
-from tasks.chain.job import ingest_chain_day, stream_for_days
+from tasks.chain.job import ChainJobConfig, ingest_chain_day, stream_for_days
 from tasks.chain.localnode import CHAIN_ID, find_anvil, free_port, seed_chain, start_anvil
 from tasks.clients.rpc import HttpJsonRpc
 from tasks.core.settings import load_settings
@@ -112,12 +112,9 @@ def run_ours(url: str, days: list[date], receipts: bool, blocks_per_batch: int, 
         clock = BlockClock(rpc, ws.block_ranges_cache(s.rpc.chain))
         chain_id = int(rpc.call("eth_chainId", []), 16)
         latest = clock.latest()
-        with stream_for_days(rpc, ws.lake, clock, days, latest, s.rpc) as shared:  # as the ingest-chain flow does
-            reports = [ingest_chain_day(rpc, ws.lake, clock, d, chain=s.rpc.chain, chain_id=chain_id, latest=latest,
-                                        blocks_per_file=s.rpc.blocks_per_file, blocks_per_batch=s.rpc.blocks_per_batch,
-                                        finality_blocks=s.rpc.finality_blocks, receipts=receipts,
-                                        max_concurrent_requests=s.rpc.max_concurrent_requests, stream=shared)
-                       for d in days]
+        config = ChainJobConfig.from_settings(s.rpc, chain_id)
+        with stream_for_days(rpc, ws.lake, clock, days, latest, config) as shared:  # as the ingest-chain flow does
+            reports = [ingest_chain_day(rpc, ws.lake, clock, d, config, latest=latest, stream=shared) for d in days]
         seconds = time.perf_counter() - t0
         assert all(r.status == "done" for r in reports), [r.status for r in reports]
         lake = Lake(ws.lake.root)

@@ -17,8 +17,9 @@ from prefect import flow
 
 from flows.common import settings_for, workspace
 from tasks.chain.blockrange import BlockClock
-from tasks.chain.job import DayReport, ingest_chain_day_task, publish_day_table, stream_for_days
-from tasks.clients.rpc import HttpJsonRpc, RpcQuotaError
+from tasks.chain.job import ChainJobConfig, DayReport, ingest_chain_day_task, publish_day_table, stream_for_days
+from tasks.clients.rpc import HttpJsonRpc
+from tasks.core.errors import RpcQuotaError
 from tasks.ops.orchestration import notify_failure
 from tasks.ops.runs import publish_summary, resolve_days, started, summarize
 
@@ -42,19 +43,16 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
     except RpcQuotaError as err:  # quota or budget already spent: every day stays where it is
         stopped = {"day": None, "stopped_at_block": None, "error": str(err)}
     days = resolve_days(start, end)
+    config = None if stopped else ChainJobConfig.from_settings(settings.rpc, chain_id)
     # One stream of block batches over every day: the node stays busy across day boundaries.
-    shared = None if stopped else stream_for_days(rpc, ws.lake, clock, days, latest, settings.rpc, overwrite)
+    shared = None if stopped else stream_for_days(rpc, ws.lake, clock, days, latest, config, overwrite)
     try:
         for day in days:
             if stopped:  # quota or budget spent: do not knock again today
                 reports.append(DayReport(day.isoformat(), "stopped", error=f"not started: {stopped['error']}").as_dict())
                 continue
-            report = ingest_chain_day_task(
-                rpc, ws.lake, clock, day, chain=settings.rpc.chain, chain_id=chain_id, latest=latest,
-                blocks_per_file=settings.rpc.blocks_per_file, blocks_per_batch=settings.rpc.blocks_per_batch,
-                finality_blocks=settings.rpc.finality_blocks, overwrite=overwrite, receipts=settings.rpc.receipts,
-                max_concurrent_requests=settings.rpc.max_concurrent_requests, stream=shared,
-            ).as_dict()
+            report = ingest_chain_day_task(rpc, ws.lake, clock, day, config, latest=latest, overwrite=overwrite,
+                                           stream=shared).as_dict()
             reports.append(report)
             if report["status"] == "stopped":
                 stopped = report

@@ -6,7 +6,7 @@ handling with its retries."""
 import polars as pl
 import pytest
 
-from tasks.chain.job import ChunkStream
+from tasks.chain.stream import ChunkStream
 from tasks.clients.rpc import HttpJsonRpc
 from tests.conftest import RPC_DATA, TESTS
 from tests.replay import ReplayServer

@@ -9,8 +9,10 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.ingest_chain import ingest_chain
-from tasks.chain.job import fetch_blocks
-from tasks.clients.rpc import HttpJsonRpc, RpcError, ensure_credit_limit, ensure_credit_limit_from_settings
+from tasks.chain.stream import fetch_blocks
+from tasks.clients.limits import ensure_credit_limit, ensure_credit_limit_from_settings
+from tasks.clients.rpc import HttpJsonRpc
+from tasks.core.errors import RpcError
 from tasks.core.settings import load_settings
 from tests.conftest import CHAIN_START, RPC_DATA
 from tests.replay import ReplayServer

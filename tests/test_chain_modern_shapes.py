@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from tasks.chain.job import fetch_block_receipts
 from tasks.chain.mappers import map_receipt, map_receipts_frame, map_transaction, map_transactions_frame
-from tasks.clients.rpc import HttpJsonRpc, RpcError
+from tasks.chain.stream import fetch_block_receipts
+from tasks.clients.rpc import HttpJsonRpc
+from tasks.core.errors import RpcError
 from tasks.core.schemas import RECEIPTS, TRANSACTIONS
 from tests.conftest import TESTS
 from tests.replay import ReplayServer, read_transcript

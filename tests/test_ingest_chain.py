@@ -134,16 +134,17 @@ def test_receipts_that_do_not_match_write_nothing_and_the_rerun_completes(seeded
     one) stops the day with a one-line error before any file of those blocks is written; the next
     run fetches them again and completes."""
     from tasks.chain.blockrange import BlockClock
-    from tasks.chain.job import ingest_chain_day
+    from tasks.chain.job import ChainJobConfig, ingest_chain_day
 
     node, _ = seeded_node
     lake = Lake(tmp_path / "lake")
+    config = ChainJobConfig(chain="ethereum", chain_id=31337, blocks_per_file=1000, blocks_per_batch=25,
+                            finality_blocks=64, receipts=True)
     with ReplayServer(upstream=node.url) as proxy:
         def run():
             rpc = HttpJsonRpc(proxy.url, requests_per_second=1000)
             clock = BlockClock(rpc)
-            return ingest_chain_day(rpc, lake, clock, DAY, chain="ethereum", chain_id=31337, latest=clock.latest(),
-                                    blocks_per_file=1000, blocks_per_batch=25, finality_blocks=64, receipts=True)
+            return ingest_chain_day(rpc, lake, clock, DAY, config, latest=clock.latest())
 
         proxy.fault_for = lambda body: ("receipts-short" if isinstance(body, list)
                                         and body[0]["method"] == "eth_getBlockReceipts" else None)
@@ -270,20 +271,20 @@ def test_daily_credit_budget_stops_and_next_run_resumes(seeded_node, data_dir, m
 
 CHILD = """
 import sys
+from dataclasses import replace
 from datetime import date
 from tasks.core.settings import load_settings
 from tasks.core.storage import Workspace
 from tasks.clients.rpc import HttpJsonRpc
 from tasks.chain.blockrange import BlockClock
-from tasks.chain.job import ingest_chain_day
+from tasks.chain.job import ChainJobConfig, ingest_chain_day
 s = load_settings(); ws = Workspace(s.storage.data_dir)
 rpc = HttpJsonRpc.from_settings(s.rpc)
 clock = BlockClock(rpc, ws.block_ranges_cache(s.rpc.chain))
 chain_id = int(rpc.call("eth_chainId", []), 16); latest = clock.latest()
+config = replace(ChainJobConfig.from_settings(s.rpc, chain_id), max_concurrent_requests=1)  # one batch in flight
 for d in sys.argv[1:]:
-    ingest_chain_day(rpc, ws.lake, clock, date.fromisoformat(d), chain=s.rpc.chain, chain_id=chain_id,
-                     latest=latest, blocks_per_file=s.rpc.blocks_per_file, blocks_per_batch=s.rpc.blocks_per_batch,
-                     finality_blocks=s.rpc.finality_blocks, receipts=s.rpc.receipts)
+    ingest_chain_day(rpc, ws.lake, clock, date.fromisoformat(d), config, latest=latest)
 """
 
 
@@ -328,7 +329,7 @@ def test_progress_bar_shows_blocks_and_tx_per_second(seeded_node, data_dir):
     import io
 
     from tasks.chain.blockrange import BlockClock
-    from tasks.chain.job import ingest_chain_day
+    from tasks.chain.job import ChainJobConfig, ingest_chain_day
     from tasks.core.storage import Workspace
 
     node, _ = seeded_node
@@ -341,8 +342,8 @@ def test_progress_bar_shows_blocks_and_tx_per_second(seeded_node, data_dir):
     real = job.progress
     job.progress = lambda *a, **k: real(*a, **{**k, "disable": False})  # as on a terminal
     try:
-        report = ingest_chain_day(rpc, ws.lake, clock, DAYS[0], chain="local", chain_id=31337, latest=clock.latest(),
-                                  blocks_per_file=2, blocks_per_batch=2, finality_blocks=64, progress_file=out)
+        config = ChainJobConfig(chain="local", chain_id=31337, blocks_per_file=2, blocks_per_batch=2, finality_blocks=64)
+        report = ingest_chain_day(rpc, ws.lake, clock, DAYS[0], config, latest=clock.latest(), progress_file=out)
     finally:
         job.progress = real
     text = out.getvalue()

@@ -4,17 +4,10 @@ import time
 
 import pytest
 
-from tasks.chain.job import fetch_blocks
-from tasks.clients.rpc import (
-    CreditLedger,
-    HttpJsonRpc,
-    RateLimiter,
-    RpcAuthError,
-    RpcBudgetError,
-    RpcError,
-    RpcQuotaError,
-    RpcUnreachableError,
-)
+from tasks.chain.stream import fetch_blocks
+from tasks.clients.limits import CreditLedger, RateLimiter
+from tasks.clients.rpc import HttpJsonRpc
+from tasks.core.errors import RpcAuthError, RpcBudgetError, RpcError, RpcQuotaError, RpcUnreachableError
 from tests.conftest import RPC_DATA
 from tests.replay import BACKOFF_S, LocalServer, ReplayServer
 

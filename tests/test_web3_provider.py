@@ -7,8 +7,9 @@ import pytest
 from web3 import Web3
 
 from tasks.chain.localnode import CHAIN_ID
-from tasks.clients.rpc import HttpJsonRpc, RpcError
+from tasks.clients.rpc import HttpJsonRpc
 from tasks.clients.web3_provider import endpoint_chain_id, web3_for
+from tasks.core.errors import RpcError
 from tests.conftest import RPC_DATA
 from tests.replay import ReplayServer
 from tests.test_rpc_client import client as rpc_client

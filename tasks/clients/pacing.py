@@ -1,7 +1,7 @@
 """PacedJsonGet: HTTP GET returning JSON, paced by a token bucket, retried with backoff.
 
 Shared by the REST price and social sources (CoinGecko, Binance, X API, GDELT). The pacing
-mechanism is the chain client's :class:`tasks.clients.rpc.RateLimiter` (imported, one bucket per
+mechanism is the chain client's :class:`tasks.clients.limits.RateLimiter` (imported, one bucket per
 source, so each API keeps its own limit). 429 / 5xx / timeouts / connection resets / bodies that
 are not JSON are retried with exponential backoff, honouring ``Retry-After`` (seconds) and X's
 ``x-rate-limit-reset`` (epoch seconds, capped). Any other 4xx is returned to the caller, who knows
@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from prefect.concurrency.sync import rate_limit
 
-from tasks.clients.rpc import RETRYABLE_HTTP, RateLimiter
+from tasks.clients.limits import RateLimiter
+from tasks.clients.rpc_wire import RETRYABLE_HTTP
 from tasks.core.errors import HttpGiveUp
 
 RETRYABLE_STATUS = RETRYABLE_HTTP | {418}  # Binance answers 418 once an IP ignored its 429s
@@ -57,8 +59,6 @@ class PacedJsonGet:
         if not self.concurrency_limit:
             return
         try:
-            from prefect.concurrency.sync import rate_limit
-
             rate_limit(self.concurrency_limit, occupy=1, strict=True)
         except Exception as exc:  # one line whatever Prefect raises
             first = self.scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:160]

@@ -70,6 +70,5 @@ def endpoint_chain_id(rpc: ChainRpc, expected: int | None = None) -> int:
     anything is fetched (a Sepolia URL must not fill a mainnet lake)."""
     chain_id = web3_for(rpc).eth.chain_id
     if expected is not None and chain_id != expected:
-        url = getattr(rpc, "url", "the endpoint")
-        raise RpcError(f"{url} serves chain id {chain_id}, but rpc.chain_id is {expected}: check rpc.url")
+        raise RpcError(f"{rpc.url} serves chain id {chain_id}, but rpc.chain_id is {expected}: check rpc.url")
     return chain_id

@@ -14,41 +14,37 @@ from datetime import date
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.chain.blockrange import BlockClock
+from tasks.chain.job import ChainJobConfig, ingest_chain_day
+from tasks.clients.rpc import HttpJsonRpc
+from tasks.core.settings import resolve_settings
+from tasks.core.storage import Workspace
+
 _clients: dict[str, tuple] = {}
 _lock = threading.Lock()
 
 
 def shared_chain_clients(settings, ws):
-    """One (rpc, clock, chain_id, latest) per process and endpoint."""
-    from tasks.chain.blockrange import BlockClock
-    from tasks.clients.rpc import HttpJsonRpc
-    from tasks.clients.web3_provider import endpoint_chain_id
+    """One (rpc, clock, job config, latest) per process and endpoint."""
+    from tasks.clients.web3_provider import endpoint_chain_id  # web3 loads here, not when flows import
 
     key = f"{settings.rpc.url}|{ws.lake.root}"
     with _lock:
         if key not in _clients:
             rpc = HttpJsonRpc.from_settings(settings.rpc, ws.credit_ledger(settings.rpc.chain))
             clock = BlockClock(rpc, ws.block_ranges_cache(settings.rpc.chain))
-            _clients[key] = (rpc, clock, endpoint_chain_id(rpc, settings.rpc.chain_id), clock.latest())
+            config = ChainJobConfig.from_settings(settings.rpc, endpoint_chain_id(rpc, settings.rpc.chain_id))
+            _clients[key] = (rpc, clock, config, clock.latest())
         return _clients[key]
 
 
 @task(name="backfill-chain-day", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
 def backfill_chain_day(day: date, rpc_url: str | None = None, overwrite: bool = False) -> dict:
     """Runs on a Dask worker: settings and clients are resolved there, not pickled from the flow."""
-    from tasks.chain.job import ingest_chain_day
-    from tasks.core.settings import resolve_settings
-    from tasks.core.storage import Workspace
-
     settings = resolve_settings(rpc={"url": rpc_url} if rpc_url else None)
     ws = Workspace.from_settings(settings)
-    rpc, clock, chain_id, latest = shared_chain_clients(settings, ws)
-    return ingest_chain_day(
-        rpc, ws.lake, clock, day, chain=settings.rpc.chain, chain_id=chain_id, latest=latest,
-        blocks_per_file=settings.rpc.blocks_per_file, blocks_per_batch=settings.rpc.blocks_per_batch,
-        finality_blocks=settings.rpc.finality_blocks, overwrite=overwrite, receipts=settings.rpc.receipts,
-        max_concurrent_requests=settings.rpc.max_concurrent_requests,
-    ).as_dict()
+    rpc, clock, config, latest = shared_chain_clients(settings, ws)
+    return ingest_chain_day(rpc, ws.lake, clock, day, config, latest=latest, overwrite=overwrite).as_dict()
 
 
 def dask_task_runner(services):

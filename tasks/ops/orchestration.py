@@ -43,7 +43,7 @@ def ensure_work_pools(names: tuple[str, ...]) -> list[str]:
 def ensure_source_limits(settings: Any) -> list[dict[str, Any]]:
     """Global concurrency limits for the live price/social APIs, one slot per request decaying at the
     source's configured requests per second (so every worker sharing the key keeps that rate)."""
-    from tasks.clients.rpc import ensure_credit_limit
+    from tasks.clients.limits import ensure_credit_limit
 
     out = []
     p, t = settings.prices, settings.tweets
@@ -89,7 +89,7 @@ def deploy_all(prefect_file: Path = PREFECT_FILE, repo_dir: Path = REPO_ROOT, ti
 
 def setup(settings: Any) -> dict[str, Any]:
     """Pools, rate limits, notification block and deployments; idempotent."""
-    from tasks.clients.rpc import ensure_credit_limit_from_settings
+    from tasks.clients.limits import ensure_credit_limit_from_settings
 
     log = get_logger()
     report: dict[str, Any] = {"api_url": os.environ.get("PREFECT_API_URL") or "(ephemeral)"}
