@@ -240,6 +240,10 @@ class TweetSettings(_Section):
     query: str = "ethereum"  # hashtag or word, as in the study's "#tag" search
     file_path: Path = SAMPLE_DIR / "tweets" / "ethereum_tweets.csv"
     max_posts_per_day: int = Field(default=1000, ge=1)
+    # longer posts are cut to this many characters (X's own limit for long posts), counted in the day's report
+    max_post_chars: int = Field(default=25_000, ge=1)
+    # commit a day on which every source answered with no post (post_count 0) instead of leaving it open
+    accept_empty_days: bool = False
     timeout_s: float = Field(default=20.0, gt=0)  # per HTTP request (x_api, gdelt)
     concurrency_limit: str | None = None  # Prefect global concurrency limit shared by workers on one key (1 slot/request)
     max_retries: int = Field(default=4, ge=0)  # per request, on 429 / 5xx / timeouts / non-JSON bodies
