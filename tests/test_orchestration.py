@@ -3,12 +3,15 @@ process worker), `chainsignal setup` (pools + deployments from deployments/prefe
 `prefect deployment run train-lora/train-lora`, the run found in the MLflow server, and
 `chainsignal down`. Loopback ports only."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from flows.build_dataset import build_dataset
 from tasks.chain.localnode import free_port
@@ -35,12 +38,16 @@ def test_up_setup_deployment_run_down(lake_copy, data_dir):
            "CHAINSIGNAL_SERVICES__MLFLOW_PORT": str(mlflow_port),
            "CHAINSIGNAL_SERVICES__WORKER_POOLS": '["gpu"]',
            "CHAINSIGNAL_SERVICES__WORKER_QUERY_SECONDS": "1",
-           "CHAINSIGNAL_SERVICES__PREFECT_DATABASE": "sqlite",  # PostgreSQL is covered by the test below
-           "CHAINSIGNAL_TRACKING__TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+           "CHAINSIGNAL_SERVICES__PREFECT_DATABASE": "sqlite"}  # PostgreSQL is covered by the test below
+    # as a user would: no tracking URI exported; the run must show in the MLflow UI that `up` prints
     env.pop("PREFECT_API_URL", None)
     api = f"http://127.0.0.1:{prefect_port}/api"
     try:
-        sh(str(BIN / "chainsignal"), "up", env=env, timeout=240)
+        up = json.loads(sh(str(BIN / "chainsignal"), "up", env=env, timeout=240).stdout)
+        assert up["export"] == {"PREFECT_API_URL": api} and up["mlflow_ui"] == f"http://127.0.0.1:{mlflow_port}"
+        # the Prefect UI asks the API on the configured port, not 4200
+        ui = requests.get(f"http://127.0.0.1:{prefect_port}/ui-settings", timeout=10).json()
+        assert ui["api_url"] == api
         env["PREFECT_API_URL"] = api
         # the setup command also creates the chain's shared credit limit (the workers here do not use it)
         setup = sh(str(BIN / "chainsignal"), "setup", timeout=240, env={
@@ -50,7 +57,7 @@ def test_up_setup_deployment_run_down(lake_copy, data_dir):
                  "-p", "micro_batch_size=16", "--watch", "--watch-timeout", "400", env=env, timeout=450)
         assert "Completed" in run.stdout
 
-        client = MlflowClient(f"http://127.0.0.1:{mlflow_port}")
+        client = MlflowClient(up["mlflow_ui"])
         exp = client.get_experiment_by_name("chainsignal")
         runs = client.search_runs([exp.experiment_id], "tags.model_kind = 'lora'")
         assert len(runs) == 1
@@ -99,3 +106,23 @@ def test_prefect_server_on_a_local_postgres_cluster(tmp_path):
         mgr.stop("prefect-server")
         stop_postgres(pgdata)
     assert not (pgdata / "postmaster.pid").exists()
+
+
+def test_up_refuses_a_port_already_taken_before_starting_anything(data_dir):
+    """With the MLflow port held by another process (e.g. the demo's `mlflow ui`), `up` used to report
+    "mlflow-server healthy" while its own server had died: now one line, exit 2, nothing started."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    env = {**os.environ, "CHAINSIGNAL_STORAGE__DATA_DIR": str(data_dir), "CHAINSIGNAL_SERVICES__PREFECT_DATABASE": "sqlite",
+           "CHAINSIGNAL_SERVICES__PREFECT_PORT": str(free_port()), "CHAINSIGNAL_SERVICES__MLFLOW_PORT": str(taken)}
+    try:
+        out = subprocess.run([str(BIN / "chainsignal"), "up"], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.close()
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == (f"chainsignal: error: port {taken} is already in use, so mlflow-server cannot start: stop "
+                                  f"what listens there or choose another port (services.mlflow_port, env "
+                                  f"CHAINSIGNAL_SERVICES__MLFLOW_PORT)")
+    assert not list((data_dir / "services" / "run").glob("*.json"))  # nothing started

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,7 +44,10 @@ def _bin(name: str) -> str:
 
 
 def prefect_server(port: int, home: Path, database_url: str | None = None) -> Service:
-    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": ""}
+    # the UI asks the API at PREFECT_UI_API_URL, by default built from PREFECT_SERVER_API_PORT (4200),
+    # not from --port: both follow services.prefect_port
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": "",
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     return Service("prefect-server", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -56,11 +60,30 @@ def mlflow_server(port: int, backend_uri: str, artifacts: str) -> Service:
                                      "--workers", "1"], {}, f"http://127.0.0.1:{port}/health")
 
 
-def prefect_worker(pool: str, api_url: str, repo_dir: Path, query_seconds: float = 2.0) -> Service:
+def prefect_worker(pool: str, api_url: str, repo_dir: Path, query_seconds: float = 2.0,
+                   store_env: dict[str, str] | None = None) -> Service:
+    """``store_env``: the data dir and tracking URI the flow runs it starts must use (those of `up`)."""
     return Service(f"worker-{pool}", [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process"],
                    {"PREFECT_API_URL": api_url, "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds),
-                    "CHAINSIGNAL_REPO_DIR": str(repo_dir), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+                    "CHAINSIGNAL_REPO_DIR": str(repo_dir), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(store_env or {})},
                    None, cwd=repo_dir)
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on ``host:port`` (a bind would fail)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_taken(name: str, port: int, setting: str) -> ServiceError:
+    env_name = "CHAINSIGNAL_" + setting.upper().replace(".", "__")
+    return ServiceError(f"port {port} is already in use, so {name} cannot start: stop what listens there "
+                        f"or choose another port ({setting}, env {env_name})")
 
 
 class ServiceManager:
@@ -85,11 +108,15 @@ class ServiceManager:
             path.unlink(missing_ok=True)
             return None
 
-    def start(self, svc: Service, timeout_s: float = 90.0) -> int:
+    def start(self, svc: Service, timeout_s: float = 90.0, port: int | None = None, port_setting: str = "") -> int:
+        """Start ``svc`` unless it runs; with ``port``, refuse first if another process holds it (else
+        its health check would be answered by that process while ours dies on "address in use")."""
         log = get_logger()
         if (pid := self.running(svc.name)) is not None:
             log.info("%s already running (pid %d)", svc.name, pid)
             return pid
+        if port is not None and port_in_use(port):
+            raise port_taken(svc.name, port, port_setting)
         logfile = open(self.run_dir / f"{svc.name}.log", "ab")
         proc = subprocess.Popen(svc.cmd, env={**os.environ, **svc.env}, stdout=logfile, stderr=subprocess.STDOUT,
                                 cwd=svc.cwd, start_new_session=True)
@@ -181,28 +208,45 @@ def _layout(settings) -> dict[str, Path]:
     return {"run": base / "run", "prefect_home": base / "prefect", "pgdata": base / "pg", "mlflow": base / "mlflow"}
 
 
+def tracking_store(settings) -> str:
+    """The one MLflow store of this installation: the CLI's (``settings.tracking_uri``, by default
+    ``<data_dir>/mlflow.db``) when it is a database; the default file when the CLI points at a server."""
+    uri = settings.tracking_uri
+    if uri.startswith(("sqlite:", "postgresql:", "postgres:", "mysql:")):
+        return uri
+    return f"sqlite:///{Path(settings.storage.data_dir).resolve() / 'mlflow.db'}"
+
+
 def start_all(settings, repo_dir: Path | None = None) -> dict:
-    """Prefect server (sqlite or local PostgreSQL), MLflow server, one worker per pool; then print
-    the environment a shell needs to talk to them."""
+    """Prefect server (sqlite or local PostgreSQL), MLflow server, one worker per pool, all on the
+    installation's one MLflow store: the MLflow server serves the store the CLI and the demo write, and
+    the workers' flow runs write it too, so every run shows in the UI printed here without exporting
+    anything. Ports are checked before anything starts."""
     from tasks.core.settings import REPO_ROOT
 
     sv = settings.services
     paths = _layout(settings)
     mgr = ServiceManager(paths["run"])
+    wanted = [("prefect-server", sv.prefect_port, "services.prefect_port"), ("mlflow-server", sv.mlflow_port, "services.mlflow_port")]
+    for name, port, setting in wanted:  # both checked before either starts
+        if mgr.running(name) is None and port_in_use(port):
+            raise port_taken(name, port, setting)
     db_url = ensure_postgres(paths["pgdata"], sv.postgres_port) if sv.prefect_database == "postgres" else None
     paths["prefect_home"].mkdir(parents=True, exist_ok=True)
-    mgr.start(prefect_server(sv.prefect_port, paths["prefect_home"], db_url))
+    mgr.start(prefect_server(sv.prefect_port, paths["prefect_home"], db_url), port=sv.prefect_port,
+              port_setting="services.prefect_port")
     paths["mlflow"].mkdir(parents=True, exist_ok=True)
-    backend = settings.tracking.tracking_uri if (settings.tracking.tracking_uri or "").startswith(("sqlite", "postgres")) \
-        else f"sqlite:///{paths['mlflow'] / 'mlflow.db'}"
+    store = tracking_store(settings)
     artifacts = settings.storage.artifacts_uri or str(paths["mlflow"] / "artifacts")
-    mgr.start(mlflow_server(sv.mlflow_port, backend, artifacts))
+    mgr.start(mlflow_server(sv.mlflow_port, store, artifacts), port=sv.mlflow_port, port_setting="services.mlflow_port")
     api = f"http://127.0.0.1:{sv.prefect_port}/api"
+    store_env = {"CHAINSIGNAL_STORAGE__DATA_DIR": str(Path(settings.storage.data_dir).resolve()),
+                 "CHAINSIGNAL_TRACKING__TRACKING_URI": store}
     for pool in sv.worker_pools:
-        mgr.start(prefect_worker(pool, api, repo_dir or REPO_ROOT, sv.worker_query_seconds))
-    return {"services": mgr.names(), "logs": str(paths["run"]),
-            "export": {"PREFECT_API_URL": api, "CHAINSIGNAL_TRACKING__TRACKING_URI": f"http://127.0.0.1:{sv.mlflow_port}"},
-            "prefect_ui": f"http://127.0.0.1:{sv.prefect_port}", "mlflow_ui": f"http://127.0.0.1:{sv.mlflow_port}"}
+        mgr.start(prefect_worker(pool, api, repo_dir or REPO_ROOT, sv.worker_query_seconds, store_env))
+    return {"services": mgr.names(), "logs": str(paths["run"]), "export": {"PREFECT_API_URL": api},
+            "tracking_store": store, "prefect_ui": f"http://127.0.0.1:{sv.prefect_port}",
+            "mlflow_ui": f"http://127.0.0.1:{sv.mlflow_port}"}
 
 
 def stop_all(settings) -> dict:
