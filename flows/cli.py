@@ -29,6 +29,22 @@ STACK = ("prefect", "mlflow", "polars", "pandas", "web3", "transformers", "peft"
 Day = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="UTC day, YYYY-MM-DD.")]
 
 
+EXIT_RESUMABLE = 3  # stopped early or a day left open: rerun later, it resumes (0 done, 2 user error, 1 bug)
+_OPEN_STATUSES = {"not_final": "not final on the node yet", "incomplete": "missing an asset",
+                  "missing": "no data yet", "open": "not over yet (UTC)", "empty": "no post yet"}
+
+
+def unfinished(summary: dict) -> str | None:
+    """Why an ingest's summary (or daily-ingest's, holding one per source) is not complete, in one line."""
+    parts = [f"{k}: {unfinished(v)}" for k, v in summary.items() if isinstance(v, dict) and unfinished(v)]
+    if summary.get("stopped_because"):
+        where = f" at {summary['stopped_at']}" if summary.get("stopped_at") else ""
+        parts.append(f"stopped{where} ({summary['stopped_because']}); a spent quota or budget comes back at 00:00 UTC")
+    parts += [f"{summary[f'partitions_{status}']} day(s) {why}" for status, why in _OPEN_STATUSES.items()
+              if summary.get(f"partitions_{status}")]
+    return "; ".join(parts) or None
+
+
 def _day(value: datetime | None) -> date | None:
     return value.date() if value else None
 
@@ -71,25 +87,33 @@ def ingest(
     overwrite: Annotated[bool, typer.Option(help="Rebuild complete days (atomically) instead of skipping them.")] = False,
     rpc_url: Annotated[str | None, typer.Option(help="Override rpc.url for this run.")] = None,
 ) -> None:
-    """Ingest chain, prices and tweets for UTC days START..END (default: yesterday)."""
+    """Ingest chain, prices and tweets for UTC days START..END (default: yesterday).
+
+    Exit codes: 0 every day complete; 2 bad input or setting (one line); 3 stopped early or some day
+    left open (quota or credit budget spent, a day not final yet, a source with no data yet): rerun later
+    and it resumes where it stopped; 1 a bug (with its traceback)."""
     if only == "all":
         from flows.daily_ingest import daily_ingest
 
-        _print(daily_ingest(_day(start), _day(end), overwrite, rpc_url))
+        summary = daily_ingest(_day(start), _day(end), overwrite, rpc_url)
     elif only == "chain":
         from flows.ingest_chain import ingest_chain
 
-        _print(ingest_chain(_day(start), _day(end), overwrite, rpc_url))
+        summary = ingest_chain(_day(start), _day(end), overwrite, rpc_url)
     elif only == "prices":
         from flows.ingest_prices import ingest_prices
 
-        _print(ingest_prices(_day(start), _day(end), overwrite))
+        summary = ingest_prices(_day(start), _day(end), overwrite)
     elif only == "tweets":
         from flows.scrape_tweets import scrape_tweets
 
-        _print(scrape_tweets(_day(start), _day(end), overwrite))
+        summary = scrape_tweets(_day(start), _day(end), overwrite)
     else:
         raise typer.BadParameter("--only must be one of all, chain, prices, tweets")
+    _print(summary)
+    if reason := unfinished(summary):
+        typer.echo(f"chainsignal: stopped early, resumable: {reason}", err=True)
+        raise typer.Exit(EXIT_RESUMABLE)
 
 
 @app.command("build-dataset")

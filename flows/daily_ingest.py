@@ -15,6 +15,7 @@ from prefect import flow
 from flows.ingest_chain import ingest_chain
 from flows.ingest_prices import ingest_prices
 from flows.scrape_tweets import scrape_tweets
+from tasks.core.errors import IngestError
 from tasks.ops.orchestration import notify_failure
 from tasks.ops.runs import publish_summary, resolve_days, started
 
@@ -41,6 +42,7 @@ def daily_ingest(start: date | None = None, end: date | None = None, overwrite: 
     summary["seconds"] = round(started() - t0, 2)
     publish_summary({k: v for k, v in summary.items() if not isinstance(v, dict)} | {"failed": ",".join(failed) or "none"},
                     "daily-ingest summary")
-    if failed:
-        raise RuntimeError(f"daily-ingest: {', '.join(failed)} failed (see their flow runs)")
+    if failed:  # one line for the terminal; each subflow's run keeps its traceback
+        causes = "; ".join(f"{name}: {summary[name]['message']}" for name in failed)
+        raise IngestError(f"daily-ingest: {', '.join(failed)} failed ({causes}); the other ingests' days are kept")
     return summary

@@ -30,6 +30,14 @@ class DataError(ChainsignalError, ValueError):
     """Input data breaks a rule (a duplicate candle, a negative price, a day not yet closed); nothing is written."""
 
 
+class InputError(ChainsignalError, ValueError):
+    """A command's own input is wrong (an end date before the start, an unknown option value)."""
+
+
+class IngestError(ChainsignalError, RuntimeError):
+    """An ingest inside daily-ingest failed; the message names which one and why, in one line."""
+
+
 class NotFoundError(ChainsignalError, LookupError):
     """Something a command needs does not exist yet (a dataset, a run, a block); the message says what to run."""
 

@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from tasks.core.errors import InputError
 from tasks.core.logs import get_logger
 
 
@@ -21,7 +22,7 @@ def resolve_days(start: date | None, end: date | None, today: date | None = None
     start = start or end or yesterday
     end = end or start
     if end < start:
-        raise ValueError(f"end {end} is before start {start}")
+        raise InputError(f"--end {end} is before --start {start}")
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
