@@ -11,9 +11,11 @@ import os
 import sys
 from datetime import date, datetime
 from importlib import metadata
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from tasks.core.settings import TrainSettings
 
 app = typer.Typer(
     name="chainsignal",
@@ -23,10 +25,19 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: real placeholders (DATE, INTEGER), no <bool>/<%Y-%m-%d>
 )
 
 STACK = ("prefect", "mlflow", "polars", "pandas", "web3", "transformers", "peft", "torch", "datasets", "snscrape")
-Day = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="UTC day, YYYY-MM-DD.")]
+Day = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], metavar="DATE", help="UTC day, YYYY-MM-DD.")]
+
+
+def _knob(name: str, help: str = "") -> Any:
+    """A training option whose help names its default, read from the settings model (train.<name>)."""
+    default = TrainSettings.model_fields[name].default
+    shown = ",".join(default) if isinstance(default, tuple) else default
+    metavar = {int: "INTEGER", float: "FLOAT"}.get(type(default), "TEXT")
+    return typer.Option(help=f"{help} [default: {shown}, from train.{name}]".lstrip(), show_default=False, metavar=metavar)
 
 
 EXIT_RESUMABLE = 3  # stopped early or a day left open: rerun later, it resumes (0 done, 2 user error, 1 bug)
@@ -83,9 +94,9 @@ def _print(obj: dict) -> None:
 def ingest(
     start: Day = None,
     end: Day = None,
-    only: Annotated[str, typer.Option(help="all | chain | prices | tweets")] = "all",
+    only: Annotated[str, typer.Option(metavar="TEXT", help="all | chain | prices | tweets")] = "all",
     overwrite: Annotated[bool, typer.Option(help="Rebuild complete days (atomically) instead of skipping them.")] = False,
-    rpc_url: Annotated[str | None, typer.Option(help="Override rpc.url for this run.")] = None,
+    rpc_url: Annotated[str | None, typer.Option(metavar="TEXT", help="Override rpc.url for this run.")] = None,
 ) -> None:
     """Ingest chain, prices and tweets for UTC days START..END (default: yesterday).
 
@@ -120,8 +131,9 @@ def ingest(
 def build_dataset_cmd(
     start: Day = None,
     end: Day = None,
-    target_asset: Annotated[str | None, typer.Option(help="Asset whose next-day move is the label (default ETH).")] = None,
-    task: Annotated[str | None, typer.Option(help="direction | return | sentiment | tx-value (default: dataset.name).")] = None,
+    target_asset: Annotated[str | None, typer.Option(metavar="TEXT", help="Asset whose next-day move is the label (default ETH).")] = None,
+    task: Annotated[str | None, typer.Option(
+        metavar="TEXT", help="direction | return | sentiment | tx-value (default: dataset.name).")] = None,
 ) -> None:
     """Build features, labels, splits and Alpaca records from the lake (a new dataset version)."""
     from flows.build_dataset import build_dataset
@@ -132,23 +144,24 @@ def build_dataset_cmd(
 
 @app.command()
 def train(
-    dataset: Annotated[str | None, typer.Option(help="Dataset fingerprint (default: the latest build).")] = None,
-    base_model: Annotated[str | None, typer.Option(help="Hub id, local path, or tiny-llama.")] = None,
-    epochs: Annotated[float | None, typer.Option()] = None,
-    lora_r: Annotated[int | None, typer.Option()] = None,
-    lora_alpha: Annotated[int | None, typer.Option()] = None,
-    lora_dropout: Annotated[float | None, typer.Option()] = None,
+    dataset: Annotated[str | None, typer.Option(metavar="TEXT", help="Dataset fingerprint (default: the latest build).")] = None,
+    base_model: Annotated[str | None, _knob("base_model", "Hub id, local path, or tiny-llama (built offline).")] = None,
+    epochs: Annotated[float | None, _knob("epochs", "Passes over the training split.")] = None,
+    lora_r: Annotated[int | None, _knob("lora_r", "LoRA rank.")] = None,
+    lora_alpha: Annotated[int | None, _knob("lora_alpha", "LoRA scaling (alpha / r multiplies the update).")] = None,
+    lora_dropout: Annotated[float | None, _knob("lora_dropout", "Dropout on the LoRA input.")] = None,
     target_module: Annotated[list[str] | None, typer.Option(
-        help="A module LoRA adapts (repeat for several; default q_proj and v_proj).")] = None,
+        help="A module LoRA adapts (repeat for several) [default: q_proj,v_proj, from train.target_modules]", metavar="TEXT",
+        show_default=False)] = None,
     train_on_inputs: Annotated[bool | None, typer.Option(
         "--train-on-inputs/--loss-on-response", help="Loss on the prompt too, or only on the response (default).",
         show_default=False)] = None,
-    learning_rate: Annotated[float | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    micro_batch_size: Annotated[int | None, typer.Option()] = None,
-    cutoff_len: Annotated[int | None, typer.Option()] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    model_kind: Annotated[str | None, typer.Option(help="causal (default) or encoder (MiniLM + LoRA + head).")] = None,
+    learning_rate: Annotated[float | None, _knob("learning_rate", "AdamW peak learning rate (causal kind).")] = None,
+    batch_size: Annotated[int | None, _knob("batch_size", "Examples per optimizer step.")] = None,
+    micro_batch_size: Annotated[int | None, _knob("micro_batch_size", "Examples per forward pass.")] = None,
+    cutoff_len: Annotated[int | None, _knob("cutoff_len", "Tokens per example; longer prompts are cut.")] = None,
+    seed: Annotated[int | None, _knob("seed", "Seed of every random choice.")] = None,
+    model_kind: Annotated[str | None, _knob("model_kind", "causal (LM + LoRA) or encoder (MiniLM + LoRA + head).")] = None,
     evaluate: Annotated[bool, typer.Option(help="Run the evaluate flow on the new run.")] = True,
 ) -> None:
     """Train LoRA adapters (train-lora flow), log them to MLflow, then evaluate."""
@@ -162,7 +175,8 @@ def train(
 
 
 @app.command("evaluate")
-def evaluate_cmd(run_id: Annotated[str | None, typer.Option(help="MLflow run id (default: the latest LoRA run).")] = None) -> None:
+def evaluate_cmd(run_id: Annotated[str | None, typer.Option(
+        metavar="TEXT", help="MLflow run id (default: the latest LoRA run).")] = None) -> None:
     """Score a run's adapter against the baselines and log the verdict."""
     from flows.evaluate import evaluate
 
@@ -170,7 +184,7 @@ def evaluate_cmd(run_id: Annotated[str | None, typer.Option(help="MLflow run id 
 
 
 @app.command()
-def daily(start: Day = None, end: Day = None, rpc_url: Annotated[str | None, typer.Option()] = None) -> None:
+def daily(start: Day = None, end: Day = None, rpc_url: Annotated[str | None, typer.Option(metavar="TEXT")] = None) -> None:
     """The scheduled DAG once: daily-ingest, build-dataset, then predict."""
     from flows.daily import daily as daily_flow
 
@@ -187,7 +201,8 @@ def demo() -> None:
 
 
 @app.command("predict")
-def predict_cmd(dataset: Annotated[str | None, typer.Option(help="Dataset fingerprint (default: the latest build).")] = None) -> None:
+def predict_cmd(dataset: Annotated[str | None, typer.Option(
+        metavar="TEXT", help="Dataset fingerprint (default: the latest build).")] = None) -> None:
     """Score the newest day with the champion adapter and record the signal."""
     from flows.predict import predict
 
@@ -195,7 +210,7 @@ def predict_cmd(dataset: Annotated[str | None, typer.Option(help="Dataset finger
 
 
 @app.command()
-def backfill(start: Day, end: Day, rpc_url: Annotated[str | None, typer.Option()] = None) -> None:
+def backfill(start: Day, end: Day, rpc_url: Annotated[str | None, typer.Option(metavar="TEXT")] = None) -> None:
     """Ingest a date range fanned out per day on a Dask cluster (local by default)."""
     from flows.backfill import backfill as backfill_flow
 

@@ -66,3 +66,16 @@ def test_settings_never_print_a_short_key_pasted_into_the_url():
     out = run("settings", env={"CHAINSIGNAL_RPC__URL": "https://mainnet.infura.io/v3/SECRETKEYABC"})
     assert out.returncode == 0, out.stderr
     assert "SECRETKEYABC" not in out.stdout + out.stderr and '"api_key_set": true' in out.stdout
+
+
+def test_help_uses_real_placeholders_and_names_the_training_defaults():
+    """Every command's help: DATE / INTEGER / TEXT placeholders, never <%Y-%m-%d> or <bool>; each training knob
+    says its default and the setting it comes from."""
+    commands = ("ingest", "build-dataset", "train", "evaluate", "daily", "predict", "backfill", "status", "up")
+    for cmd in commands:
+        out = run(cmd, "--help")
+        assert out.returncode == 0 and "<" not in out.stdout, (cmd, out.stdout)
+    train = " ".join(run("train", "--help").stdout.split())
+    assert "--start DATE" in " ".join(run("ingest", "--help").stdout.split())
+    assert "--lora-r INTEGER LoRA rank. [default: 8, from train.lora_r]" in train
+    assert "[default: 0.003, from train.learning_rate]" in train
