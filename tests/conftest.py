@@ -70,10 +70,10 @@ def ingested_lake(seeded_node, tmp_path_factory) -> Path:
 
     node, _ = seeded_node
     data = tmp_path_factory.mktemp("ingested") / "data"
-    saved = {k: os.environ.get(k) for k in ("CHAINSIGNAL_STORAGE__DATA_DIR", "CHAINSIGNAL_TWEETS__SOURCES",
-                                            "CHAINSIGNAL_RPC__REQUESTS_PER_SECOND")}
-    os.environ.update({"CHAINSIGNAL_STORAGE__DATA_DIR": str(data), "CHAINSIGNAL_TWEETS__SOURCES": '["file"]',
-                       "CHAINSIGNAL_RPC__REQUESTS_PER_SECOND": "1000"})
+    env = {"CHAINSIGNAL_STORAGE__DATA_DIR": str(data), "CHAINSIGNAL_TWEETS__SOURCES": '["file"]',
+           "CHAINSIGNAL_RPC__REQUESTS_PER_SECOND": "1000", "CHAINSIGNAL_TWEETS__ACCEPT_EMPTY_DAYS": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         daily_ingest(CHAIN_START, CHAIN_END, rpc_url=node.url)
     finally:
