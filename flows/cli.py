@@ -86,6 +86,24 @@ def main_options(
     user_errors_in_one_line_on_the_console()
 
 
+def _use_the_server_up_started() -> None:
+    """With `chainsignal up` running and no PREFECT_API_URL set, flows run against its server: they show in
+    the Prefect UI it printed, and no temporary server is started (~7 s a command). Runs before Prefect is
+    imported: its settings are read once, at import."""
+    from tasks.core.errors import ChainsignalError
+    from tasks.core.settings import load_settings
+    from tasks.ops.services import running_prefect_api
+
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    try:
+        api = running_prefect_api(load_settings())
+    except ChainsignalError:
+        return  # a bad setting is reported by the command itself, in one line
+    if api:
+        os.environ["PREFECT_API_URL"] = api
+
+
 def _print(obj: dict) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
@@ -290,6 +308,7 @@ def main() -> None:
     """Entry point: a user-fixable error (any ChainsignalError) is one line and exit 2; a bug keeps its traceback."""
     from tasks.core.errors import ChainsignalError
 
+    _use_the_server_up_started()
     try:
         app()
     except (ChainsignalError, FileNotFoundError) as exc:

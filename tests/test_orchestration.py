@@ -48,6 +48,10 @@ def test_up_setup_deployment_run_down(lake_copy, data_dir):
         # the Prefect UI asks the API on the configured port, not 4200
         ui = requests.get(f"http://127.0.0.1:{prefect_port}/ui-settings", timeout=10).json()
         assert ui["api_url"] == api
+        # a CLI command in a fresh shell (nothing exported) runs against up's server: no temporary one
+        ingest = sh(str(BIN / "chainsignal"), "ingest", "--only", "prices", "--start", "2021-01-01", "--end", "2021-01-02",
+                    env=env, timeout=240)
+        assert "Starting temporary server" not in ingest.stderr and f"127.0.0.1:{prefect_port}" in ingest.stderr
         env["PREFECT_API_URL"] = api
         # the setup command also creates the chain's shared credit limit (the workers here do not use it)
         setup = sh(str(BIN / "chainsignal"), "setup", timeout=240, env={

@@ -249,6 +249,18 @@ def start_all(settings, repo_dir: Path | None = None) -> dict:
             "mlflow_ui": f"http://127.0.0.1:{sv.mlflow_port}"}
 
 
+def running_prefect_api(settings) -> str | None:
+    """The API of the Prefect server `up` started for these settings, when it runs and answers."""
+    sv = settings.services
+    if ServiceManager(_layout(settings)["run"]).running("prefect-server") is None:
+        return None
+    api = f"http://127.0.0.1:{sv.prefect_port}/api"
+    try:
+        return api if requests.get(f"{api}/health", timeout=2).status_code == 200 else None
+    except requests.RequestException:
+        return None
+
+
 def stop_all(settings) -> dict:
     paths = _layout(settings)
     mgr = ServiceManager(paths["run"])
