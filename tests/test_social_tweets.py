@@ -75,3 +75,12 @@ def test_a_50_mb_post_is_cut_and_reported_in_bounded_memory(tmp_path):
     assert peak_mb < 1024 or before / 1024 >= 1024, f"peak RSS {peak_mb:.0f} MB"
     stored = Lake(tmp_path / "data" / "lake").scan("posts").collect()
     assert stored["text"].str.len_chars().max() == 25_000 and stored.height == sample_day(DAY).height + 1
+
+
+def test_a_failing_file_source_is_not_told_to_add_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHAINSIGNAL_TWEETS__FILE_PATH", str(tmp_path / "missing.csv"))
+    with pytest.raises(Exception) as err:
+        scrape_tweets(DAY, DAY)
+    message = str(err.value)
+    assert "tweets.file_path: no such file" in message and "'gdelt' (keyless news)" in message
+    assert "'file' (an export)" not in message

@@ -23,10 +23,12 @@ from tasks.social.sentiment import compute_sentiment, daily_sentiment
 
 
 def _alternatives(name: str, names: list[str]) -> str:
+    """The other configured sources, or which ones could be added (never one already in use)."""
     others = [n for n in names if n != name]
     if others:
         return f" (configured alternatives: {', '.join(others)})"
-    return " (no other source configured: add 'gdelt' (keyless news) or 'file' (an export) to tweets.sources)"
+    addable = [hint for source, hint in (("gdelt", "'gdelt' (keyless news)"), ("file", "'file' (an export)")) if source != name]
+    return f" (no other source configured: add {' or '.join(addable)} to tweets.sources)"
 
 
 def bound_post_length(posts: pl.DataFrame, max_chars: int) -> tuple[pl.DataFrame, int]:
