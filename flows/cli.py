@@ -41,6 +41,7 @@ def _knob(name: str, help: str = "") -> Any:
 
 
 EXIT_RESUMABLE = 3  # stopped early or a day left open: rerun later, it resumes (0 done, 2 user error, 1 bug)
+EXIT_LAKE_PROBLEMS = 4  # `status --verify` found a problem in the lake
 _OPEN_STATUSES = {"not_final": "not final on the node yet", "incomplete": "missing an asset",
                   "missing": "no data yet", "open": "not over yet (UTC)", "empty": "no post yet"}
 
@@ -236,15 +237,22 @@ def backfill(start: Day, end: Day, rpc_url: Annotated[str | None, typer.Option(m
 
 
 @app.command()
-def status() -> None:
-    """Lake coverage per dataset and day, gaps, recorded failures, and the signals' track record."""
+def status(verify: Annotated[bool, typer.Option(
+        "--verify", help="Also read back every committed file and the stored block chain; exit 4 on any problem.")] = False,
+) -> None:
+    """Lake coverage per dataset and day, gaps, recorded failures, and the signals' track record.
+
+    With --verify, every manifest is read, every file it lists opened and its rows counted, and the
+    stored blocks checked as one chain (unique, contiguous, parent hashes); each problem is one line
+    naming the dataset, the day, the file and the command that repairs it. Exit codes: 0 no problem,
+    4 problems found, 2 a bad setting."""
     import polars as pl
 
     from flows.common import workspace
     from tasks.core.errors import NotFoundError
     from tasks.core.settings import load_settings
     from tasks.evaluation.predict import track_record
-    from tasks.ops.status import lake_coverage
+    from tasks.ops.status import lake_coverage, verify_lake
 
     s = load_settings()
     ws = workspace(s)
@@ -267,6 +275,13 @@ def status() -> None:
         for r in record.tail(10).iter_rows(named=True):
             acc = "" if r["rolling_accuracy"] is None else f"  rolling accuracy {r['rolling_accuracy']:.2f}"
             typer.echo(f"  {r['date']} -> {r['target_date']}: {r['label']:<8} realized {r['realized'] or 'pending'}{acc}")
+    if verify:
+        problems = verify_lake(ws.lake)
+        typer.echo(f"verify: {len(problems)} problem(s)" + ("" if problems else ": every committed file opens and adds up"))
+        for problem in problems:
+            typer.echo(f"  {problem.line()}")
+        if problems:
+            raise typer.Exit(EXIT_LAKE_PROBLEMS)
 
 
 @app.command()
