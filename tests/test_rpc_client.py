@@ -301,3 +301,20 @@ def test_https_certificates_are_verified(tmp_path):
         with pytest.raises(RpcError) as err:
             client(server.url + "/v3/{api_key}", api_key="k3y-tls-123", max_retries=1).call("eth_blockNumber", [])
     assert "SSL" in str(err.value) and "\n" not in str(err.value) and "k3y-tls-123" not in str(err.value)
+
+
+def test_a_steady_background_of_faults_does_not_sink_the_batch_size():
+    """One batch in eight retried, for 400 batches: the size stays near its maximum (the old rule, halve on
+    every fault and grow only after 10 faultless batches in a row, sank it to 1 and kept it there)."""
+    from tasks.clients.limits import AdaptiveBatchSize
+
+    sizer = AdaptiveBatchSize(maximum=32, grow_after=10)
+    sizes = []
+    for i in range(400):
+        sizer.settle(troubled=(i % 8 == 7))
+        sizes.append(sizer.current)
+    assert min(sizes[-100:]) >= 16 and sizes[-1] >= 16
+    storm = AdaptiveBatchSize(maximum=32, grow_after=10)  # but a real storm still shrinks it
+    for _ in range(6):
+        storm.settle(troubled=True)
+    assert storm.current == 1

@@ -59,26 +59,42 @@ class RateLimiter:
 
 
 class AdaptiveBatchSize:
-    """Halve on a retryable error, double back after ``grow_after`` quiet batches."""
+    """Halve when batches keep needing retries, double back once ``grow_after`` batches went mostly well.
+
+    Decided on the batches answered since the last change of size, not on the last one alone: with a
+    steady background of faults (one batch in ten retried, say) a rule that halves on every fault and
+    grows only after ``grow_after`` faultless batches in a row sinks to one block a batch and stays
+    there (~7x the requests). A fault while more than ``SHRINK_ABOVE`` of the recent batches needed a
+    retry halves; ``grow_after`` batches with at most ``GROW_AT_MOST`` of them retried double."""
+
+    SHRINK_ABOVE = 0.25
+    GROW_AT_MOST = 0.1
 
     def __init__(self, maximum: int, grow_after: int = 10):
         self.maximum = max(1, maximum)
         self.current = self.maximum
         self.grow_after = grow_after
-        self._quiet = 0
+        self._seen = 0  # batches answered at this size
+        self._troubled = 0  # of which needed a retry
         self.shrinks = 0
 
+    def _reset(self) -> None:
+        self._seen = self._troubled = 0
+
     def troubled(self) -> None:
-        self._quiet = 0
-        if self.current > 1:
+        self._seen += 1
+        self._troubled += 1
+        if self.current > 1 and self._troubled / self._seen > self.SHRINK_ABOVE:
             self.current = max(1, self.current // 2)
             self.shrinks += 1
+            self._reset()
 
     def quiet(self) -> None:
-        self._quiet += 1
-        if self._quiet >= self.grow_after and self.current < self.maximum:
-            self.current = min(self.maximum, self.current * 2)
-            self._quiet = 0
+        self._seen += 1
+        if self._seen >= self.grow_after:
+            if self.current < self.maximum and self._troubled <= self.GROW_AT_MOST * self._seen:
+                self.current = min(self.maximum, self.current * 2)
+            self._reset()
 
     def settle(self, troubled: bool) -> None:
         """A batch is answered: it needed a retry (``troubled``) or it did not."""
