@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help env demo test lock clean up down deploy
+.PHONY: help env browser demo test lock clean up down deploy
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,10 +30,16 @@ node_modules/.installed: package.json package-lock.json
 
 env: $(VENV)/.installed node_modules/.installed  ## create .venv and node_modules if missing
 
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:  ## Debian's chromium + chromium-driver for the UI tests (MLflow and Prefect UIs), installed when missing
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver (the browser tests drive the MLflow and Prefect UIs)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 demo: env  ## run the whole DAG offline on the embedded default, then print the MLflow UI command
 	$(VENV)/bin/chainsignal demo
 
-test: env  ## run the test suite
+test: env browser  ## run the test suite
 	$(PY) -m pytest
 
 up: env  ## start a local Prefect server, MLflow server and workers (no docker); prints the env to export
