@@ -87,6 +87,15 @@ def main_options(
     user_errors_in_one_line_on_the_console()
 
 
+def _third_party_bars_off() -> None:
+    """One progress bar per long step, ours (ingest days, training steps, scoring): the bars of MLflow's
+    artifact transfers, transformers' weight loading and datasets' saving are switched off (a user's own
+    setting of these variables wins)."""
+    for name, value in (("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(name, value)
+
+
 def _use_the_server_up_started() -> None:
     """With `chainsignal up` running and no PREFECT_API_URL set, flows run against its server: they show in
     the Prefect UI it printed, and no temporary server is started (~7 s a command). Runs before Prefect is
@@ -323,6 +332,7 @@ def main() -> None:
     """Entry point: a user-fixable error (any ChainsignalError) is one line and exit 2; a bug keeps its traceback."""
     from tasks.core.errors import ChainsignalError
 
+    _third_party_bars_off()
     _use_the_server_up_started()
     try:
         app()

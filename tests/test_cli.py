@@ -79,3 +79,16 @@ def test_help_uses_real_placeholders_and_names_the_training_defaults():
     assert "--start DATE" in " ".join(run("ingest", "--help").stdout.split())
     assert "--lora-r INTEGER LoRA rank. [default: 8, from train.lora_r]" in train
     assert "[default: 0.003, from train.learning_rate]" in train
+
+
+def test_the_cli_turns_third_party_progress_bars_off():
+    """Only our bars on the terminal: transformers' weight loading, datasets' saving, MLflow's transfers are off."""
+    code = ("import os\nfrom flows.cli import _third_party_bars_off\n_third_party_bars_off()\n"
+            "import transformers.utils.logging as tl\nimport datasets\nfrom mlflow.environment_variables import "
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as M\n"
+            "print(tl.is_progress_bar_enabled(), datasets.is_progress_bar_enabled(), M.get())")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False", "False"]
