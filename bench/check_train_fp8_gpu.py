@@ -50,7 +50,7 @@ def score_on_plain_base(model_dir: Path, adapter: Path, prompter, records: list[
     import torch
     from peft import PeftModel
 
-    from tasks.evaluation.evaluate import label_loglik, predict_labels
+    from tasks.evaluation.scoring import label_loglik, predict_labels
     from tasks.training.train import evaluate_loss, load_base_model, tokenize_records
 
     tok, base = load_base_model(str(model_dir), device)

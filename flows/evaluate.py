@@ -20,6 +20,8 @@ from tasks.core.logs import get_logger
 from tasks.evaluation.evaluate import evaluate_adapter
 from tasks.ops.orchestration import notify_failure
 from tasks.ops.runs import publish_summary, started
+from tasks.tracking.champion import CHAMPION, METRIC, candidate_scores, competes, promote_if_better, promotion_summary
+from tasks.tracking.params import logged_cutoff_len, logged_seed
 from tasks.tracking.tracker import MlflowTracker, run_base_model
 
 
@@ -36,12 +38,15 @@ def evaluate(run_id: str | None = None) -> dict:
     run_id = run.info.run_id
     tags = run.data.tags
     ds_dir = ws.dataset_dir(tags["task"], tags["dataset_fingerprint"])
-    work = ws.reset_dir(ws.run_dir(run_id) / "eval")
-    adapter = tracker.download(run_id, "adapter", work)
-    base, model_type = run_base_model(tracker, run, work, ws.model_hash_cache())
     run_eval = task(evaluate_adapter, name="evaluate-adapter", cache_policy=NO_CACHE)
-    report = run_eval(adapter, base, ds_dir, cutoff_len=int(run.data.params["train.cutoff_len"]),
-                      seed=int(run.data.params["dataset.seed"]), plots_dir=work / "plots", model_type=model_type)
+
+    def evaluate_on_this_version(trained, adapter, work) -> dict:  # any run's adapter, on THIS dataset version
+        base, model_type = run_base_model(tracker, trained, work, ws.model_hash_cache())
+        return run_eval(adapter, base, ds_dir, cutoff_len=logged_cutoff_len(trained), seed=logged_seed(run),
+                        plots_dir=work / "plots", model_type=model_type)
+
+    work = ws.reset_dir(ws.run_dir(run_id) / "eval")
+    report = evaluate_on_this_version(run, tracker.download(run_id, "adapter", work), work)
     for warning in report["warnings"]:
         log.warning(warning)
     with tracker.run(run_id=run_id):
@@ -55,21 +60,14 @@ def evaluate(run_id: str | None = None) -> dict:
                           "collapse_warning": "; ".join(report["warnings"]) or "none"})
         tracker.set_description(report["verdict"])
     promotion = None
-    # Only direction-task runs compete for the alias: `predict` serves that task's signal.
-    if tags.get("registered_version") and tags.get("task") == "direction":
+    if competes(tags):
 
         def rescore_champion(mv) -> float:  # the champion, re-scored on THIS dataset version's validation split
             champ = tracker.client.get_run(mv.run_id)
             cdir = ws.reset_dir(ws.run_dir(run_id) / "champion")
-            c_adapter = tracker.download_alias(tracker.CHAMPION, cdir / "adapter")
-            c_base, c_type = run_base_model(tracker, champ, cdir, ws.model_hash_cache())
-            return run_eval(c_adapter, c_base, ds_dir, cutoff_len=int(champ.data.params["train.cutoff_len"]),
-                            seed=int(run.data.params["dataset.seed"]), plots_dir=cdir / "plots",
-                            model_type=c_type)["metrics"]["validation_macro_f1"]
+            return evaluate_on_this_version(champ, tracker.download_alias(CHAMPION, cdir / "adapter"), cdir)["metrics"][METRIC]
 
-        best_val = report["baselines"][report["best_baseline"]]["validation_macro_f1"]
-        promotion = tracker.promote_if_better(tags["registered_version"], report["metrics"]["validation_macro_f1"], best_val,
-                                              rescore_champion)
+        promotion = promote_if_better(tracker, tags["registered_version"], *candidate_scores(report), rescore_champion)
         log.info("champion alias: %s", promotion["reason"])
     for name, metrics in report["baselines"].items():
         with tracker.run(run_name=f"baseline-{name}", tags={
@@ -80,9 +78,6 @@ def evaluate(run_id: str | None = None) -> dict:
             tracker.log_metrics(metrics)
     summary = {"flow": "evaluate", "run_id": run_id, "verdict": report["verdict"], "task": tags["task"],
                **{k: round(v, 4) for k, v in report["metrics"].items() if k.startswith(("test_", "validation_"))},
-               "champion_promoted": promotion["promoted"] if promotion else None,
-               "champion_rescored": ({"version": promotion["previous_champion"], "validation_macro_f1": promotion["champion_score"]}
-                                     if promotion and promotion["champion_score"] is not None else None),
-               "seconds": round(started() - t0, 2)}
+               **promotion_summary(promotion), "seconds": round(started() - t0, 2)}
     publish_summary(summary, "evaluate summary")
     return summary

@@ -8,15 +8,18 @@ Deployed:     prefect deployment run predict/predict   (and as the last step of 
 
 from __future__ import annotations
 
+import polars as pl
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import settings_for, workspace
 from tasks.core.logs import get_logger
 from tasks.core.storage import read_json
-from tasks.evaluation.predict import find_champion, score_newest_day, signal_frame, track_record
+from tasks.evaluation.predict import score_newest_day, signal_frame, track_record
 from tasks.ops.orchestration import emit, notify_failure
 from tasks.ops.runs import publish_summary, started
+from tasks.tracking.champion import CHAMPION
+from tasks.tracking.params import logged_cutoff_len
 from tasks.tracking.tracker import MlflowTracker, run_base_model
 
 
@@ -28,9 +31,9 @@ def predict(dataset: str | None = None) -> dict:
     ws = workspace(settings)
     name = settings.tracking.registered_model
     tracker = MlflowTracker.from_settings(settings, ws.mlflow_artifacts_dir())
-    champion = find_champion(tracker.client, name)
+    champion = tracker.champion()
     if champion is None:
-        log.warning("predict: no '%s' alias on model %s yet: nothing to predict with, skipping", "champion", name)
+        log.warning("predict: no '%s' alias on model %s yet: nothing to predict with, skipping", CHAMPION, name)
         emit("predict.skipped", f"model.{name}", reason="no champion")
         summary = {"flow": "predict", "status": "skipped", "reason": f"no champion version of {name}"}
         publish_summary(summary, "predict summary")
@@ -42,15 +45,13 @@ def predict(dataset: str | None = None) -> dict:
     adapter = tracker.download(champion.run_id, "adapter", work)
     base, model_type = run_base_model(tracker, run, work, ws.model_hash_cache())
     scored = task(score_newest_day, name="score-newest-day", cache_policy=NO_CACHE)(
-        adapter, base, ds_dir, int(run.data.params["train.cutoff_len"]), model_type=model_type)
+        adapter, base, ds_dir, logged_cutoff_len(run), model_type=model_type)
     signal = signal_frame(scored, target_asset=manifest["target_asset"], model_name=name, model_version=champion.version,
                           run_id=champion.run_id, dataset_fingerprint=manifest["fingerprint"])
     day = signal["date"][0]
     part = ws.lake.open_partition("signals", day, overwrite=ws.lake.is_complete("signals", day))
     part.write(signal, f"{name}__signals.parquet")
     part.commit({"rows": 1, "model_version": str(champion.version), "dataset": manifest["fingerprint"]})
-    import polars as pl
-
     record = track_record(ws.lake.scan("signals"), pl.scan_parquet(ds_dir / "features.parquet"))
     resolved = record.filter(pl.col("hit").is_not_null())
     summary = {

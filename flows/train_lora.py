@@ -25,7 +25,7 @@ from flows.common import settings_for, workspace
 from flows.evaluate import evaluate
 from tasks.core.storage import read_json
 from tasks.dataset.prompter import Prompter
-from tasks.evaluation.evaluate import load_split
+from tasks.evaluation.report import load_split
 from tasks.ops.orchestration import notify_failure
 from tasks.ops.runs import publish_summary, started
 from tasks.tracking.tracker import MlflowTracker, base_model_sha256, git_commit

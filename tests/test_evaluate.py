@@ -4,7 +4,9 @@ import polars as pl
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from tasks.evaluation.evaluate import baseline_predictions, collapse_warning, plot_confusion, score
+from tasks.evaluation.baselines import baseline_predictions
+from tasks.evaluation.metrics import collapse_warning, score
+from tasks.evaluation.plots import plot_confusion
 
 Y_TRUE = ["POSITIVE", "NEUTRAL", "NEGATIVE", "POSITIVE", "NEGATIVE", "NEUTRAL", "POSITIVE"]
 Y_PRED = ["POSITIVE", "NEGATIVE", "NEGATIVE", "NEUTRAL", "NEGATIVE", "NEUTRAL", "POSITIVE"]
@@ -43,7 +45,7 @@ def test_confusion_plot_is_a_png(tmp_path):
 def test_bootstrap_interval_covers_a_known_difference():
     import numpy as np
 
-    from tasks.evaluation.evaluate import bootstrap_f1_difference
+    from tasks.evaluation.metrics import bootstrap_f1_difference
 
     rng = np.random.default_rng(0)
     labels = np.array(["NEGATIVE", "NEUTRAL", "POSITIVE"])
@@ -76,7 +78,7 @@ def test_bilstm_learns_a_text_rule_and_voting_is_weighted():
 def test_number_answers_are_parsed_strictly():
     """The number task's answer must be one plain decimal on its first line; anything else is
     counted as unparseable, never guessed at."""
-    from tasks.evaluation.evaluate import parse_number
+    from tasks.evaluation.scoring import parse_number
 
     for text, value in [("0.0123", 0.0123), ("-1.5", -1.5), ("+2", 2.0), (" 0.5 ", 0.5), ("0.5\nthe rest", 0.5)]:
         assert parse_number(text) == value, text

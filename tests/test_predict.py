@@ -9,7 +9,7 @@ from flows.predict import predict
 from flows.train_lora import train_lora
 from tasks.core.settings import load_settings
 from tasks.core.storage import Lake
-from tasks.evaluation.predict import CHAMPION, find_champion
+from tasks.tracking.champion import CHAMPION, find_champion
 from tasks.tracking.tracker import MlflowTracker
 
 

@@ -8,7 +8,7 @@ import torch
 
 from tasks.core.settings import load_settings, with_overrides
 from tasks.dataset.prompter import Prompter
-from tasks.evaluation.evaluate import label_loglik, predict_labels
+from tasks.evaluation.scoring import label_loglik, predict_labels
 from tasks.training.tinymodel import build_tiny_llama
 from tasks.training.train import encode_pair, load_base_model, tokenize_records, train_lora_adapter
 
@@ -179,7 +179,7 @@ def test_lora_wraps_and_reloads_without_the_deprecation_warning_peft_triggers(ti
     """peft reads ``is_gradient_checkpointing`` whenever it wraps a model, and transformers 5 warns that
     it is deprecated (once per model: in the demo, on every training and scoring run). chainsignal drops
     that one FutureWarning where it wraps models, training and scoring alike."""
-    from tasks.evaluation.evaluate import CausalScorer
+    from tasks.evaluation.scoring import CausalScorer
 
     train_lora_adapter(small_cfg(epochs=1), str(tiny_model), records(4), records(2), tmp_path / "adapter")
     CausalScorer(tmp_path / "adapter", str(tiny_model), 96, "cpu")

@@ -1,8 +1,8 @@
 """The daily signal: the champion adapter scores the newest day; past signals meet what happened.
 
-The champion is the registered model version carrying the ``champion`` alias in MLflow. Its
-adapter (and, for the on-the-fly tiny model, its base model) is downloaded from the run's
-artifacts, so what predicts is exactly what was evaluated.
+The champion is the registered model version carrying the ``champion`` alias in MLflow (the policy:
+``tasks/tracking/champion.py``). Its adapter (and, for the on-the-fly tiny model, its base model) is
+downloaded from the run's artifacts, so what predicts is exactly what was evaluated.
 """
 
 from __future__ import annotations
@@ -14,36 +14,21 @@ from typing import Any
 import polars as pl
 
 from tasks.core.errors import NotFoundError
-from tasks.core.schemas import SIGNALS
+from tasks.core.schemas import LABELS, SIGNALS
+from tasks.evaluation.report import load_split
+from tasks.evaluation.scoring import load_scorer
 from tasks.training.fastpath.attention import sdpa_without_cudnn
-
-CHAMPION = "champion"
-
-
-def find_champion(client, model_name: str, alias: str = CHAMPION):
-    """The model version behind the alias, or None when there is no champion yet."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(model_name, alias)
-    except MlflowException:
-        return None
 
 
 @sdpa_without_cudnn
 def score_newest_day(adapter_dir: Path, base_model: str, dataset_dir: Path, cutoff_len: int, device: str = "auto",
                      model_type: str = "causal") -> dict[str, Any]:
     """Label and class probabilities for the dataset's ``predict`` split (its newest, unlabelled day)."""
-    from tasks.evaluation.evaluate import CausalScorer, EncoderScorer, load_split
-
     records = load_split(dataset_dir, "predict")
     if not records:
         raise NotFoundError(f"{dataset_dir}: no unlabelled newest day to predict (the predict split is empty)")
-    scorer = (EncoderScorer(adapter_dir, base_model, cutoff_len, "class", device) if model_type == "encoder"
-              else CausalScorer(adapter_dir, base_model, cutoff_len, device))
+    scorer = load_scorer(adapter_dir, base_model, cutoff_len, model_type=model_type, kind="class", device=device)
     labels, probs = scorer.labels(records[-1:])
-    from tasks.core.schemas import LABELS
-
     return {"date": records[-1]["date"], "label": labels[0], "probs": dict(zip(LABELS, probs[0].tolist(), strict=True))}
 
 

@@ -17,7 +17,7 @@ import json
 import os
 import subprocess
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tasks.core.settings import REPO_ROOT
+from tasks.tracking.champion import find_champion
+from tasks.tracking.params import logged_base_model
 
 MAX_PARAM_LEN = 6000
 
@@ -206,15 +208,10 @@ class MlflowTracker:
         runs = self.client.search_runs([self.experiment_id], filter_string, order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
 
-    # ------------------------------------------------------------------ champion alias
-    CHAMPION = "champion"
-
+    # ------------------------------------------------------------------ champion alias (the policy: champion.py)
     def champion(self) -> Any | None:
         """The model version the ``champion`` alias points at, or None."""
-        try:
-            return self.client.get_model_version_by_alias(self.registered_model, self.CHAMPION)
-        except mlflow.exceptions.MlflowException:
-            return None
+        return find_champion(self.client, self.registered_model)
 
     def download_alias(self, alias: str, dst: Path) -> Path:
         """The adapter folder of the version behind ``alias`` (what PeftModel.from_pretrained loads)."""
@@ -222,37 +219,6 @@ class MlflowTracker:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst),
                                                         tracking_uri=self.tracking_uri))
-
-    def promote_if_better(self, version: str, score: float, best_baseline_score: float,
-                          champion_score: Callable[[Any], float] | None = None, metric: str = "validation_macro_f1") -> dict[str, Any]:
-        """Move ``champion`` to ``version`` only if its ``score`` beats the best baseline AND the
-        current champion, all on the same validation split. ``champion_score(model_version)``
-        re-scores the current champion on that split (so a champion trained on an older dataset
-        version is judged on the newest one). Returns the decision, also set as version tags."""
-        current = self.champion()
-        decision: dict[str, Any] = {"version": version, "metric": metric, "score": score,
-                                    "best_baseline_score": best_baseline_score, "previous_champion": None,
-                                    "champion_score": None, "promoted": False}
-        if current is not None and str(current.version) == str(version):
-            decision.update(previous_champion=str(version), reason="already the champion")
-            return decision
-        if current is not None:
-            decision["previous_champion"] = str(current.version)
-            if champion_score is None:
-                raise ValueError("a champion exists: promote_if_better needs champion_score to re-score it")
-            decision["champion_score"] = float(champion_score(current))
-        if not score > best_baseline_score:
-            decision["reason"] = f"{metric} {score:.4f} does not beat the best baseline ({best_baseline_score:.4f})"
-        elif decision["champion_score"] is not None and not score > decision["champion_score"]:
-            decision["reason"] = (f"{metric} {score:.4f} does not beat champion v{current.version} "
-                                  f"({decision['champion_score']:.4f})")
-        else:
-            self.client.set_registered_model_alias(self.registered_model, self.CHAMPION, str(version))
-            decision.update(promoted=True, reason=f"{metric} {score:.4f} beats the best baseline ({best_baseline_score:.4f})"
-                            + ("" if current is None else f" and champion v{current.version} ({decision['champion_score']:.4f})"))
-        for key in ("promoted", "reason", "champion_score", "previous_champion"):
-            self.client.set_model_version_tag(self.registered_model, str(version), f"champion_{key}", str(decision[key]))
-        return decision
 
 
 def run_base_model(tracker: MlflowTracker, run: Any, dst: Path, hash_cache: Path | None = None) -> tuple[str, str]:
@@ -266,7 +232,7 @@ def run_base_model(tracker: MlflowTracker, run: Any, dst: Path, hash_cache: Path
     elif model_type == "encoder":
         base = tags["base_model"]
     else:
-        base = run.data.params["train.base_model"]
+        base = logged_base_model(run)
     trained_on = tags.get("base_model_sha256")
     if trained_on and trained_on != "unknown":
         here = base_model_sha256(base, hash_cache, model_type)

@@ -1,0 +1,115 @@
+"""Evaluation metrics on predictions: accuracy, macro-F1, MCC, the confusion matrix, per-class report,
+regression errors, paired bootstrap intervals and the long/flat backtest.
+
+Pure functions of truth and predictions (no models, no files). Classes are always scored over all of
+``LABELS``, so a class a model never predicts still counts in its macro-F1.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tasks.core.schemas import LABELS
+
+COLLAPSE_SHARE = 0.9  # warn when one class takes at least this share of predictions
+
+
+@dataclass(frozen=True)
+class Scores:
+    accuracy: float
+    macro_f1: float
+    mcc: float
+    n: int
+    predicted_share: dict[str, float]
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_accuracy": self.accuracy, f"{prefix}_macro_f1": self.macro_f1, f"{prefix}_mcc": self.mcc}
+
+
+def score(y_true: Sequence[str], y_pred: Sequence[str]) -> Scores:
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    counts = Counter(y_pred)
+    return Scores(
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        macro_f1=float(f1_score(y_true, y_pred, labels=list(LABELS), average="macro", zero_division=0)),
+        mcc=float(matthews_corrcoef(y_true, y_pred)) if len(set(y_true) | set(y_pred)) > 1 else 0.0,
+        n=len(y_true),
+        predicted_share={lab: counts.get(lab, 0) / max(1, len(y_pred)) for lab in LABELS},
+    )
+
+
+def confusion(y_true: Sequence[str], y_pred: Sequence[str]) -> np.ndarray:
+    """Counts, rows = actual, columns = predicted, both in ``LABELS`` order."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(y_true, y_pred, labels=list(LABELS))
+
+
+def class_report(y_true: Sequence[str], y_pred: Sequence[str]) -> list[dict[str, Any]]:
+    from sklearn.metrics import classification_report
+
+    rep = classification_report(y_true, y_pred, labels=list(LABELS), output_dict=True, zero_division=0)
+    return [{"class": k, **{m: round(float(v), 4) for m, v in vals.items()}} for k, vals in rep.items() if isinstance(vals, dict)]
+
+
+def bootstrap_f1_difference(y_true: Sequence[str], pred_a: Sequence[str], pred_b: Sequence[str], *,
+                            resamples: int = 2000, seed: int = 42, level: float = 0.95) -> tuple[float, float, float]:
+    """Paired bootstrap of macro-F1(a) - macro-F1(b) over the same days: (point, low, high)."""
+    from sklearn.metrics import f1_score
+
+    labels = list(LABELS)
+    t, a, b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
+
+    def f1(y, p):
+        return f1_score(y, p, labels=labels, average="macro", zero_division=0)
+
+    point = f1(t, a) - f1(t, b)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(resamples)
+    for i in range(resamples):
+        idx = rng.integers(0, len(t), len(t))
+        diffs[i] = f1(t[idx], a[idx]) - f1(t[idx], b[idx])
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(point), float(lo), float(hi)
+
+
+def collapse_warning(name: str, s: Scores) -> str | None:
+    top = max(s.predicted_share, key=s.predicted_share.get)
+    if s.predicted_share[top] >= COLLAPSE_SHARE:
+        return f"{name} predicts {top} for {s.predicted_share[top]:.0%} of days: it has collapsed to (almost) a constant"
+    return None
+
+
+# ----------------------------------------------------------------------------- numbers
+def regression_scores(y_true: Sequence[float], y_pred: Sequence[float], reference: Sequence[float] | None = None) -> dict[str, float]:
+    """MAE, R2 and directional accuracy (sign of the move vs ``reference``: 0 for returns, the last value otherwise)."""
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    t, p = np.asarray(y_true, float), np.asarray(y_pred, float)
+    ref = np.zeros_like(t) if reference is None else np.asarray(reference, float)
+    return {"mae": float(mean_absolute_error(t, p)), "r2": float(r2_score(t, p)) if len(t) > 1 else float("nan"),
+            "directional_accuracy": float(np.mean(np.sign(t - ref) == np.sign(p - ref)))}
+
+
+def bootstrap_mae_difference(y_true, pred_a, pred_b, *, resamples: int = 2000, seed: int = 42) -> tuple[float, float, float]:
+    """Paired bootstrap of MAE(b) - MAE(a): positive when a is better."""
+    t, a, b = (np.asarray(x, float) for x in (y_true, pred_a, pred_b))
+    err = np.abs(b - t) - np.abs(a - t)
+    rng = np.random.default_rng(seed)
+    means = np.array([err[rng.integers(0, len(t), len(t))].mean() for _ in range(resamples)])
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(err.mean()), float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- backtest
+def backtest(daily_returns: Sequence[float], long: Sequence[bool]) -> dict[str, np.ndarray]:
+    """Long on the signal (held for the next day), flat otherwise, against buy-and-hold."""
+    r = np.asarray(daily_returns, float)
+    pos = np.asarray(long, float)
+    return {"strategy": np.cumprod(1 + r * pos), "buy_and_hold": np.cumprod(1 + r)}

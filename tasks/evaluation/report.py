@@ -1,0 +1,112 @@
+"""What an evaluation reads and what it hands back: the dataset version's split records and features,
+the metric names, the comparison table, the one-line verdict and the report dict the evaluate flow logs
+(``metrics``, ``table``, ``plots``, ``warnings``, ``verdict``, ``best_baseline``, ``report``,
+``baselines``, ``predictions``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tasks.evaluation.metrics import Scores
+
+SPLITS = ("validation", "test")  # the baseline is chosen on the first, the verdict is about the second
+
+
+# ----------------------------------------------------------------------------- the dataset version's files
+def load_split(dataset_dir: Path, split: str) -> list[dict[str, Any]]:
+    path = Path(dataset_dir) / f"{split}.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def read_dataset(dataset_dir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The dataset version's feature rows and its manifest."""
+    features = pl.read_parquet(Path(dataset_dir) / "features.parquet")
+    manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
+    return features, manifest
+
+
+# ----------------------------------------------------------------------------- classes
+def class_metrics(results: dict[str, dict[str, Scores]], bilstm_params: int, bilstm_peak_mb: float) -> dict[str, float]:
+    """Every model's scores under its MLflow metric name: LoRA's unprefixed, the others' prefixed."""
+    metrics: dict[str, float] = {"baseline_bilstm_trainable_params": bilstm_params,
+                                 "baseline_bilstm_peak_memory_mb": bilstm_peak_mb}
+    for name, per_split in results.items():
+        prefix = "" if name == "lora" else "ensemble_" if name == "ensemble" else f"baseline_{name}_"
+        for split, sc in per_split.items():
+            metrics.update({f"{prefix}{k}": v for k, v in sc.as_metrics(split).items()})
+    return metrics
+
+
+def class_verdict(results: dict[str, dict[str, Scores]], best: str, interval: tuple[float, float], *, task: str,
+                  ceilings: tuple[str, ...]) -> str:
+    """One line: does LoRA beat the baseline chosen on validation on the test split, with the interval."""
+    lo, hi = interval
+    unit = "test days" if task == "direction" else "test posts"
+    lora_f1, best_f1 = results["lora"]["test"].macro_f1, results[best]["test"].macro_f1
+    verdict = (
+        f"LoRA {'beats' if lo > 0 else 'does not beat'} the best baseline ({best}, chosen on validation) on "
+        f"{results['lora']['test'].n} {unit}: macro-F1 {lora_f1:.3f} vs {best_f1:.3f}, "
+        f"difference 95% CI [{lo:+.3f}, {hi:+.3f}]" + ("" if lo > 0 else " includes 0")
+    )
+    if ceilings:
+        verdict += "; " + ", ".join(f"{c} (the labeller, a ceiling) {results[c]['test'].macro_f1:.3f}" for c in sorted(ceilings))
+    return verdict
+
+
+def class_table(results: dict[str, dict[str, Scores]], ceilings: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [
+        {"model": n + (" (ceiling)" if n in ceilings else ""),
+         **{f"{sp}_{k}": round(getattr(results[n][sp], k), 4) for sp in SPLITS for k in ("accuracy", "macro_f1", "mcc")}}
+        for n in results
+    ]
+
+
+def class_evaluation(results: dict[str, dict[str, Scores]], *, metrics: dict[str, float], table: list[dict[str, Any]],
+                     plots: list[Path], warnings: list[str], verdict: str, best: str, per_class: list[dict[str, Any]],
+                     truth: dict[str, list[str]], lora: dict[str, list[str]], probs: dict[str, list[list[float]]]) -> dict[str, Any]:
+    return {
+        "metrics": metrics, "table": table, "plots": plots, "warnings": warnings, "verdict": verdict,
+        "best_baseline": best, "report": per_class,
+        "baselines": {n: {**results[n]["validation"].as_metrics("validation"), **results[n]["test"].as_metrics("test")}
+                      for n in results if n not in ("lora", "ensemble")},
+        "predictions": {sp: {"truth": truth[sp], "lora": lora[sp], "probs": probs[sp]} for sp in truth},
+    }
+
+
+# ----------------------------------------------------------------------------- numbers
+def number_metrics(per_model: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for name, per_split in per_model.items():
+        prefix = "" if name == "lora" else f"baseline_{name}_"
+        for split, vals in per_split.items():
+            metrics.update({f"{prefix}{split}_{k}": v for k, v in vals.items()})
+    return metrics
+
+
+def number_verdict(per_model: dict[str, dict[str, dict[str, float]]], best: str, interval: tuple[float, float], *,
+                   n: int, unparseable: int) -> str:
+    lo, hi = interval
+    return (
+        f"LoRA {'beats' if lo > 0 else 'does not beat'} the best baseline ({best}, chosen on validation) on "
+        f"{n} test rows: MAE {per_model['lora']['test']['mae']:.4f} vs {per_model[best]['test']['mae']:.4f}, "
+        f"gain 95% CI [{lo:+.4f}, {hi:+.4f}]" + ("" if lo > 0 else " includes 0")
+        + f"; {unparseable} unparseable answers"
+    )
+
+
+def number_evaluation(per_model: dict[str, dict[str, dict[str, float]]], *, metrics: dict[str, float], warnings: list[str],
+                      verdict: str, best: str, predictions: dict[str, Any]) -> dict[str, Any]:
+    table = [{"model": n, **{f"{sp}_{k}": round(v, 5) for sp in SPLITS for k, v in per_model[n][sp].items()}}
+             for n in per_model]
+    return {
+        "metrics": metrics, "table": table, "plots": [], "warnings": warnings, "verdict": verdict,
+        "best_baseline": best, "report": table,
+        "baselines": {n: {f"{sp}_{k}": v for sp in SPLITS for k, v in per_model[n][sp].items()}
+                      for n in per_model if n != "lora"},
+        "predictions": predictions,
+    }

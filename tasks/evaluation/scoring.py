@@ -1,0 +1,132 @@
+"""Scoring a trained adapter: what the LoRA model predicts for a split's records.
+
+A causal model is never asked to write free text for a class: each candidate label is scored by the
+log-likelihood of its tokens given the prompt (built by the same prompter as in training), and the
+best one wins. Number tasks are answered greedily and parsed strictly. Encoder adapters answer with
+their head. torch, transformers and peft load when a scorer is built, not when this module is imported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.core.logs import quiet_peft_wrap
+
+
+def label_loglik(model, tokenizer, prompter, records: Sequence[dict[str, Any]], cutoff_len: int,
+                 batch_size: int = 8) -> np.ndarray:
+    """(n_records, n_labels) summed log-probabilities of each label's tokens given the prompt."""
+    import torch
+
+    from tasks.training.train import collate, encode_pair
+
+    device = next(model.parameters()).device
+    seqs = []
+    for r in records:
+        prompt = prompter.prompt(r["instruction"], r["input"])
+        for lab in prompter.labels:
+            p_ids, r_ids = encode_pair(tokenizer, prompt, prompter.response(lab), cutoff_len)
+            seqs.append({"input_ids": p_ids + r_ids, "labels": [-100] * len(p_ids) + r_ids})
+    out = np.zeros(len(seqs))
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            batch = collate(seqs[i:i + batch_size], tokenizer.pad_token_id, device)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = batch["labels"][:, 1:]
+            mask = target != -100
+            picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            out[i:i + len(picked)] = (picked * mask).sum(-1).cpu().numpy()
+    return out.reshape(len(records), len(prompter.labels))
+
+
+def predict_labels(loglik: np.ndarray, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Best label per row and the class probabilities (softmax over the label log-likelihoods)."""
+    z = loglik - loglik.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    return [labels[i] for i in loglik.argmax(axis=1)], probs
+
+
+# ----------------------------------------------------------------------------- numbers
+NUMBER_PATTERN = r"^\s*([+-]?\d+(?:\.\d+)?)\s*$"
+
+
+def parse_number(text: str) -> float | None:
+    """Strict: the whole answer must be one number; anything else is an error (None)."""
+    m = re.match(NUMBER_PATTERN, text.split("\n", 1)[0])
+    return float(m.group(1)) if m else None
+
+
+def generate_answers(model, tokenizer, prompter, records: Sequence[dict[str, Any]], cutoff_len: int,
+                     max_new_tokens: int = 10) -> list[str]:
+    """Greedy answers, one prompt at a time (no padding effects), decoded up to EOS."""
+    import torch
+
+    from tasks.training.train import encode_pair
+
+    device = next(model.parameters()).device
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for r in records:
+            p_ids, _ = encode_pair(tokenizer, prompter.prompt(r["instruction"], r["input"]), "",
+                                   max(2, cutoff_len - max_new_tokens), add_eos=False)
+            ids = torch.tensor([p_ids], device=device)
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return out
+
+
+# ----------------------------------------------------------------------------- the scorers
+class CausalScorer:
+    """A causal LoRA model: classes by label likelihood, numbers generated and parsed strictly."""
+
+    def __init__(self, adapter_dir: Path, base_model: str, cutoff_len: int, device: str = "auto"):
+        from peft import PeftModel
+
+        from tasks.dataset.prompter import Prompter
+        from tasks.training.train import load_base_model, pick_device
+
+        dev = pick_device(device)
+        self.tokenizer, base = load_base_model(base_model, dev)
+        with quiet_peft_wrap():
+            self.model = PeftModel.from_pretrained(base, str(adapter_dir)).to(dev)
+        self.prompter = Prompter.load()
+        self.cutoff_len = cutoff_len
+
+    def labels(self, records: Sequence[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
+        return predict_labels(label_loglik(self.model, self.tokenizer, self.prompter, records, self.cutoff_len),
+                              self.prompter.labels)
+
+    def answers(self, records: Sequence[dict[str, Any]]) -> list[str]:
+        return generate_answers(self.model, self.tokenizer, self.prompter, records, self.cutoff_len)
+
+
+class EncoderScorer:
+    """An encoder LoRA model: its head's outputs (class probabilities, or the regressed number)."""
+
+    def __init__(self, adapter_dir: Path, base_model: str, cutoff_len: int, kind: str, device: str = "auto"):
+        from tasks.training.encoder import EncoderPredictor
+
+        self.predictor = EncoderPredictor(adapter_dir, base_model, kind, device, max_len=cutoff_len)
+
+    def labels(self, records: Sequence[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
+        return self.predictor.predict_labels([r["input"] for r in records])
+
+    def answers(self, records: Sequence[dict[str, Any]]) -> list[str]:
+        return [f"{x:.4f}" for x in self.predictor.predict_numbers([r["input"] for r in records])]
+
+
+def load_scorer(adapter_dir: Path, base_model: str, cutoff_len: int, *, model_type: str, kind: str,
+                device: str = "auto") -> CausalScorer | EncoderScorer:
+    """The scorer for a trained adapter of ``model_type`` (causal or encoder) on a ``kind`` (class or number) task."""
+    if model_type == "encoder":
+        return EncoderScorer(adapter_dir, base_model, cutoff_len, kind, device)
+    return CausalScorer(adapter_dir, base_model, cutoff_len, device)
