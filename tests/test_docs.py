@@ -1,6 +1,6 @@
 """The docs cannot go stale silently: the settings reference is what its generator writes from the
-Settings model, every relative link in the README and docs/ points at a file that exists, and the
-README stays a five-minute read."""
+Settings model, every relative link in the README and docs/ points at a file (and heading) that exists,
+and the README stays a five-minute read."""
 
 from __future__ import annotations
 
@@ -58,6 +58,12 @@ def test_meaning_comes_from_the_source_comment():
     assert notes["S"]["z"]["meaning"] == ""
 
 
+def _anchors(page: Path) -> set[str]:
+    """The heading anchors GitHub (and mkdocs' toc) give a page: lowercase, punctuation dropped, spaces to dashes."""
+    headings = re.findall(r"^#+ (.*)$", _FENCE.sub("", page.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 def _pages() -> list[Path]:
     return [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 
@@ -69,8 +75,11 @@ def test_relative_links_resolve(page: Path):
     for target in _LINK.findall(text):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
             continue  # a URL or an anchor on the same page
-        path = target.split("#", 1)[0]
-        if not (page.parent / path).exists():
+        path, _, anchor = target.partition("#")
+        linked = page.parent / path if path else page
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
             broken.append(target)
     assert not broken, f"{page.relative_to(ROOT)} links to missing files: {broken}"
 
