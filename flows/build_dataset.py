@@ -29,15 +29,15 @@ def build_dataset(start: date | None = None, end: date | None = None, target_ass
     ds = settings.dataset
     build = task(build_dataset_version, name="build-dataset-version", cache_policy=NO_CACHE)
     manifest = build(
-        ws.lake, ws.datasets_root(ds.name), ws.latest_dataset_pointer(ds.name),
+        ws.lake, ws.datasets(ds.name),
         dataset_settings=ds, assets=list(settings.prices.assets),
         settings_hash=settings.hash("dataset", "prices", "sentiment"), settings_public=settings.public_dict(),
         sentiment_settings=settings.sentiment,
     )
-    summary = {"flow": "build-dataset", "fingerprint": manifest["fingerprint"], "path": manifest["path"],
-               "task": manifest["task"], **{f"rows_{k}": v for k, v in manifest["rows"].items()},
-               "negative_below": round(manifest["thresholds"]["negative_below"], 5),
-               "positive_above": round(manifest["thresholds"]["positive_above"], 5),
-               "chain": manifest["chain_label"], "seconds": round(started() - t0, 2)}
+    summary = {"flow": "build-dataset", "fingerprint": manifest.fingerprint, "path": manifest.path,
+               "task": manifest.task, **{f"rows_{k}": v for k, v in manifest.rows.items()},
+               "negative_below": round(manifest.thresholds["negative_below"], 5),
+               "positive_above": round(manifest.thresholds["positive_above"], 5),
+               "chain": manifest.chain_label, "seconds": round(started() - t0, 2)}
     publish_summary(summary, "build-dataset summary")
-    return manifest
+    return manifest.to_dict()  # the manifest as JSON: what the CLI prints and the daily flow reads

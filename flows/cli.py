@@ -276,7 +276,7 @@ def status(verify: Annotated[bool, typer.Option(
             typer.echo(f"      {p}")
     if ws.lake.completed_days("signals"):
         try:
-            features = pl.scan_parquet(ws.dataset_dir(s.dataset.name) / "features.parquet")
+            features = pl.scan_parquet(ws.dataset_version(s.dataset.name).features_path)
         except (FileNotFoundError, NotFoundError):  # no dataset built yet, or its file gone
             features = pl.LazyFrame(schema={"date": pl.Date, "label": pl.String, "next_day_return": pl.Float64})
         record = track_record(ws.lake.scan("signals"), features)

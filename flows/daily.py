@@ -16,6 +16,7 @@ from prefect import flow
 from flows.build_dataset import build_dataset
 from flows.daily_ingest import daily_ingest
 from flows.predict import predict
+from tasks.core.manifests import DatasetManifest
 from tasks.ops.orchestration import emit, notify_failure
 from tasks.ops.runs import publish_summary, resolve_days, started
 
@@ -25,13 +26,13 @@ def daily(start: date | None = None, end: date | None = None, overwrite: bool = 
     t0 = started()
     days = resolve_days(start, end)
     ingest = daily_ingest(days[0], days[-1], overwrite, rpc_url)
-    manifest = build_dataset()
-    stale = manifest["end"] < days[-1].isoformat()
+    manifest = DatasetManifest.from_dict(build_dataset())
+    stale = manifest.end < days[-1]
     if stale:
-        emit("data.stale", "dataset.direction", newest_day=manifest["end"], expected=days[-1].isoformat())
-    signal = predict(dataset=manifest["fingerprint"])
+        emit("data.stale", "dataset.direction", newest_day=manifest.end.isoformat(), expected=days[-1].isoformat())
+    signal = predict(dataset=manifest.fingerprint)
     summary = {"flow": "daily", "start": days[0].isoformat(), "end": days[-1].isoformat(),
-               "dataset": manifest["fingerprint"], "newest_day": manifest["end"], "stale": stale,
+               "dataset": manifest.fingerprint, "newest_day": manifest.end.isoformat(), "stale": stale,
                "signal": signal.get("signal", signal.get("status")), "seconds": round(started() - t0, 2)}
     publish_summary(summary, "daily summary")
     return {"ingest": ingest, "predict": signal, **summary}

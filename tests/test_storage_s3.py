@@ -17,9 +17,10 @@ import pytest
 import s3fs
 
 from flows.common import workspace
+from tasks.core.errors import StorageError
 from tasks.core.schemas import PRICES
 from tasks.core.settings import SettingsError, load_settings
-from tasks.core.storage import Lake, StorageError, s3_options
+from tasks.core.storage import Lake, s3_options
 
 moto_server = pytest.importorskip("moto.server")
 

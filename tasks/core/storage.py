@@ -2,7 +2,8 @@
 
     <lake>/<dataset>/date=YYYY-MM-DD/<chain>__<dataset>__<first>_<last>.parquet
     <lake>/<dataset>/date=YYYY-MM-DD/_manifest.json     <- written last: "day complete"
-    <data_dir>/datasets/<task>/<fingerprint>/            <- built datasets
+    <data_dir>/datasets/<task>/<fingerprint>/            <- built datasets (DatasetVersion)
+    <data_dir>/datasets/<task>/LATEST                    <- the newest build's fingerprint
     <data_dir>/models/<name>/                            <- base models built on the fly
     <data_dir>/runs/<run_id>/                            <- training scratch space
 
@@ -35,7 +36,10 @@ from typing import Any
 import fsspec
 import polars as pl
 
-from tasks.core.errors import NotFoundError, StorageError
+from tasks.core.errors import NotFoundError
+from tasks.core.errors import StorageError as StorageError  # re-exported: callers catch it from here
+from tasks.core.manifests import DatasetManifest
+from tasks.core.objectstore import check_bucket, is_remote_uri, s3_options
 from tasks.core.schemas import SCHEMAS, check_schema
 
 MANIFEST = "_manifest.json"
@@ -48,55 +52,6 @@ _VERSION = ".v-"  # S3 overwrite: <day>/.v-<token>/<file>
 def block_chunk_name(chain: str, dataset: str, first_block: int, last_block: int) -> str:
     """File name of one block chunk; numbers zero-padded so names sort by block."""
     return f"{chain}__{dataset}__{first_block:010d}_{last_block:010d}.parquet"
-
-
-def is_remote_uri(uri: str | Path | None) -> bool:
-    return isinstance(uri, str) and "://" in uri and not uri.startswith("file://")
-
-
-def s3_options(endpoint_url: str | None = None, region: str | None = None) -> dict[str, dict[str, Any]]:
-    """fsspec (s3fs) and polars options for one S3-compatible store.
-
-    Credentials are deliberately absent: s3fs, polars and MLflow (boto3) all read them from the
-    standard AWS chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``,
-    ``~/.aws``, an instance role), so no secret passes through our settings or logs.
-    """
-    fs: dict[str, Any] = {
-        "use_listings_cache": False,  # another host writes the same prefix: never trust a cached listing
-        "skip_instance_cache": True,
-        "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}},
-    }
-    pl_opts: dict[str, str] = {}
-    if endpoint_url:
-        fs["endpoint_url"] = endpoint_url
-        pl_opts["aws_endpoint_url"] = endpoint_url
-        if endpoint_url.startswith("http://"):
-            pl_opts["aws_allow_http"] = "true"
-    if region:
-        fs["client_kwargs"] = {"region_name": region}
-        pl_opts["aws_region"] = region
-    return {"fs": fs, "polars": pl_opts}
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def check_bucket(fs: Any, url: str, setting: str) -> None:
-    """Fail fast, in one line naming the setting, when the store or bucket cannot be used."""
-    bucket = url.split("://", 1)[1].split("/", 1)[0]
-    endpoint = getattr(fs, "endpoint_url", None) or "AWS S3"
-    try:
-        fs.ls(bucket, refresh=True)
-    except FileNotFoundError:
-        raise StorageError(f"{setting}: bucket {bucket!r} does not exist on {endpoint}") from None
-    except PermissionError as exc:
-        raise StorageError(f"{setting}: {endpoint} refused access to bucket {bucket!r} (check AWS_ACCESS_KEY_ID / "
-                           f"AWS_SECRET_ACCESS_KEY): {_one_line(exc)}") from None
-    except OSError as exc:
-        raise StorageError(f"{setting}: cannot use bucket {bucket!r} on {endpoint}: {_one_line(exc)}") from None
-    except Exception as exc:  # botocore connection errors are not OSErrors
-        raise StorageError(f"{setting}: cannot reach {endpoint} (storage.s3_endpoint_url): {_one_line(exc)}") from None
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -166,18 +121,20 @@ class Partition:
             return sorted(Path(self.dir).glob("*.parquet"))
         return sorted(self.lake._url(k) for k in self.lake.fs.glob(f"{self._key}/*.parquet"))
 
-    def scan(self) -> pl.LazyFrame:
-        """Lazy frame over the files written so far (row counts before commit)."""
-        return self.lake._scan_files(self.dataset, self.files())
+    def scan(self, files: list[str] | None = None) -> pl.LazyFrame:
+        """Lazy frame over the files written so far (row counts before commit), or over the named ``files``."""
+        named = None if files is None else [f"{self.dir}/{n}" if self.lake.remote else Path(self.dir) / n for n in files]
+        return self.lake._scan_files(self.dataset, self.files() if named is None else named)
 
-    def commit(self, manifest: dict[str, Any]) -> Path | str:
-        """Write the manifest (the day is then complete) and, if staged, make the new files current."""
+    def commit(self, manifest: dict[str, Any], files: list[str] | None = None) -> Path | str:
+        """Write the manifest (the day is then complete) and, if staged, make the new files current.
+        ``files``: the file names the manifest lists (default: every parquet file in the folder)."""
         final = self.lake.partition_dir(self.dataset, self.day)
         prefix = f"{self.dir}/".removeprefix(f"{final}/") if self.lake.remote else ""
         body = {
             "dataset": self.dataset,
             "date": self.day.isoformat(),
-            "files": [prefix + Path(str(p)).name for p in self.files()],
+            "files": [prefix + Path(str(p)).name for p in self.files()] if files is None else [prefix + n for n in files],
             "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **manifest,
         }
@@ -332,6 +289,70 @@ class Lake:
         return self._scan_files(dataset, self.partition_files(dataset, start, end))
 
 
+@dataclass(frozen=True)
+class DatasetVersion:
+    """One built dataset: its records per split (Alpaca JSON), the feature table, a HF DatasetDict
+    and the manifest, written last (a folder with a manifest is complete)."""
+
+    dir: Path
+
+    @property
+    def fingerprint(self) -> str:
+        return self.dir.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / "manifest.json"
+
+    @property
+    def features_path(self) -> Path:
+        return self.dir / "features.parquet"
+
+    @property
+    def hf_dir(self) -> Path:
+        """The HF ``DatasetDict`` (``datasets.load_from_disk``)."""
+        return self.dir / "hf"
+
+    def records_path(self, split: str) -> Path:
+        return self.dir / f"{split}.json"
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    @property
+    def manifest(self) -> DatasetManifest:
+        """Read from disk on every access: hold on to it."""
+        return DatasetManifest.from_dict(read_json(self.manifest_path))
+
+    def read_records(self, split: str) -> list[dict[str, Any]]:
+        """A split's Alpaca records; none when the split is empty (no file is written for it)."""
+        path = self.records_path(split)
+        return read_json(path) if path.is_file() else []
+
+
+@dataclass(frozen=True)
+class DatasetVersions:
+    """The versions of one task's dataset, by fingerprint, and which one is the latest."""
+
+    root: Path
+    task: str
+
+    @property
+    def latest_pointer(self) -> Path:
+        return self.root / "LATEST"
+
+    def version(self, fingerprint: str) -> DatasetVersion:
+        return DatasetVersion(self.root / fingerprint)
+
+    def latest(self) -> DatasetVersion:
+        if not self.latest_pointer.is_file():
+            raise NotFoundError(f"no {self.task} dataset built yet under {self.root}: run `chainsignal build-dataset`")
+        return self.version(self.latest_pointer.read_text().strip())
+
+    def mark_latest(self, fingerprint: str) -> None:
+        write_bytes_atomic(self.latest_pointer, (fingerprint + "\n").encode())
+
+
 class Workspace:
     """The lake (local or on an object store) and everything under ``data_dir`` that is not the lake."""
 
@@ -355,21 +376,17 @@ class Workspace:
         return cls(st.data_dir, lake_uri=st.lake_uri, artifacts_uri=st.artifacts_uri,
                    s3_endpoint_url=st.s3_endpoint_url, s3_region=st.s3_region, check=True)
 
-    def datasets_root(self, task: str) -> Path:
-        return self.data_dir / "datasets" / task
+    def datasets(self, task: str) -> DatasetVersions:
+        return DatasetVersions(self.data_dir / "datasets" / task, task)
+
+    def dataset_version(self, task: str, fingerprint: str | None = None) -> DatasetVersion:
+        """A built dataset; the latest one when no fingerprint is given."""
+        versions = self.datasets(task)
+        return versions.latest() if fingerprint is None else versions.version(fingerprint)
 
     def dataset_dir(self, task: str, fingerprint: str | None = None) -> Path:
         """A built dataset's folder; the latest one when no fingerprint is given."""
-        if fingerprint is None:
-            pointer = self.latest_dataset_pointer(task)
-            if not pointer.is_file():
-                raise NotFoundError(f"no {task} dataset built yet under {self.datasets_root(task)}: run `chainsignal build-dataset`")
-            fingerprint = pointer.read_text().strip()
-        path = self.datasets_root(task) / fingerprint
-        return path
-
-    def latest_dataset_pointer(self, task: str) -> Path:
-        return self.datasets_root(task) / "LATEST"
+        return self.dataset_version(task, fingerprint).dir
 
     def model_dir(self, name: str) -> Path:
         return self.data_dir / "models" / name

@@ -14,12 +14,13 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from tasks.core.manifests import DatasetManifest
 from tasks.core.schemas import LABELS
+from tasks.core.storage import DatasetVersion, DatasetVersions, write_json
 from tasks.dataset.prompter import Prompter
 
 SPLITS = ("train", "validation", "test")
@@ -161,25 +162,24 @@ def numeric_feature_columns(frame: pl.DataFrame) -> list[str]:
     return [c for c, t in frame.schema.items() if c not in NUMERIC_EXCLUDE and t.is_numeric() and c != "today_label"]
 
 
-def write_dataset(out_dir: Path, frame: pl.DataFrame, records: list[dict[str, Any]], manifest: dict[str, Any]) -> None:
+def write_dataset(version: DatasetVersion, frame: pl.DataFrame, records: list[dict[str, Any]],
+                  manifest: DatasetManifest) -> None:
     """Alpaca JSON per split, the feature table, a HF DatasetDict and the manifest (written last)."""
     import datasets
 
-    from tasks.core.storage import write_json
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+    version.dir.mkdir(parents=True, exist_ok=True)
     by_split: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_split.setdefault(r["split"], []).append(r)
     for split, rows in by_split.items():
-        write_json(out_dir / f"{split}.json", rows)
-    frame.write_parquet(out_dir / "features.parquet")
+        write_json(version.records_path(split), rows)
+    frame.write_parquet(version.features_path)
     features = datasets.Features({k: datasets.Value("string") for k in ("date", "split", "instruction", "input", "output")})
     dd = datasets.DatasetDict({
         split: datasets.Dataset.from_list(rows, features=features) for split, rows in by_split.items()
     })
-    dd.save_to_disk(str(out_dir / "hf"))
-    write_json(out_dir / "manifest.json", manifest)
+    dd.save_to_disk(str(version.hf_dir))
+    write_json(version.manifest_path, manifest.to_dict())
 
 
 def label_counts(frame: pl.DataFrame) -> dict[str, dict[str, int]]:
@@ -366,8 +366,8 @@ def tx_value_records(frame: pl.DataFrame, prompter: Prompter, window: int) -> li
             for row in frame.iter_rows(named=True)]
 
 
-def build_dataset_version(lake, out_root: Path, pointer: Path, *, dataset_settings, assets: list[str],
-                          settings_hash: str, settings_public: dict[str, Any], sentiment_settings=None) -> dict[str, Any]:
+def build_dataset_version(lake, versions: DatasetVersions, *, dataset_settings, assets: list[str],
+                          settings_hash: str, settings_public: dict[str, Any], sentiment_settings=None) -> DatasetManifest:
     """Read the lake, build the configured task's records, write a versioned dataset.
 
     Returns the manifest. Idempotent: the same inputs and settings give the same fingerprint, and
@@ -392,32 +392,28 @@ def build_dataset_version(lake, out_root: Path, pointer: Path, *, dataset_settin
         frame = tx_value_frame(lake, base, ds)
         records = tx_value_records(frame, prompter, ds.tx_window)
     fp = fingerprint(records, settings_hash)
-    out_dir = out_root / fp
+    version = versions.version(fp)
     plan = base["plan"]
-    manifest = {
-        "fingerprint": fp,
-        "task": ds.name,
-        "kind": "class" if ds.name in CLASS_TASKS else "number",
-        "target_asset": ds.target_asset,
-        "start": base["start"].isoformat(), "end": base["end"].isoformat(),
-        "splits": {k: [v[0].isoformat(), v[1].isoformat()] for k, v in
-                   {"train": plan.train, "validation": plan.validation, "test": plan.test}.items()},
-        "embargo_days": plan.embargo_days,
-        "thresholds": base["thresholds"],
-        "rows": {s: sum(1 for r in records if r["split"] == s) for s in (*SPLITS, "predict")},
-        "label_counts": label_counts(frame) if ds.name in CLASS_TASKS else {},
-        "inputs": {name: len(lake.partition_files(name, base["start"], base["end"]))
-                   for name in ("prices", "transactions", "posts", "sentiment")},
-        "chain_label": base["chain_label"],
-        "numeric_features": numeric_feature_columns(base["frame"]),
-        "settings": settings_public,
-        "path": str(out_dir),
-    }
-    if not (out_dir / "manifest.json").is_file():
-        write_dataset(out_dir, frame, records, manifest)
-
-    from tasks.core.storage import write_bytes_atomic
-
-    write_bytes_atomic(pointer, (fp + "\n").encode())
+    manifest = DatasetManifest(
+        fingerprint=fp,
+        task=ds.name,
+        kind="class" if ds.name in CLASS_TASKS else "number",
+        target_asset=ds.target_asset,
+        start=base["start"], end=base["end"],
+        splits={"train": plan.train, "validation": plan.validation, "test": plan.test},
+        embargo_days=plan.embargo_days,
+        thresholds=base["thresholds"],
+        rows={s: sum(1 for r in records if r["split"] == s) for s in (*SPLITS, "predict")},
+        label_counts=label_counts(frame) if ds.name in CLASS_TASKS else {},
+        inputs={name: len(lake.partition_files(name, base["start"], base["end"]))
+                for name in ("prices", "transactions", "posts", "sentiment")},
+        chain_label=base["chain_label"],
+        numeric_features=numeric_feature_columns(base["frame"]),
+        settings=settings_public,
+        path=str(version.dir),
+    )
+    if not version.exists():
+        write_dataset(version, frame, records, manifest)
+    versions.mark_latest(fp)
     return manifest
 
