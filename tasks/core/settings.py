@@ -115,7 +115,7 @@ class RpcSettings(_Section):
     # CHAINSIGNAL_RPC__API_KEY) and is only substituted at request time, never logged.
     # A key written straight into the URL is moved into api_key when the settings are read.
     url: str = "http://127.0.0.1:8545"
-    api_key: SecretStr | None = None
+    api_key: SecretStr | None = None  # the provider key, from the environment; fills {api_key} in url; never logged
     # Credit plan: fills credits_per_second and daily_credit_budget where they are unset.
     # "auto" = "infura-free" for an *.infura.io endpoint, "unmetered" for any other (your node).
     plan: Literal["auto", "infura-free", "unmetered"] = "auto"
@@ -125,7 +125,7 @@ class RpcSettings(_Section):
     timeout_s: float = Field(default=30.0, gt=0)  # per HTTP request
     max_retries: int = Field(default=6, ge=0)  # per request, on 429 / 5xx / -32005 / timeouts
     backoff_initial_s: float = Field(default=0.5, ge=0)  # doubled on every retry
-    backoff_max_s: float = Field(default=30.0, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)  # longest wait between two retries
     finality_blocks: int = Field(default=64, ge=0)  # a day is ingested only once this deep
     # Credit pacing (Infura-style plans; source: MetaMask/Infura credit-cost and pricing pages).
     # Every call inside a batch is charged; unlisted methods cost default_method_credits.
@@ -209,14 +209,14 @@ class PriceSettings(_Section):
     concurrency_limit: str | None = None  # Prefect global concurrency limit shared by workers on one key (1 slot/request)
     max_retries: int = Field(default=5, ge=0)  # per request, on 429 / 418 / 5xx / timeouts / non-JSON bodies
     backoff_initial_s: float = Field(default=1.0, ge=0)  # doubled every retry (Retry-After wins)
-    backoff_max_s: float = Field(default=60.0, ge=0)
+    backoff_max_s: float = Field(default=60.0, ge=0)  # longest wait between two retries
     coingecko_url: str = "https://api.coingecko.com/api/v3"  # pro plans: https://pro-api.coingecko.com/api/v3
     coingecko_api_key: SecretStr | None = None  # optional; sent as a header, never logged
     coingecko_key_kind: Literal["demo", "pro"] = "demo"  # header x-cg-demo-api-key or x-cg-pro-api-key
     coingecko_requests_per_second: float = Field(default=0.4, gt=0)  # public/demo: ~30 calls/min
     coingecko_window_days: int = Field(default=90, ge=1, le=90)  # days per request (<= 90: hourly points)
     coingecko_ids: dict[str, str] = {"ETH": "ethereum", "BTC": "bitcoin", "AAVE": "aave"}  # ticker -> coin id
-    binance_url: str = "https://api.binance.com"
+    binance_url: str = "https://api.binance.com"  # Binance spot REST API (klines)
     binance_requests_per_second: float = Field(default=2.0, gt=0)  # klines weigh 2 of 6,000 weight/min
     binance_quote: str = "USDT"  # symbol = asset + quote, e.g. ETHUSDT (treated as USD)
     binance_interval: Literal["1d", "1h"] = "1d"  # "1h" candles are rolled up to UTC days
@@ -238,8 +238,8 @@ class TweetSettings(_Section):
     # news articles (keyless; last 3 months only). The demo and the tests set ("file",).
     sources: tuple[Literal["file", "snscrape", "x_api", "gdelt"], ...] = ("snscrape", "gdelt")
     query: str = "ethereum"  # hashtag or word, as in the study's "#tag" search
-    file_path: Path = SAMPLE_DIR / "tweets" / "ethereum_tweets.csv"
-    max_posts_per_day: int = Field(default=1000, ge=1)
+    file_path: Path = SAMPLE_DIR / "tweets" / "ethereum_tweets.csv"  # the "file" source: a CSV export with columns date, user, text
+    max_posts_per_day: int = Field(default=1000, ge=1)  # per source and day; the rest is not fetched
     # longer posts are cut to this many characters (X's own limit for long posts), counted in the day's report
     max_post_chars: int = Field(default=25_000, ge=1)
     # commit a day on which every source answered with no post (post_count 0) instead of leaving it open
@@ -248,12 +248,12 @@ class TweetSettings(_Section):
     concurrency_limit: str | None = None  # Prefect global concurrency limit shared by workers on one key (1 slot/request)
     max_retries: int = Field(default=4, ge=0)  # per request, on 429 / 5xx / timeouts / non-JSON bodies
     backoff_initial_s: float = Field(default=2.0, ge=0)  # doubled every retry (Retry-After / x-rate-limit-reset win)
-    backoff_max_s: float = Field(default=120.0, ge=0)
-    x_api_url: str = "https://api.twitter.com/2"
+    backoff_max_s: float = Field(default=120.0, ge=0)  # longest wait between two retries
+    x_api_url: str = "https://api.twitter.com/2"  # X API v2 base URL (recent search)
     x_bearer_token: SecretStr | None = None  # app bearer token; never logged
     x_requests_per_second: float = Field(default=0.5, gt=0)  # recent search: 450 requests / 15 min (app)
     x_page_size: int = Field(default=100, ge=10, le=100)  # max_results per page
-    gdelt_url: str = "https://api.gdeltproject.org/api/v2/doc/doc"
+    gdelt_url: str = "https://api.gdeltproject.org/api/v2/doc/doc"  # GDELT DOC 2.0 article search
     gdelt_requests_per_second: float = Field(default=0.2, gt=0)  # GDELT asks for one request per 5 s
     gdelt_max_records: int = Field(default=250, ge=1, le=250)  # ArtList maxrecords (API cap 250)
 
@@ -308,11 +308,11 @@ class DatasetSettings(_Section):
     # same as a number, in percent), "sentiment" (post text -> its author's sentiment label),
     # "tx-value" (a window of transactions -> log value of the next one).
     name: Literal["direction", "return", "sentiment", "tx-value"] = "direction"
-    target_asset: str = "ETH"
+    target_asset: str = "ETH"  # the asset whose next-day move is the label (one of prices.assets)
     start_date: date | None = None  # default: first day with prices in the lake
     end_date: date | None = None  # default: last day with prices in the lake
     validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)  # of labelled days
-    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)  # of labelled days, the last ones
     embargo_days: int = Field(default=1, ge=1)  # days dropped between splits (>= label horizon)
     label_quantiles: tuple[float, float] = (1 / 3, 2 / 3)  # train-split return quantiles -> dead band
     fixed_thresholds: tuple[float, float] | None = None  # (neg, pos) returns; overrides quantiles
@@ -322,7 +322,7 @@ class DatasetSettings(_Section):
     tx_window: int = Field(default=32, ge=1)  # tx-value task: transactions per window
     tx_value_eps_eth: float = Field(default=1.0, gt=0)  # tx-value target = log(value_eth + eps)
     tx_max_windows_per_split: int = Field(default=2000, ge=10)  # seeded sample of windows kept per split
-    seed: int = 42
+    seed: int = 42  # every random choice (sampling, baselines, initialisation) takes it
 
     @model_validator(mode="after")
     def _check(self) -> DatasetSettings:
@@ -343,20 +343,20 @@ class TrainSettings(_Section):
     encoder_learning_rate: float = Field(default=5e-4, gt=0)  # encoder kind: AdamW peak lr (LoRA + head)
     # LoRA
     lora_r: int = Field(default=8, ge=1)
-    lora_alpha: int = Field(default=16, ge=1)
-    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_alpha: int = Field(default=16, ge=1)  # LoRA scaling: the update is multiplied by alpha / r
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)  # dropout on the LoRA input
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # modules LoRA adapts (alpaca-lora's default)
     # batch and schedule
     batch_size: int = Field(default=16, ge=1)  # examples per optimizer step
     micro_batch_size: int = Field(default=8, ge=1)  # examples per forward pass
-    epochs: float = Field(default=3.0, gt=0)
-    learning_rate: float = Field(default=3e-3, gt=0)
-    warmup_steps: int = Field(default=2, ge=0)
+    epochs: float = Field(default=3.0, gt=0)  # passes over the training split (fractions allowed)
+    learning_rate: float = Field(default=3e-3, gt=0)  # AdamW peak learning rate of the causal kind
+    warmup_steps: int = Field(default=2, ge=0)  # optimizer steps of linear warm-up before the peak rate
     cutoff_len: int = Field(default=256, ge=16)  # tokens; longer prompts are truncated
     train_on_inputs: bool = False  # False: loss only on the response tokens
-    log_every_steps: int = Field(default=1, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 42
+    log_every_steps: int = Field(default=1, ge=1)  # optimizer steps between two logged metrics (loss, tok/s)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when present, else CPU
+    seed: int = 42  # every random choice (sampling, baselines, initialisation) takes it
     # speed and memory (the padded eager path is the alpaca-lora reference; see bench/bench_train_gpu.py)
     attention: Literal["eager", "sdpa", "flex_attention"] = "sdpa"  # attention kernel of the base model
     packing: bool = False  # one document-masked packed row per micro-batch instead of padding
@@ -376,9 +376,9 @@ class TrainSettings(_Section):
     checkpoint_every_steps: int = Field(default=200, ge=0)
     # tiny offline model (used when base_model == "tiny-llama")
     tiny_hidden_size: int = 64
-    tiny_layers: int = 2
-    tiny_heads: int = 4
-    tiny_vocab_size: int = 2000
+    tiny_layers: int = 2  # decoder layers of the tiny model
+    tiny_heads: int = 4  # attention heads of the tiny model
+    tiny_vocab_size: int = 2000  # tokens in the tiny model's vocabulary (trained offline on the records)
     # Weight init std. Larger than Llama's 0.02 so a frozen random lm_head can still express
     # confident predictions once LoRA steers the hidden states (at 0.02 logits stay ~uniform).
     tiny_init_std: float = Field(default=0.2, gt=0)
@@ -416,8 +416,8 @@ class TrainSettings(_Section):
 # ----------------------------------------------------------------------------- tracking
 class TrackingSettings(_Section):
     tracking_uri: str | None = None  # default: sqlite:///<data_dir>/mlflow.db
-    experiment: str = "chainsignal"
-    registered_model: str = "chainsignal-lora"
+    experiment: str = "chainsignal"  # MLflow experiment of every run
+    registered_model: str = "chainsignal-lora"  # MLflow registered model holding every adapter as a version
     # MLflow system metrics (system/*: CPU, memory, disk, network; GPU with nvidia-ml-py) sampled this
     # often during a training run; 0 = off
     system_metrics_s: float = Field(default=10.0, ge=0)
@@ -426,12 +426,12 @@ class TrackingSettings(_Section):
 # ----------------------------------------------------------------------------- services / orchestration
 class ServicesSettings(_Section):
     # `chainsignal up` / `make up`: local Prefect server, MLflow server and workers (no docker).
-    prefect_port: int = Field(default=4200, ge=1, le=65535)
-    mlflow_port: int = Field(default=5000, ge=1, le=65535)
+    prefect_port: int = Field(default=4200, ge=1, le=65535)  # the Prefect server, API and UI of `up`
+    mlflow_port: int = Field(default=5000, ge=1, le=65535)  # the MLflow server and UI of `up`
     # postgres (Debian's package): a local cluster, needed for global concurrency limits under load;
     # sqlite: zero setup (the demo and `chainsignal` commands without a server use an ephemeral one).
     prefect_database: Literal["sqlite", "postgres"] = "postgres"
-    postgres_port: int = Field(default=5433, ge=1, le=65535)
+    postgres_port: int = Field(default=5433, ge=1, le=65535)  # the local PostgreSQL cluster of `up`
     worker_pools: tuple[str, ...] = ("cpu", "gpu")  # process work pools created by setup and served by `up`
     worker_query_seconds: float = Field(default=5.0, gt=0)  # how often a worker polls for runs
     daily_cron: str = "0 6 * * *"  # the daily/daily schedule (UTC), after finality
@@ -446,12 +446,12 @@ class DemoSettings(_Section):
     # The embedded default: a local anvil node seeded with SYNTHETIC traffic over these days,
     # aligned with the bundled (real) price and tweet samples.
     start_date: date = date(2020, 12, 8)
-    end_date: date = date(2021, 3, 7)
+    end_date: date = date(2021, 3, 7)  # last demo day (inclusive)
     anvil_bin: Path | None = None  # default: node_modules/@foundry-rs/anvil-*/bin/anvil
-    accounts: int = Field(default=40, ge=4)
-    blocks_per_day: int = Field(default=6, ge=1)
-    mean_txs_per_day: int = Field(default=40, ge=1)
-    seed: int = 7
+    accounts: int = Field(default=40, ge=4)  # funded accounts sending the synthetic transactions
+    blocks_per_day: int = Field(default=6, ge=1)  # blocks mined per demo day
+    mean_txs_per_day: int = Field(default=40, ge=1)  # average synthetic transactions per day (Poisson)
+    seed: int = 7  # seed of the synthetic traffic
     train_epochs: float = Field(default=10.0, gt=0)  # the demo's dataset is tiny: more passes
 
 
