@@ -4,7 +4,9 @@ Produces ``lake/transactions`` and ``lake/blocks`` (and ``lake/receipts``) parti
 day, files per block chunk. Resumable and idempotent: complete days and existing chunks are
 skipped; ``overwrite`` rebuilds. Credits are paced and counted per request; when the provider's
 quota (HTTP 402) or ``rpc.daily_credit_budget`` is spent, the run stops cleanly, the summary says
-at which day and block, and the next run resumes there.
+at which day and block, and the next run resumes there. The lake holds one chain (chain id +
+genesis hash, recorded on its first write): a node serving another one is refused in one line
+before anything is written.
 
 Run locally:  chainsignal ingest --only chain --start 2021-01-01 --end 2021-01-07
 """
@@ -17,6 +19,7 @@ from prefect import flow
 
 from flows.common import settings_for, workspace
 from tasks.chain.blockrange import BlockClock
+from tasks.chain.identity import check_lake_chain
 from tasks.chain.job import ChainJobConfig, DayReport, ingest_chain_day_task, publish_day_table, stream_for_days
 from tasks.clients.rpc import HttpJsonRpc
 from tasks.core.errors import RpcQuotaError
@@ -39,6 +42,8 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
     chain_id = None
     try:
         chain_id = endpoint_chain_id(rpc, settings.rpc.chain_id)
+        # another chain than the lake holds is refused here, before anything is written
+        check_lake_chain(ws.lake, clock.identity(chain_id), rpc.url)
         latest = clock.latest()
     except RpcQuotaError as err:  # quota or budget already spent: every day stays where it is
         stopped = {"day": None, "stopped_at_block": None, "error": str(err)}

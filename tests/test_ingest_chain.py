@@ -57,10 +57,11 @@ def test_ingest_matches_node_and_reruns_skip(seeded_node, data_dir):
     assert [r["day"] for r in rows] == [str(DAYS[0] + timedelta(days=i)) for i in range(4)]
     assert sum(r["transactions"] for r in rows) == txs.height and all(r["credits"] > 0 for r in rows)
     # One stream prefetches across the days; each day still reports what was spent on it: the
-    # days' credits add up to the run's, less its set-up calls (eth_chainId, latest block).
-    setup = 2 * 80
+    # days' credits add up to the run's, less its set-up calls (eth_chainId, the genesis block that
+    # identifies the chain, the latest block).
+    setup = 3 * 80
     assert sum(r["credits"] for r in rows) == first["credits"] - setup
-    assert all(r["requests"] > 0 for r in rows) and sum(r["requests"] for r in rows) == first["requests"] - 2
+    assert all(r["requests"] > 0 for r in rows) and sum(r["requests"] for r in rows) == first["requests"] - 3
     assert first["blocks_per_s"] > 0 and first["txs_per_s"] > 0 and first["credits"] > 0
 
     again = ingest_chain(*DAYS, rpc_url=node.url)
@@ -246,9 +247,10 @@ def test_daily_credit_budget_stops_and_next_run_resumes(seeded_node, data_dir, m
             p.unlink()
     ledger = data_dir / "cache" / "ethereum_credits_by_utc_day.json"
     ledger.unlink()
-    # the day's range is cached now: eth_chainId + latest block, then 80 credits a block;
-    # enough for everything but the last two blocks
-    budget = 2 * 80 + (n_blocks - 2) * 80
+    # the day's range is cached now: eth_chainId + the genesis block + latest block, the four blocks
+    # at the cached range's boundaries (checked before use), then 80 credits a block; enough for
+    # everything but the last two blocks
+    budget = 3 * 80 + 4 * 80 + (n_blocks - 2) * 80
     # One batch in flight, so the budget admits exactly the first n - 2 blocks: with more, batches
     # charge the ledger in the order their threads reach it, and a later block may take the last
     # credits (fetched, not written: the run stops at the first block missing, and resumes there).

@@ -4,6 +4,13 @@ It takes its provider (a ChainRpc) and its sink (the Lake) as arguments; the flo
 A day is cut into block chunks; each chunk is one file per dataset and one unit of retry. A
 chunk whose files exist is skipped, so a killed run resumes where it stopped; the day's
 manifests are written last. The chunks' blocks come from a :class:`~tasks.chain.stream.ChunkStream`.
+
+Nothing wrong gets in (:mod:`tasks.chain.identity`, :mod:`tasks.chain.plan`): the lake's chain
+is recorded on its first write and another chain is refused; a day follows one plan (range and
+chunking, recorded before its first chunk) and commits exactly the plan's files; every chunk's
+blocks must continue the hash chain of what the lake holds before them; on a resume, the chunks
+already in the lake are checked against the node first (the hash of the last block of each run
+of them), and a day whose stored blocks the node no longer has is discarded and fetched again.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import IO, Any
 
 import polars as pl
@@ -20,10 +27,12 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from tasks.chain.blockrange import BlockClock, DayBlocks, block_chunks
+from tasks.chain.blockrange import BlockClock, DayBlocks
+from tasks.chain.identity import ChainIdentity, check_lake_chain, first_broken_link, record_lake_chain
+from tasks.chain.plan import DayPlan, check_day_files, current_plan, discard_files, save_plan
 from tasks.chain.stream import Chunk, ChunkStream
 from tasks.clients.rpc import ChainRpc
-from tasks.core.errors import RpcQuotaError
+from tasks.core.errors import ChainMismatchError, RpcError, RpcQuotaError
 from tasks.core.logs import get_logger
 from tasks.core.progress import progress
 from tasks.core.settings import RpcSettings
@@ -90,13 +99,14 @@ def _missing(parts: dict[str, Partition], chain: str, chunks: list[tuple[int, in
     return [(a, b) for a, b in chunks if not all(p.has(block_chunk_name(chain, d, a, b)) for d, p in parts.items())]
 
 
-def pending_chunks(lake: Lake, day: date, first: int, last: int, config: ChainJobConfig,
+def pending_chunks(lake: Lake, rng: DayBlocks, config: ChainJobConfig, node: ChainIdentity,
                    overwrite: bool = False) -> list[tuple[int, int]]:
-    """The chunks of a day's block range whose files are not all in the lake yet."""
-    chunks = list(block_chunks(first, last, config.blocks_per_file))
+    """The chunks of a day's plan whose files are not all in the lake yet (reads only)."""
+    plan, _ = current_plan(lake, rng, config.chain, config.blocks_per_file, node, overwrite)
     if overwrite:
-        return chunks
-    return _missing({d: lake.open_partition(d, day) for d in config.datasets}, config.chain, chunks)
+        return plan.chunks
+    parts = {d: lake.open_partition(d, rng.day) for d in config.datasets}
+    return [(a, b) for a, b in plan.chunks if not all(p.has(block_chunk_name(plan.chain, d, a, b)) for d, p in parts.items())]
 
 
 def plan_days(lake: Lake, clock: BlockClock, days: Sequence[date], latest: tuple[int, int], config: ChainJobConfig,
@@ -116,7 +126,7 @@ def plan_days(lake: Lake, clock: BlockClock, days: Sequence[date], latest: tuple
             return
         if rng is None:
             return  # later days are not final either
-        yield from pending_chunks(lake, day, rng.first_block, rng.last_block, config, overwrite)
+        yield from pending_chunks(lake, rng, config, clock.identity(config.chain_id), overwrite)
 
 
 def stream_for_days(rpc: ChainRpc, lake: Lake, clock: BlockClock, days: Sequence[date], latest: tuple[int, int],
@@ -136,7 +146,8 @@ def ingest_chain_day(rpc: ChainRpc, lake: Lake, clock: BlockClock, day: date, co
     and its chunks' batches, whichever thread sent them - not whatever the shared client sent
     meanwhile. ``stream``: a ChunkStream over several days' plan (``stream_for_days``), used when
     its next chunks are this day's, so the node stays busy across day boundaries; otherwise the
-    day streams its own chunks."""
+    day streams its own chunks. A node that serves another chain than the lake holds is refused
+    (:class:`ChainMismatchError`) before anything is written."""
     with rpc.tally() as sent:
         t0 = time.perf_counter()
         if not overwrite and _day_complete(lake, day, config):
@@ -145,6 +156,8 @@ def ingest_chain_day(rpc: ChainRpc, lake: Lake, clock: BlockClock, day: date, co
                              m.get("blocks", 0), m.get("rows", 0))
         run = _DayRun(day, config, DayReport(day.isoformat(), "done"), sent, t0)
         try:
+            node = clock.identity(config.chain_id)
+            check_lake_chain(lake, node, rpc.url)
             rng = clock.day_range(day, latest[0], latest[1], config.finality_blocks)
         except RpcQuotaError as err:
             return run.close("stopped", error=str(err))
@@ -152,13 +165,80 @@ def ingest_chain_day(rpc: ChainRpc, lake: Lake, clock: BlockClock, day: date, co
             return run.close("not_final", error="day not over or not final on the node yet")
         run.report.first_block, run.report.last_block = rng.first_block, rng.last_block
         parts = {d: lake.open_partition(d, day, overwrite) for d in config.datasets}
-        chunks = list(block_chunks(rng.first_block, rng.last_block, config.blocks_per_file))
-        todo = _missing(parts, config.chain, chunks)  # an overwrite's partitions are fresh: every chunk
-        run.report.chunks_skipped = len(chunks) - len(todo)
-        if not _fetch_and_write(rpc, run, rng, parts, todo, stream, progress_file):
+        plan = _open_plan(lake, rpc, run, rng, parts, node, overwrite)
+        try:
+            todo, known = _resume_point(rpc, run, plan, parts)
+        except RpcQuotaError as err:
+            return run.close("stopped", error=str(err))
+        run.report.chunks_skipped = len(plan.chunks) - len(todo)
+        known.update(_previous_day_tip(lake, plan, todo))
+        if not _fetch_and_write(rpc, run, rng, parts, todo, stream, progress_file, known):
             return run.close("stopped")
-        _commit_day(run.report, rng, parts, config)
+        _commit_day(run.report, plan, parts, config)
         return run.close("done")
+
+
+def _open_plan(lake: Lake, rpc: ChainRpc, run: _DayRun, rng: DayBlocks, parts: dict[str, Partition],
+               node: ChainIdentity, overwrite: bool) -> DayPlan:
+    """The day's plan, recorded (with the lake's chain, on its first write) before any chunk is
+    written; the files of the folder that the plan does not list are removed."""
+    config = run.config
+    plan, recorded = current_plan(lake, rng, config.chain, config.blocks_per_file, node, overwrite)
+    record_lake_chain(lake, node, config.chain, rpc.url)
+    if plan != recorded:
+        save_plan(lake, plan, config.datasets)
+    if recorded is not None and plan is recorded and plan.blocks_per_file != config.blocks_per_file:
+        run.log.info("%s: finishing the day's recorded plan (%d blocks per file, rpc.blocks_per_file is %d now)",
+                     run.day, plan.blocks_per_file, config.blocks_per_file)
+    gone = discard_files(parts, plan)
+    if gone:
+        run.log.warning("%s: removed %d chunk files of another plan (%s); the day follows %d..%d, %d blocks per file",
+                        run.day, gone, "another range or chain" if recorded is not None and not recorded.same_blocks(plan)
+                        else "other chunking", plan.first_block, plan.last_block, plan.blocks_per_file)
+        run.report.extra["files_discarded"] = gone
+    return plan
+
+
+def _resume_point(rpc: ChainRpc, run: _DayRun, plan: DayPlan, parts: dict[str, Partition]
+                  ) -> tuple[list[tuple[int, int]], dict[int, str]]:
+    """(the plan's chunks to fetch, {block: hash} of the lake's blocks right before them).
+
+    The chunks already in the lake were checked when written (each continues the one before it),
+    so they are the node's blocks if the last block of each run of them still is: one batch asks
+    those hashes. A block the node no longer has (a reorg deeper than finality_blocks, or another
+    chain with the same genesis) discards the whole day, which is then fetched again."""
+    todo = _missing(parts, plan.chain, plan.chunks)
+    stored = [c for c in plan.chunks if c not in todo]
+    if not stored:
+        return todo, {}
+    starts = {a for a, _ in stored}
+    ends = [b for _, b in stored if b + 1 not in starts]  # the last block of each run of stored chunks
+    held = dict(parts["blocks"].scan([block_chunk_name(plan.chain, "blocks", a, b) for a, b in stored])
+                .filter(pl.col("block_number").is_in(ends)).select("block_number", "block_hash").collect().iter_rows())
+    answers = rpc.batch([("eth_getBlockByNumber", [hex(n), False]) for n in ends], retry_null=True)
+    for n, block in zip(ends, answers, strict=True):
+        now = (block or {}).get("hash", "").lower()
+        if held.get(n) != now:
+            run.log.warning("%s: block %d in the lake (%s) is not the node's block %d (%s): a reorg deeper than "
+                            "rpc.finality_blocks or another chain; the day's chunks are discarded and fetched again",
+                            run.day, n, held.get(n), n, now or None)
+            run.report.extra["chain_break_at_block"] = n
+            discard_files(parts, None)
+            return list(plan.chunks), {}
+    return todo, held
+
+
+def _previous_day_tip(lake: Lake, plan: DayPlan, todo: list[tuple[int, int]]) -> dict[int, str]:
+    """{block: hash} of the previous day's last block as the lake holds it, when the day's first chunk
+    is to be fetched (it must continue it); {} when the lake does not hold that day."""
+    if not todo or todo[0][0] != plan.first_block or plan.first_block == 0:
+        return {}
+    before = plan.day - timedelta(days=1)
+    if not lake.is_complete("blocks", before):
+        return {}
+    got = (lake.scan("blocks", before, before).filter(pl.col("block_number") == plan.first_block - 1)
+           .select("block_hash").collect())
+    return {plan.first_block - 1: got["block_hash"][0]} if got.height else {}
 
 
 @dataclass
@@ -205,9 +285,12 @@ class _DayRun:
 
 
 def _fetch_and_write(rpc: ChainRpc, run: _DayRun, rng: DayBlocks, parts: dict[str, Partition],
-                     todo: list[tuple[int, int]], stream: ChunkStream | None, progress_file: IO[str] | None) -> bool:
+                     todo: list[tuple[int, int]], stream: ChunkStream | None, progress_file: IO[str] | None,
+                     known: dict[int, str]) -> bool:
     """Every chunk of ``todo``, in order, fetched (from ``stream`` when its next chunks are these,
-    else from a stream of the day's own), checked and written; False when the quota stopped the day."""
+    else from a stream of the day's own), checked and written; False when the quota stopped the day.
+    ``known``: {block: hash} of the lake's blocks right before chunks of ``todo``; each chunk written
+    adds its last block, so every chunk is checked to continue the one before it."""
     config = run.config
     bar = progress(rng.n_blocks, str(run.day), "block", initial=rng.n_blocks - sum(b - a + 1 for a, b in todo),
                    file=progress_file)
@@ -226,7 +309,8 @@ def _fetch_and_write(rpc: ChainRpc, run: _DayRun, rng: DayBlocks, parts: dict[st
                 run.report.stopped_at_block, run.report.error = first, str(err)
                 run.log.warning("%s stopped at block %d: %s", run.day, first, err)
                 return False
-            blocks, txs = _write_chunk(chunk, parts, run.day, first, last, config)
+            _check_continues(chunk, run.day, first, last, known, first == rng.first_block)
+            blocks, txs, known[last] = _write_chunk(chunk, parts, run.day, first, last, config)
             run.chunk_written(first, last, blocks, txs, rng, bar)
     finally:
         bar.close()
@@ -235,9 +319,29 @@ def _fetch_and_write(rpc: ChainRpc, run: _DayRun, rng: DayBlocks, parts: dict[st
     return True
 
 
+def _check_continues(chunk: Chunk, day: date, first: int, last: int, known: dict[int, str], day_start: bool) -> None:
+    """The chunk's blocks are ``first..last``, each the parent of the next, the first continuing the
+    block before it as the lake holds it. Across days a break is refused (the lake holds another
+    fork from the previous day on: only an overwrite of that day repairs it); inside a day it is
+    the node changing under the run, and the day's retry checks the stored chunks again."""
+    broken = first_broken_link(chunk.links(), first, last, known.get(first - 1))
+    if broken is None:
+        return
+    number, why = broken
+    if day_start and number == first and first - 1 in known:
+        before = day - timedelta(days=1)
+        raise ChainMismatchError(
+            f"{day}: {why}, {known[first - 1]}, as the lake holds it for {before}: the node follows another chain "
+            f"than the lake from block {first - 1} on (a reorg deeper than rpc.finality_blocks, or another chain with "
+            f"the same chain id); re-ingest from {before} with --overwrite, or point rpc.url at the lake's chain")
+    raise RpcError(f"{day} blocks {first}..{last}: {why} (the node's chain changed during the run); nothing of "
+                   "these blocks was written")
+
+
 def _write_chunk(chunk: Chunk, parts: dict[str, Partition], day: date, first: int, last: int,
-                 config: ChainJobConfig) -> tuple[int, int]:
-    """One chunk mapped, checked and written, the blocks file last; (blocks, transactions) written."""
+                 config: ChainJobConfig) -> tuple[int, int, str]:
+    """One chunk mapped, checked and written, the blocks file last; (blocks, transactions, hash of
+    its last block) written."""
     names = {d: block_chunk_name(config.chain, d, first, last) for d in config.datasets}
     blocks_df, txs_df = chunk.frames(config.chain_id)
     receipts_df = chunk.receipts_frame() if config.receipts else None
@@ -250,19 +354,20 @@ def _write_chunk(chunk: Chunk, parts: dict[str, Partition], day: date, first: in
     if receipts_df is not None:
         parts["receipts"].write(receipts_df, names["receipts"])
     parts["blocks"].write(blocks_df, names["blocks"])  # the blocks file last: chunk done when it exists
-    return blocks_df.height, txs_df.height
+    return blocks_df.height, txs_df.height, blocks_df["block_hash"][-1]
 
 
-def _commit_day(report: DayReport, rng: DayBlocks, parts: dict[str, Partition], config: ChainJobConfig) -> None:
-    """The day's manifests, once every chunk is in: a partition with a manifest is complete."""
-    report.transactions = parts["transactions"].scan().select(pl.len()).collect().item()
-    report.blocks = rng.n_blocks
-    common = {"first_block": rng.first_block, "last_block": rng.last_block, "chain": config.chain,
-              "chain_id": config.chain_id, "blocks": rng.n_blocks}
-    parts["transactions"].commit({**common, "rows": report.transactions})
+def _commit_day(report: DayReport, plan: DayPlan, parts: dict[str, Partition], config: ChainJobConfig) -> None:
+    """The day's manifests, once every chunk is in: a partition with a manifest is complete. Each lists
+    exactly the plan's files, once their blocks are checked to be the day's range, each once."""
+    report.blocks, report.transactions = check_day_files(parts, plan)
+    common = {"first_block": plan.first_block, "last_block": plan.last_block, "chain": config.chain,
+              "chain_id": config.chain_id, "genesis_hash": plan.genesis_hash, "blocks": plan.n_blocks,
+              "blocks_per_file": plan.blocks_per_file}
+    parts["transactions"].commit({**common, "rows": report.transactions}, files=plan.files("transactions"))
     if config.receipts:
-        parts["receipts"].commit({**common, "rows": report.transactions})
-    parts["blocks"].commit({**common, "rows": rng.n_blocks})
+        parts["receipts"].commit({**common, "rows": report.transactions}, files=plan.files("receipts"))
+    parts["blocks"].commit({**common, "rows": plan.n_blocks}, files=plan.files("blocks"))
 
 
 DAY_TABLE_COLUMNS = ("day", "status", "blocks", "transactions", "blocks_fetched", "transactions_fetched",
@@ -278,6 +383,12 @@ def publish_day_table(reports: list[dict], key: str = "ingest-chain-days") -> No
 
 
 # The Prefect task: retries declared here, not hand-written around the call.
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Not a node that serves another chain than the lake: a retry asks the same node the same thing."""
+    return not isinstance(state.result(raise_on_failure=False), ChainMismatchError)
+
+
 ingest_chain_day_task = task(
-    ingest_chain_day, name="ingest-chain-day", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE
+    ingest_chain_day, name="ingest-chain-day", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE,
+    retry_condition_fn=_worth_retrying,
 )

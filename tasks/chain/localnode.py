@@ -71,12 +71,13 @@ class LocalNode:
                 self.process.kill()
 
 
-def start_anvil(genesis_ts: int, accounts: int, anvil_bin: Path | None = None, port: int | None = None) -> LocalNode:
+def start_anvil(genesis_ts: int, accounts: int, anvil_bin: Path | None = None, port: int | None = None,
+                chain_id: int = CHAIN_ID) -> LocalNode:
     binary = find_anvil(anvil_bin)
     port = port or free_port()
     cmd = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--timestamp", str(genesis_ts),
            "--no-mining", "--accounts", str(accounts), "--balance", "10000000",
-           "--chain-id", str(CHAIN_ID), "--silent"]
+           "--chain-id", str(chain_id), "--silent"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     import requests
@@ -187,9 +188,10 @@ def _synthetic_tx(rng, eip1559_senders, legacy_senders, dev, seen, nonces, count
 
 @contextmanager
 def seeded_local_node(start: date, end: date, *, accounts: int, blocks_per_day: int, mean_txs_per_day: int,
-                      seed: int, finality_blocks: int, anvil_bin: Path | None = None) -> Iterator[tuple[LocalNode, SeedReport]]:
+                      seed: int, finality_blocks: int, anvil_bin: Path | None = None,
+                      chain_id: int = CHAIN_ID) -> Iterator[tuple[LocalNode, SeedReport]]:
     """Start anvil just before ``start`` and seed it; stop it on exit."""
-    node = start_anvil(day_start_ts(start) - 3600, accounts, anvil_bin)
+    node = start_anvil(day_start_ts(start) - 3600, accounts, anvil_bin, chain_id=chain_id)
     try:
         report = seed_chain(node.url, start, end, accounts=accounts, blocks_per_day=blocks_per_day,
                             mean_txs_per_day=mean_txs_per_day, seed=seed, finality_blocks=finality_blocks)

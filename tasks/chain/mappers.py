@@ -55,7 +55,7 @@ def map_transaction(raw: dict[str, Any], block_timestamp: datetime, chain_id: in
 
 _TX_KEYS = ("blockNumber", "transactionIndex", "hash", "nonce", "from", "to", "value", "gas", "gasPrice",
             "maxFeePerGas", "maxPriorityFeePerGas", "type", "input", "chainId")
-_BLOCK_KEYS = ("number", "hash", "timestamp", "baseFeePerGas", "gasUsed", "gasLimit", "miner")
+_BLOCK_KEYS = ("number", "hash", "parentHash", "timestamp", "baseFeePerGas", "gasUsed", "gasLimit", "miner")
 _RECEIPT_KEYS = ("blockNumber", "transactionIndex", "transactionHash", "status", "gasUsed", "cumulativeGasUsed",
                  "effectiveGasPrice", "blobGasUsed", "blobGasPrice", "contractAddress")
 
@@ -134,6 +134,16 @@ def map_raw_blocks(blocks: pl.DataFrame, txs: pl.DataFrame, chain_id: int) -> tu
         pl.lit(chain_id, pl.Int64).alias("chain_id"),
     ).select(list(BLOCKS))
     return out, _map_raw_transactions(txs, out, chain_id)
+
+
+def map_block_links(blocks: pl.DataFrame) -> pl.DataFrame:
+    """Raw blocks -> (block_number, block_hash, parent_hash) in block order: what the hash-chain
+    checks read (the parent hash is checked at ingest, not stored)."""
+    return blocks.select(
+        _hex("number", pl.Int64).alias("block_number"),
+        pl.col("hash").str.to_lowercase().alias("block_hash"),
+        pl.col("parentHash").str.to_lowercase().alias("parent_hash"),
+    ).sort("block_number")
 
 
 def _map_raw_transactions(raw: pl.DataFrame, blocks: pl.DataFrame, chain_id: int) -> pl.DataFrame:

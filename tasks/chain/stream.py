@@ -12,12 +12,14 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import polars as pl
 
 from tasks.chain.mappers import (
     BLOCKS_BATCH,
     RECEIPTS_BATCH,
+    map_block_links,
     map_raw_blocks,
     map_raw_receipts,
     raw_blocks_from_batch,
@@ -44,11 +46,20 @@ class Chunk:
     def block_dicts(self) -> list[dict]:
         return [b for piece in self.blocks for b in piece]
 
-    def frames(self, chain_id: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """(blocks, transactions) in the lake's schemas."""
+    @cached_property
+    def _raw_blocks(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(raw blocks, raw transactions), read once for ``frames`` and ``links``."""
         raws = [raw_blocks_from_batch(p) if isinstance(p, pl.DataFrame) else raw_blocks_from_dicts(p)
                 for p in _runs(self.blocks)]
-        return map_raw_blocks(pl.concat([b for b, _ in raws]), pl.concat([t for _, t in raws]), chain_id)
+        return pl.concat([b for b, _ in raws]), pl.concat([t for _, t in raws])
+
+    def frames(self, chain_id: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(blocks, transactions) in the lake's schemas."""
+        return map_raw_blocks(*self._raw_blocks, chain_id)
+
+    def links(self) -> pl.DataFrame:
+        """(block_number, block_hash, parent_hash) of the chunk's blocks, as the node sent them."""
+        return map_block_links(self._raw_blocks[0])
 
     def receipts_frame(self) -> pl.DataFrame:
         raws = [raw_receipts_from_batch(p) if isinstance(p, pl.DataFrame) else raw_receipts_from_dicts(p)

@@ -63,6 +63,10 @@ class RpcBudgetError(RpcQuotaError):
     """Our own daily credit budget (``rpc.daily_credit_budget``) is spent."""
 
 
+class ChainMismatchError(ChainsignalError, RuntimeError):
+    """The node serves another chain than the lake holds (chain id, genesis or hash chain); one line naming both."""
+
+
 class RpcUnreachableError(RpcError):
     """No answer from the endpoint (connection refused, DNS, TLS)."""
 
