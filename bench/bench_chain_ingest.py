@@ -222,17 +222,20 @@ def main() -> None:
         f"Chain: fixed synthetic anvil state ({meta['days']} days x {meta['blocks_per_day']} blocks, "
         f"{off['blocks']:,} blocks and {off['transactions']:,} transactions ingested, blocks {off['first_block']}..{off['last_block']}), "
         "loaded from `var/bench/chain_ingest_state.json`.",
-        f"Best of {args.repeats} interleaved runs each (order rotated every round, {args.pause} s pause before each run); ours unpaced, `rpc.blocks_per_batch = {args.blocks_per_batch}`, "
+        f"Best of {args.repeats} interleaved runs each (order rotated every round, {args.pause} s pause before each run); "
+        f"ours unpaced, `rpc.blocks_per_batch = {args.blocks_per_batch}`, "
         f"`rpc.max_concurrent_requests = {args.in_flight}`; cryo with its defaults.",
         "",
         "| contender | transactions | seconds | tx/s | vs cryo |",
         "|---|---:|---:|---:|---:|",
-        f"| chainsignal, receipts on (like for like) | {on['transactions']:,} | {on['seconds']:.2f} | {on['tx_per_s']:,.0f} | **{ratio_on:.2f}x** |",
+        f"| chainsignal, receipts on (like for like) | {on['transactions']:,} | {on['seconds']:.2f} | {on['tx_per_s']:,.0f} "
+        f"| **{ratio_on:.2f}x** |",
         f"| chainsignal, receipts off | {off['transactions']:,} | {off['seconds']:.2f} | {off['tx_per_s']:,.0f} | {ratio_off:.2f}x |",
         f"| cryo `transactions` (fetches receipts) | {cryo['transactions']:,} | {cryo['seconds']:.2f} | {cryo['tx_per_s']:,.0f} | 1.00x |",
         "",
         "Medians of the same runs: " + ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in every.items())
-        + f"; ratio on medians: receipts on {statistics.median(every['cryo transactions (receipts)']) / statistics.median(every['ours, receipts on']):.2f}x, "
+        + "; ratio on medians: receipts on "
+        f"{statistics.median(every['cryo transactions (receipts)']) / statistics.median(every['ours, receipts on']):.2f}x, "
         f"receipts off {statistics.median(every['cryo transactions (receipts)']) / statistics.median(every['ours, receipts off']):.2f}x. "
         "Per round (ours on / cryo, same round): "
         + ", ".join(f"{r:.2f}x" for r in rounds) + f"; their median {statistics.median(rounds):.2f}x, "
@@ -273,7 +276,8 @@ def main() -> None:
         "(480 credits), i.e. 1,200 requests for a mainnet day.",
         "",
         f"Command: `.venv/bin/python bench/bench_chain_ingest.py --days {args.days} --blocks-per-day {args.blocks_per_day} "
-        f"--txs-per-day {args.txs_per_day} --blocks-per-batch {args.blocks_per_batch} --in-flight {args.in_flight} --repeats {args.repeats} --pause {args.pause}`",
+        f"--txs-per-day {args.txs_per_day} --blocks-per-batch {args.blocks_per_batch} --in-flight {args.in_flight} "
+        f"--repeats {args.repeats} --pause {args.pause}`",
     ]
     write_report(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -54,7 +54,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ["reference", "flex-packed-compile", "flex-packed-compile-blockmask", "flex-packed-compile-blockmask-6k", "flex-packed-compile-blockmask-autotune"]
+VARIANTS = ["reference", "flex-packed-compile", "flex-packed-compile-blockmask", "flex-packed-compile-blockmask-6k",
+            "flex-packed-compile-blockmask-autotune"]
 IGNORE_INDEX = -100
 
 
@@ -240,7 +241,8 @@ def run_variant(name: str, args) -> dict:
                                     cross_entropy=False, fused_linear_cross_entropy=False)
     model = build_model(attention, args.layers, args.hidden, args.device)
     examples = make_examples(args.examples, 32000, seed=1)
-    info: dict = {"variant": name, "attention": attention, "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu (smoke test)",
+    info: dict = {"variant": name, "attention": attention,
+                  "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu (smoke test)",
                   "torch": torch.__version__}
     import peft
     import transformers
@@ -274,7 +276,8 @@ def run_variant(name: str, args) -> dict:
             for i, e in enumerate(batch):
                 n = len(e["input_ids"])
                 ids[i, :n], lab[i, :n], att[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
-            loss = model(input_ids=ids.to(args.device), attention_mask=att.to(args.device), labels=lab.to(args.device), use_cache=False).loss
+            loss = model(input_ids=ids.to(args.device), attention_mask=att.to(args.device), labels=lab.to(args.device),
+                         use_cache=False).loss
             return loss, int(att.sum())
     else:
         sized = re.search(r"-(\d+)k(?:-|$)", name)
@@ -338,7 +341,8 @@ def run_variant(name: str, args) -> dict:
     if name in args.profile.split(","):
         info["profile"] = profile_steps(step, opt, timed[len(losses):][:2] or timed[:2], sync,
                                         Path(args.out) / f"profile_{name}.txt")
-    info.update(tokens=tokens, seconds=dt, tokens_per_s=tokens / dt, peak_gb=torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else float("nan"),
+    info.update(tokens=tokens, seconds=dt, tokens_per_s=tokens / dt,
+                peak_gb=torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else float("nan"),
                 steps=len(losses), loss_first=float(losses[0]), loss_last=float(losses[-1]),
                 pack_tokens=None if name.startswith("reference") else pack)
     return info
@@ -458,13 +462,15 @@ def write_report(results: list[dict], out: Path) -> None:
                          f"against the bf16 model: loss {r['fp8_loss_bf16']:.4f} (bf16) vs {r['fp8_loss_fp8']:.4f} (fp8), "
                          f"rel. diff {r['fp8_loss_rel_diff']:.1e}; LoRA gradients cosine {r['fp8_lora_grad_cosine']:.4f}, "
                          f"rel. error {r['fp8_lora_grad_rel_err']:.1e}. For scale: bf16 against itself with the row packed in reverse "
-                         f"order: cosine {r['bf16_self_lora_grad_cosine']:.4f}, fp8 against itself so: {r['fp8_self_lora_grad_cosine']:.4f}; fp8 in the forward only: "
+                         f"order: cosine {r['bf16_self_lora_grad_cosine']:.4f}, "
+                         f"fp8 against itself so: {r['fp8_self_lora_grad_cosine']:.4f}; fp8 in the forward only: "
                          f"cosine {r['fp8_forward_only_lora_grad_cosine']:.4f}. Masking check on the bf16 weights "
                          f"(the gate, in the table); after conversion: masked docs {r['fp8_mask_rel_err']:.1e}, "
                          f"floor {r['fp8_mask_noise_floor_rel']:.1e}, unmasked {r['fp8_unmasked_rel_err']:.1e}.")
         if "profile" in r:
             pr = r["profile"]
-            shares = ", ".join(f"{k[:-6]} {v:.0%}" for k, v in sorted(pr.items(), key=lambda kv: -kv[1]) if k.endswith("_share") and k != "busy_share")
+            shares = ", ".join(f"{k[:-6]} {v:.0%}" for k, v in sorted(pr.items(), key=lambda kv: -kv[1])
+                               if k.endswith("_share") and k != "busy_share")
             lines.append(f"\nProfile of {r['variant']} (2 steps, torch.profiler): GPU busy {pr['busy_share']:.0%} of the wall time; "
                          f"GPU time by kernel family: {shares}.")
     text = "\n".join(lines) + "\n"

@@ -260,7 +260,8 @@ def write_report(results: list[dict], args, out: Path) -> str:
         f"compile {args.compile}, bf16 autocast {not smoke}, {args.parallelism.upper()} for N > 1; "
         f"{args.warmup} warm-up + {args.steps} timed steps per GPU count.",
         f"Command: `python3 bench/bench_train_scaling.py {' '.join(sys.argv[1:])}`", "",
-        "| GPUs | parallelism | real tok/s | tok/s per GPU | speedup | scaling efficiency | step s | peak GB (max GPU) | loss first -> last |",
+        "| GPUs | parallelism | real tok/s | tok/s per GPU | speedup | scaling efficiency | step s | peak GB (max GPU) "
+        "| loss first -> last |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:

@@ -111,7 +111,8 @@ def main() -> None:
              f"Command: `python3 bench/check_train_core_gpu.py {' '.join(sys.argv[1:])}`", "",
              f"Model: tiny Llama built on the fly, {args.layers} layers x {args.hidden} hidden ({args.heads} heads), random init; "
              f"LoRA r=8 q/v, dropout 0.05; {args.examples} SYNTHETIC records of alpaca-like lengths, one epoch, batch {args.batch}, "
-             f"{knobs['attention']}, packing, compile={on_gpu}; {report['mean_tokens_per_example']:.0f} tokens an example on average. tok/s: real tokens of the steps after the first "
+             f"{knobs['attention']}, packing, compile={on_gpu}; {report['mean_tokens_per_example']:.0f} tokens an example on average. "
+             "tok/s: real tokens of the steps after the first "
              f"{args.warm_steps} over the wall time between the core's reports of them.", "",
              "| run | steps | steady tok/s | x micro-batch rows | peak MB | wall s (incl. compile) | train loss (last) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -61,7 +61,8 @@ def score_on_plain_base(model_dir: Path, adapter: Path, prompter, records: list[
     del model, base
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"val_loss_on_bf16_base": loss, "accuracy_on_bf16_base": sum(p == r["output"] for p, r in zip(preds, records, strict=True)) / len(records),
+    return {"val_loss_on_bf16_base": loss,
+            "accuracy_on_bf16_base": sum(p == r["output"] for p, r in zip(preds, records, strict=True)) / len(records),
             "predictions": preds}
 
 
@@ -111,7 +112,8 @@ def main() -> None:
         served = score_on_plain_base(model_dir, adapter, prompter, val, 256, device)
         report["runs"][name] = {**result.as_dict(), "wall_s": wall, **served}
     preds = {name: r.pop("predictions") for name, r in report["runs"].items()}
-    agree = {name: sum(a == b for a, b in zip(preds["bf16 base"], p, strict=True)) / len(val) for name, p in preds.items() if name != "bf16 base"}
+    agree = {name: sum(a == b for a, b in zip(preds["bf16 base"], p, strict=True)) / len(val)
+             for name, p in preds.items() if name != "bf16 base"}
     majority = max(sum(r["output"] == lab for r in val) for lab in prompter.labels) / len(val)
     report |= {"prediction_agreement": agree, "majority_accuracy": majority}
 
@@ -126,7 +128,8 @@ def main() -> None:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in report["runs"].items():
         lines.append(f"| {name} | {r['steps']} | {r['train_loss_last']:.4f} | {r['val_loss']:.4f} | "
-                     f"{r['peak_memory_mb']:,.0f} | {r['wall_s']:.1f} | {r['val_loss_on_bf16_base']:.4f} | {r['accuracy_on_bf16_base']:.3f} |")
+                     f"{r['peak_memory_mb']:,.0f} | {r['wall_s']:.1f} | {r['val_loss_on_bf16_base']:.4f} | "
+                     f"{r['accuracy_on_bf16_base']:.3f} |")
     lines += ["", f"Majority-class accuracy on the same records: {majority:.3f}. Same label as the bf16-trained adapter: "
               + "; ".join(f"{name} {a:.1%}" for name, a in agree.items()) + ".",
               "No throughput here: the first run also pays the kernels' warm-up; bench_train_gpu.py measures speed."]

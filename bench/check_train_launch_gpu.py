@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 def synthetic_records(prompter, n: int) -> list[dict]:
     labels = ("POSITIVE", "NEUTRAL", "NEGATIVE")
     return [{"instruction": prompter.instruction,
-             "input": f"day {i}: ETH 1d {'+' if i % 2 else '-'}{i % 7}.{i % 10}%, txs {1000 + 37 * i}, sentiment {((i * 7) % 11 - 5) / 10:+.1f}",
+             "input": f"day {i}: ETH 1d {'+' if i % 2 else '-'}{i % 7}.{i % 10}%, txs {1000 + 37 * i}, "
+                      f"sentiment {((i * 7) % 11 - 5) / 10:+.1f}",
              "output": labels[i % 3]} for i in range(n)]
 
 
@@ -100,7 +101,8 @@ def main() -> None:
     train, val = synthetic_records(prompter, args.examples), synthetic_records(prompter, 16)
     model = tiny_llama_for(prompter, train, work, args)
     knobs = dict(device=args.device, attention="flex_attention" if args.device == "cuda" else "sdpa", packing=True,
-                 compile=args.compile, lora_dropout=0.0, epochs=args.epochs, micro_batch_size=args.micro_batch, batch_size=args.micro_batch * args.nproc,
+                 compile=args.compile, lora_dropout=0.0, epochs=args.epochs, micro_batch_size=args.micro_batch,
+                 batch_size=args.micro_batch * args.nproc,
                  learning_rate=1e-3, cutoff_len=256, seed=7)
 
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
@@ -123,11 +125,13 @@ def main() -> None:
              f"{knobs['attention']} attention + packing + compile={args.compile}, "
              f"{'bf16 autocast' if args.device == 'cuda' else 'fp32'}, dropout 0.", "",
              f"Command: `python3 bench/check_train_launch_gpu.py {' '.join(sys.argv[1:])}`", "",
-             "| run | world | parallelism | steps | train loss (last) | val loss | tok/s | peak MB | wall s (incl. start + compile) | max rel. diff vs 1 process |",
+             "| run | world | parallelism | steps | train loss (last) | val loss | tok/s | peak MB | wall s (incl. start + compile) "
+             "| max rel. diff vs 1 process |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r, wall, diff in rows:
         lines.append(f"| {name} | {r.world_size} | {r.parallelism} | {r.steps} | {r.train_loss_last:.4f} | "
-                     f"{r.val_loss:.4f} | {r.tokens_per_s:,.0f} | {r.peak_memory_mb:,.0f} | {wall:.1f} | {'' if diff is None else f'{diff:.2e}'} |")
+                     f"{r.val_loss:.4f} | {r.tokens_per_s:,.0f} | {r.peak_memory_mb:,.0f} | {wall:.1f} | "
+                     f"{'' if diff is None else f'{diff:.2e}'} |")
         report[name] = {**r.as_dict(), "wall_s": wall, "max_rel_diff_vs_single": diff}
     lines += ["", "DDP replicas are checked by the launcher itself: it raises when the ranks' LoRA digests differ.",
               "tok/s and wall include process start and the first steps' compile on these few steps: not throughput "

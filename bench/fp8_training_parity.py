@@ -151,7 +151,8 @@ def main() -> None:
     for r in (bf16, fp8):
         lines.append(f"| {r['precision']} train loss | " + " | ".join(f"{r['train_loss'][m]:.3f}" for m in marks)
                      + f" | {window_mean(r['train_loss'], n - 10, n):.3f} | {r['held_out_loss']:.3f} | {r['seconds']:.1f} |")
-    gap = (fp8["held_out_loss"] - bf16["held_out_loss"]) / (bf16["held_out_loss"] - bf16["floor"]) if bf16["held_out_loss"] > bf16["floor"] else float("nan")
+    gap = ((fp8["held_out_loss"] - bf16["held_out_loss"]) / (bf16["held_out_loss"] - bf16["floor"])
+           if bf16["held_out_loss"] > bf16["floor"] else float("nan"))
     lines += ["", f"Held-out loss, fp8 - bf16: {fp8['held_out_loss'] - bf16['held_out_loss']:+.4f} "
               f"({gap:+.1%} of bf16's remaining distance to the floor). Seconds include no compile (eager), so they "
               "are not the throughput figures of train_gpu.md."]
