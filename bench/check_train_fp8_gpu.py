@@ -51,7 +51,8 @@ def score_on_plain_base(model_dir: Path, adapter: Path, prompter, records: list[
     from peft import PeftModel
 
     from tasks.evaluation.scoring import label_loglik, predict_labels
-    from tasks.training.train import evaluate_loss, load_base_model, tokenize_records
+    from tasks.training.data import evaluate_loss, tokenize_records
+    from tasks.training.model import load_base_model
 
     tok, base = load_base_model(str(model_dir), device)
     model = PeftModel.from_pretrained(base, str(adapter)).eval()

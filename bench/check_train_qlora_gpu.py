@@ -107,7 +107,8 @@ def main() -> None:
     import torch
     from check_train_launch_gpu import tiny_llama_for, write_outputs
 
-    from tasks.training.train import evaluate_loss, load_base_model, tokenize_records
+    from tasks.training.data import evaluate_loss, tokenize_records
+    from tasks.training.model import load_base_model
 
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA device")

@@ -130,7 +130,8 @@ def test_train_lora_with_an_fp8_base_learns_an_adapter_that_loads_on_the_plain_b
     from tasks.core.settings import load_settings, with_overrides
     from tasks.dataset.prompter import Prompter
     from tasks.evaluation.scoring import label_loglik, predict_labels
-    from tasks.training.train import load_base_model, train_lora_adapter
+    from tasks.training.model import load_base_model
+    from tasks.training.train import train_lora_adapter
 
     p = Prompter.load()
     recs = [{"instruction": p.instruction, "input": f"day {i}", "output": "POSITIVE"} for i in range(24)]

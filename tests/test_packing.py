@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tasks.training.data import collate
 from tasks.training.fastpath.packing import IGNORE_INDEX, collate_packed, document_ids, pack_by_tokens, packed_loss
-from tasks.training.train import collate
 
 LENGTHS = (9, 17, 4, 23)
 

@@ -9,8 +9,10 @@ import torch
 from tasks.core.settings import load_settings, with_overrides
 from tasks.dataset.prompter import Prompter
 from tasks.evaluation.scoring import label_loglik, predict_labels
+from tasks.training.data import encode_pair, tokenize_records
+from tasks.training.model import load_base_model
 from tasks.training.tinymodel import build_tiny_llama
-from tasks.training.train import encode_pair, load_base_model, tokenize_records, train_lora_adapter
+from tasks.training.train import train_lora_adapter
 
 PROMPTER = Prompter.load()
 

@@ -24,7 +24,7 @@ def label_loglik(model, tokenizer, prompter, records: Sequence[dict[str, Any]], 
     """(n_records, n_labels) summed log-probabilities of each label's tokens given the prompt."""
     import torch
 
-    from tasks.training.train import collate, encode_pair
+    from tasks.training.data import collate, encode_pair
 
     device = next(model.parameters()).device
     seqs = []
@@ -69,7 +69,7 @@ def generate_answers(model, tokenizer, prompter, records: Sequence[dict[str, Any
     """Greedy answers, one prompt at a time (no padding effects), decoded up to EOS."""
     import torch
 
-    from tasks.training.train import encode_pair
+    from tasks.training.data import encode_pair
 
     device = next(model.parameters()).device
     out = []
@@ -92,7 +92,7 @@ class CausalScorer:
     def __init__(self, adapter_dir: Path, base_model: str, cutoff_len: int, device: str = "auto"):
         from peft import PeftModel
 
-        from tasks.training.train import load_base_model, pick_device
+        from tasks.training.model import load_base_model, pick_device
 
         dev = pick_device(device)
         self.tokenizer, base = load_base_model(base_model, dev)

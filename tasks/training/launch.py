@@ -29,7 +29,7 @@ from typing import Any
 
 from tasks.core.errors import LaunchError
 from tasks.core.logs import get_logger
-from tasks.core.settings import REPO_ROOT
+from tasks.core.settings import REPO_ROOT, TrainSettings
 
 JOB_FILE = "job.json"
 StepHook = Callable[[dict[str, float], int], None]
@@ -42,7 +42,7 @@ def torchrun_command(nproc: int, job_path: Path, worker: str = "tasks.training.l
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target, str(job_path)]
 
 
-def write_job(work_dir: Path, cfg: Any, base_model: str, train_records: Sequence[dict], val_records: Sequence[dict],
+def write_job(work_dir: Path, cfg: TrainSettings, base_model: str, train_records: Sequence[dict], val_records: Sequence[dict],
               out_dir: Path, *, checkpoint_dir: Path | None = None, mlflow: dict[str, Any] | None = None) -> Path:
     """Everything a worker needs, as files under ``work_dir``; returns the job file's path.
 
@@ -52,7 +52,7 @@ def write_job(work_dir: Path, cfg: Any, base_model: str, train_records: Sequence
     work_dir.mkdir(parents=True, exist_ok=True)
     for old in work_dir.glob("result-rank*.json"):
         old.unlink()  # a result left by an earlier launch must not pass for this one's
-    knobs = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(vars(cfg))
+    knobs = cfg.model_dump(mode="json")
     (work_dir / "train.json").write_text(json.dumps(list(train_records)))
     (work_dir / "validation.json").write_text(json.dumps(list(val_records)))
     job = {
@@ -66,7 +66,7 @@ def write_job(work_dir: Path, cfg: Any, base_model: str, train_records: Sequence
     return path
 
 
-def launch_training(cfg: Any, base_model: str, train_records: Sequence[dict], val_records: Sequence[dict],
+def launch_training(cfg: TrainSettings, base_model: str, train_records: Sequence[dict], val_records: Sequence[dict],
                     out_dir: Path, *, nproc: int, work_dir: Path, checkpoint_dir: Path | None = None,
                     mlflow: dict[str, Any] | None = None, worker: str = "tasks.training.launch",
                     env: dict[str, str] | None = None, timeout_s: float | None = None):
@@ -169,8 +169,9 @@ def run_job(job_path: Path, on_step: StepHook | None = None):
     """One torchrun process: train as the job says; rank 0 logs MLflow; every rank writes its result."""
     import torch.distributed as dist
 
-    from tasks.core.settings import TrainSettings
-    from tasks.training.train import init_distributed, pick_device, train_lora_adapter
+    from tasks.training.distributed import init_distributed
+    from tasks.training.model import pick_device
+    from tasks.training.train import train_lora_adapter
 
     job = json.loads(Path(job_path).read_text())
     cfg = TrainSettings(**job["train"])

@@ -1,0 +1,145 @@
+"""The training data of a LoRA run: Alpaca records as token ids (prompt masked out of the loss unless
+``train.train_on_inputs``), right-padded micro-batches (the reference path), the step plan (gradient
+accumulation, steps per epoch, with packed rows or without) and the order examples are drawn in.
+
+Training and scoring share :func:`encode_pair` and :func:`collate`, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tasks.core.settings import TrainSettings
+from tasks.dataset.prompter import Prompter
+from tasks.training.fastpath.packing import IGNORE_INDEX, pack_by_tokens
+
+Example = dict[str, list[int]]
+
+
+# ----------------------------------------------------------------------------- tokens
+def encode_pair(tokenizer, prompt: str, response: str, cutoff_len: int, add_eos: bool = True) -> tuple[list[int], list[int]]:
+    """Token ids of prompt and response, tokenized separately (training and scoring share this).
+
+    When too long, the prompt is cut from the left of its input so the response always fits.
+    """
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if add_eos and tokenizer.eos_token_id is not None:
+        r_ids = r_ids + [tokenizer.eos_token_id]
+    room = cutoff_len - len(r_ids)
+    if room < 1:
+        raise ValueError(f"cutoff_len {cutoff_len} leaves no room for a prompt")
+    if len(p_ids) > room:
+        p_ids = p_ids[len(p_ids) - room:]
+    return p_ids, r_ids
+
+
+def tokenize_records(tokenizer, prompter: Prompter, records: Sequence[dict[str, Any]], cutoff_len: int,
+                     train_on_inputs: bool) -> list[Example]:
+    out = []
+    for r in records:
+        p_ids, r_ids = encode_pair(tokenizer, prompter.prompt(r["instruction"], r["input"]), prompter.response(r["output"]), cutoff_len)
+        labels = (p_ids if train_on_inputs else [IGNORE_INDEX] * len(p_ids)) + r_ids
+        out.append({"input_ids": p_ids + r_ids, "labels": labels})
+    return out
+
+
+def collate(batch: Sequence[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence in the batch (the reference path)."""
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        ids[i, :n] = torch.tensor(b["input_ids"])
+        labels[i, :n] = torch.tensor(b["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+@torch.no_grad()
+def evaluate_loss(model, examples: Sequence[Example], pad_id: int, micro_batch_size: int, device: torch.device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), micro_batch_size):
+        batch = collate(examples[i:i + micro_batch_size], pad_id, device)
+        out = model(**batch)
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        total += float(out.loss) * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+# ----------------------------------------------------------------------------- steps
+@dataclass(frozen=True)
+class StepPlan:
+    """How a run's examples become optimizer steps."""
+
+    pack_tokens: int  # > 0: micro-batches are packed rows of up to this many tokens
+    accum: int  # micro-batches per process per optimizer step
+    steps_per_epoch: int
+    total_steps: int
+    units_per_micro_batch: int  # examples (or packed rows) one micro-batch takes, over all processes
+
+
+def plan_steps(cfg: TrainSettings, examples: Sequence[Example], world: int) -> StepPlan:
+    pack_tokens = cfg.pack_tokens if cfg.packing else 0
+    if pack_tokens:
+        # Rows of up to pack_tokens tokens, not micro_batch_size examples: an optimizer step takes
+        # as many rows (per process) as hold about batch_size examples.
+        rows_per_epoch = len(pack_by_tokens([len(e["input_ids"]) for e in examples], pack_tokens))
+        accum = max(1, round(cfg.batch_size * rows_per_epoch / (max(1, len(examples)) * world)))
+        steps_per_epoch = max(1, math.ceil(rows_per_epoch / (accum * world)))
+    else:
+        accum = cfg.batch_size // (cfg.micro_batch_size * world)
+        steps_per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size))
+    return StepPlan(pack_tokens=pack_tokens, accum=accum, steps_per_epoch=steps_per_epoch,
+                    total_steps=max(1, math.ceil(steps_per_epoch * cfg.epochs)),
+                    units_per_micro_batch=world if pack_tokens else cfg.micro_batch_size * world)
+
+
+class MicroBatches:
+    """The examples each process trains on next. Every epoch is a fresh shuffle from a generator seeded
+    with ``train.seed`` (with ``pack_tokens``: the shuffled examples packed into rows, the rows shuffled);
+    a micro-batch takes the next units for all processes and gives each rank its slice. What is left of
+    the epoch and the generator's state go into checkpoints, so a resumed run draws the same batches."""
+
+    def __init__(self, examples: Sequence[Example], plan: StepPlan, micro_batch_size: int, seed: int):
+        self.examples, self.plan, self.micro_batch_size = examples, plan, micro_batch_size
+        self.gen = random.Random(seed)
+        self.pending: list = []  # example indices, or (pack_tokens) rows of them
+
+    def next(self, rank: int) -> list[Example]:
+        per_step = self.plan.units_per_micro_batch
+        if len(self.pending) < per_step:
+            self.pending += self._epoch()
+        idx, self.pending = self.pending[:per_step], self.pending[per_step:]
+        if self.plan.pack_tokens:
+            return [self.examples[i] for i in idx[rank]]
+        return [self.examples[i] for i in idx[rank * self.micro_batch_size:(rank + 1) * self.micro_batch_size]]
+
+    def _epoch(self) -> list:
+        """The next epoch's units: shuffled example indices, or (pack_tokens) rows of them."""
+        fresh = list(range(len(self.examples)))
+        self.gen.shuffle(fresh)
+        if not self.plan.pack_tokens:
+            return fresh
+        lengths = [len(self.examples[i]["input_ids"]) for i in fresh]
+        rows = [[fresh[k] for k in row] for row in pack_by_tokens(lengths, self.plan.pack_tokens)]
+        self.gen.shuffle(rows)
+        return rows
+
+    def state(self) -> dict[str, Any]:
+        return {"order": self.pending, "order_rng": self.gen.getstate()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.pending = list(state["order"])
+        self.gen.setstate(state["order_rng"])
