@@ -10,7 +10,7 @@ measured in the same run:
             running last-seen dict, the way one would write it by hand)
   incr      one new day against a 365-day address state (chainsignal: AddressState.update;
             peer: pandas merge on the same state)
-  windows   tx-value windows of N=32 for one day (chainsignal: tasks.dataset.build.tx_value_windows;
+  windows   tx-value windows of N=32 for one day (chainsignal: tasks.dataset.frames.tx_value_windows;
             peer: pandas shift/format)
   authors   per-author mean sentiment for 200k posts (chainsignal: polars group_by as in
             tasks.dataset.features.social_features; peer: the original study's Python row loop)
@@ -164,8 +164,8 @@ def incr_pandas(lake: Path, days: int) -> dict:
 def windows_polars(lake: Path, days: int) -> dict:
     import polars as pl
 
-    from tasks.dataset.build import tx_value_windows
     from tasks.dataset.features import frequent_addresses
+    from tasks.dataset.frames import tx_value_windows
 
     txs = pl.scan_parquet(day_files(lake, days)[-1])
     vocab = frequent_addresses(txs, D0, D0 + timedelta(days=days), 10).collect().lazy()

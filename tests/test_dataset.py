@@ -5,8 +5,11 @@ import pytest
 
 from flows.build_dataset import build_dataset
 from flows.daily_ingest import daily_ingest
-from tasks.core.storage import Lake, read_json
-from tasks.dataset.build import fingerprint, label_from_return, plan_splits
+from tasks.core.storage import Lake, Workspace, read_json
+from tasks.dataset.frames import LOCAL_DEV_CHAIN_ID
+from tasks.dataset.labels import label_from_return
+from tasks.dataset.records import fingerprint
+from tasks.dataset.split import plan_splits
 from tests.conftest import CHAIN_END, CHAIN_START
 
 DAYS = [date(2021, 1, 1) + timedelta(days=i) for i in range(60)]
@@ -28,6 +31,12 @@ def test_too_few_days_is_a_clear_error():
 def test_dead_band_labels():
     out = pl.select(label_from_return(pl.lit(pl.Series([-0.05, 0.0, 0.05, None])), -0.01, 0.01).alias("l"))
     assert out["l"].to_list() == ["NEGATIVE", "NEUTRAL", "POSITIVE", None]
+
+
+def test_the_demo_node_runs_on_the_chain_id_records_call_synthetic():
+    from tasks.chain.localnode import CHAIN_ID
+
+    assert CHAIN_ID == LOCAL_DEV_CHAIN_ID
 
 
 def test_fingerprint_changes_with_records_or_settings():
@@ -58,6 +67,9 @@ def test_build_dataset_is_point_in_time_and_versioned(ingested, data_dir):
 
     dd = datasets.load_from_disk(str(out / "hf"))
     assert set(dd) == {"train", "validation", "test", "predict"}
+    version = Workspace(data_dir).dataset_version("direction")  # LATEST
+    assert version.fingerprint == manifest["fingerprint"] and version.manifest.rows == manifest["rows"]
+    assert version.manifest.to_dict()["splits"] == manifest["splits"]
     # Same lake, same settings: same version.
     assert build_dataset()["fingerprint"] == manifest["fingerprint"]
 

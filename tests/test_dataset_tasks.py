@@ -8,7 +8,7 @@ import pytest
 
 from flows.build_dataset import build_dataset
 from flows.train_lora import train_lora
-from tasks.dataset.build import tx_value_windows
+from tasks.dataset.frames import tx_value_windows
 from tasks.evaluation.scoring import parse_number
 
 

@@ -1,11 +1,14 @@
+import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import polars as pl
 import pytest
 
+from tasks.core.errors import NotFoundError
+from tasks.core.manifests import DatasetManifest
 from tasks.core.schemas import PRICES, TRANSACTIONS, SchemaError
-from tasks.core.storage import Lake, block_chunk_name
+from tasks.core.storage import Lake, Workspace, block_chunk_name, write_json
 
 DAY = date(2021, 1, 5)
 
@@ -74,3 +77,34 @@ def test_wei_values_above_2_64_round_trip(tmp_path):
     part.write(pl.DataFrame([row], schema=TRANSACTIONS), "t.parquet")
     part.commit({})
     assert lake.scan("transactions").collect()["value_wei"][0] == big
+
+
+def test_dataset_version_reads_its_manifest_typed_and_the_json_keeps_its_shape(tmp_path):
+    ws = Workspace(tmp_path)
+    with pytest.raises(NotFoundError, match="build-dataset"):
+        ws.dataset_version("direction")
+    manifest = DatasetManifest(
+        fingerprint="0123456789abcdef", task="direction", target_asset="ETH", start=date(2021, 1, 1), end=date(2021, 3, 1),
+        splits={"train": (date(2021, 1, 1), date(2021, 2, 1)), "test": (date(2021, 2, 10), date(2021, 2, 28))},
+        thresholds={"negative_below": -0.01, "positive_above": 0.02}, rows={"train": 30, "predict": 1},
+        numeric_features=["eth_ret_1d"], settings={"seed": 7},
+    )
+    versions = ws.datasets("direction")
+    version = versions.version(manifest.fingerprint)
+    write_json(version.manifest_path, manifest.to_dict())
+    versions.mark_latest(manifest.fingerprint)
+
+    latest = ws.dataset_version("direction")
+    assert latest == version and latest.fingerprint == manifest.fingerprint and latest.exists()
+    assert latest.manifest == manifest
+    assert latest.read_records("predict") == []  # an empty split writes no file
+    on_disk = json.loads(version.manifest_path.read_text())
+    assert on_disk["start"] == "2021-01-01" and on_disk["splits"]["train"] == ["2021-01-01", "2021-02-01"]
+    assert list(manifest.to_dict()) == ["fingerprint", "task", "kind", "target_asset", "start", "end", "splits",
+                                        "embargo_days", "thresholds", "rows", "label_counts", "inputs", "chain_label",
+                                        "numeric_features", "settings", "path"]  # the order build-dataset returns
+
+
+def test_an_older_manifest_still_loads():
+    old = DatasetManifest.from_dict({"fingerprint": "f", "task": "direction", "rows": {"train": 8}, "retired_key": 1})
+    assert old.kind == "class" and old.rows == {"train": 8} and old.start is None

@@ -133,7 +133,9 @@ def test_day_block_ranges_are_cached_in_the_lake_for_every_host(bucket, seeded_n
     rpc = HttpJsonRpc(node.url)
     there = BlockClock(rpc, other_host_lake(bucket).meta("local_day_block_ranges.json"))
     assert there.day_range(CHAIN_START, *latest, finality_blocks=64) == found
-    assert rpc.stats["calls"] == 0  # no search on the other host
+    # no search on the other host: the chain's identity (chain id, genesis block) and one check of the
+    # cached range's four boundary blocks (tasks/chain/blockrange.py), nothing more
+    assert rpc.stats["calls"] <= 2 + 4
 
 
 def test_mlflow_artifacts_land_in_the_bucket(bucket, data_dir):

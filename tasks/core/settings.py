@@ -1,5 +1,7 @@
 """The one settings object: every knob of chainsignal, in one place.
 
+Why this module is long: one frozen Settings holds every knob with its unit and default, so a reader finds any knob in one file.
+
 Precedence (lowest to highest): the defaults below < a TOML file (``chainsignal.toml`` in the
 working directory, or the path in ``CHAINSIGNAL_CONFIG``) < ``CHAINSIGNAL_*`` environment
 variables (nested with ``__``, e.g. ``CHAINSIGNAL_RPC__URL``) < the few flow parameters.
