@@ -14,7 +14,6 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import settings_for, workspace
 from tasks.core.logs import get_logger
-from tasks.core.storage import read_json
 from tasks.evaluation.predict import score_newest_day, signal_frame, track_record
 from tasks.ops.orchestration import emit, notify_failure
 from tasks.ops.runs import publish_summary, started
@@ -39,25 +38,25 @@ def predict(dataset: str | None = None) -> dict:
         publish_summary(summary, "predict summary")
         return summary
     run = tracker.client.get_run(champion.run_id)
-    ds_dir = ws.dataset_dir(settings.dataset.name, dataset)
-    manifest = read_json(ds_dir / "manifest.json")
+    ds_version = ws.dataset_version(settings.dataset.name, dataset)
+    manifest = ds_version.manifest
     work = ws.reset_dir(ws.run_dir(champion.run_id) / "predict")
     adapter = tracker.download(champion.run_id, "adapter", work)
     base, model_type = run_base_model(tracker, run, work, ws.model_hash_cache())
     scored = task(score_newest_day, name="score-newest-day", cache_policy=NO_CACHE)(
-        adapter, base, ds_dir, logged_cutoff_len(run), model_type=model_type)
-    signal = signal_frame(scored, target_asset=manifest["target_asset"], model_name=name, model_version=champion.version,
-                          run_id=champion.run_id, dataset_fingerprint=manifest["fingerprint"])
+        adapter, base, ds_version.dir, logged_cutoff_len(run), model_type=model_type)
+    signal = signal_frame(scored, target_asset=manifest.target_asset, model_name=name, model_version=champion.version,
+                          run_id=champion.run_id, dataset_fingerprint=manifest.fingerprint)
     day = signal["date"][0]
     part = ws.lake.open_partition("signals", day, overwrite=ws.lake.is_complete("signals", day))
     part.write(signal, f"{name}__signals.parquet")
-    part.commit({"rows": 1, "model_version": str(champion.version), "dataset": manifest["fingerprint"]})
-    record = track_record(ws.lake.scan("signals"), pl.scan_parquet(ds_dir / "features.parquet"))
+    part.commit({"rows": 1, "model_version": str(champion.version), "dataset": manifest.fingerprint})
+    record = track_record(ws.lake.scan("signals"), pl.scan_parquet(ds_version.features_path))
     resolved = record.filter(pl.col("hit").is_not_null())
     summary = {
         "flow": "predict", "status": "done", "date": day.isoformat(), "target_date": signal["target_date"][0].isoformat(),
         "signal": scored["label"], **{f"p_{k.lower()}": round(v, 4) for k, v in scored["probs"].items()},
-        "model_version": str(champion.version), "dataset": manifest["fingerprint"],
+        "model_version": str(champion.version), "dataset": manifest.fingerprint,
         "signals_resolved": resolved.height,
         "rolling_accuracy": round(float(resolved["rolling_accuracy"][-1]), 4) if resolved.height else None,
         "seconds": round(started() - t0, 2),

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import polars as pl
 
+from tasks.core.manifests import DatasetManifest
 from tasks.social.sentiment import NEGATIVE_AT, POSITIVE_AT
 
 
@@ -53,11 +53,11 @@ def sentiment_rule(features: pl.DataFrame, split: str, fallback: str) -> list[st
     return out
 
 
-def split_baselines(features: pl.DataFrame, manifest: dict[str, Any], split: str, *, task: str, seed: int,
+def split_baselines(features: pl.DataFrame, manifest: DatasetManifest, split: str, *, task: str, seed: int,
                     majority: str) -> tuple[dict[str, list[str]], tuple[str, ...]]:
     """The feature-based baselines' predictions for ``split``, and which of them are ceilings, not baselines."""
     if task == "direction":
-        preds = baseline_predictions(features, manifest["numeric_features"], split, seed)
+        preds = baseline_predictions(features, manifest.numeric_features, split, seed)
         preds["sentiment_rule"] = sentiment_rule(features, split, majority)
         return preds, ()
     # sentiment: the per-post VADER label is the labeller itself -> a ceiling, not a baseline
@@ -65,12 +65,12 @@ def split_baselines(features: pl.DataFrame, manifest: dict[str, Any], split: str
     return {"majority": [majority] * sub.height, "vader_rule": sub["post_rule_label"].to_list()}, ("vader_rule",)
 
 
-def number_columns(task: str, manifest: dict[str, Any]) -> tuple[Callable[[pl.DataFrame], list[float]],
+def number_columns(task: str, manifest: DatasetManifest) -> tuple[Callable[[pl.DataFrame], list[float]],
                                                                   Callable[[pl.DataFrame], list[float]], str | None]:
     """For a number task: the truth of a split's feature rows, the last known value (the persistence
     baseline, and the reference of a move's direction) and the column the rows are ordered by."""
     if task == "return":
-        last_return = f"{manifest['target_asset'].lower()}_ret_1d"
+        last_return = f"{manifest.target_asset.lower()}_ret_1d"
 
         def truth(f: pl.DataFrame) -> list[float]:
             return (f["next_day_return"] * 100).to_list()  # percent, as in the records

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from tasks.core.storage import DatasetVersion
 from tasks.dataset.prompter import Prompter
 from tasks.evaluation.baselines import number_columns, split_baselines, train_majority
 from tasks.evaluation.metrics import (
@@ -36,11 +37,9 @@ from tasks.evaluation.report import (
     class_metrics,
     class_table,
     class_verdict,
-    load_split,
     number_evaluation,
     number_metrics,
     number_verdict,
-    read_dataset,
 )
 from tasks.evaluation.scoring import load_scorer, parse_number
 from tasks.training.fastpath.attention import sdpa_without_cudnn
@@ -55,13 +54,13 @@ def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, c
     models: their head. The best baseline is chosen on validation; the verdict compares the test
     scores, with a paired bootstrap 95% interval of the difference.
     """
-    features, manifest = read_dataset(dataset_dir)
-    kind = manifest.get("kind", "class")
-    scorer = load_scorer(adapter_dir, base_model, cutoff_len, model_type=model_type, kind=kind, device=device)
+    version = DatasetVersion(Path(dataset_dir))
+    features, manifest = pl.read_parquet(version.features_path), version.manifest
+    scorer = load_scorer(adapter_dir, base_model, cutoff_len, model_type=model_type, kind=manifest.kind, device=device)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    ctx = dict(scorer=scorer, prompter=Prompter.load(), features=features, manifest=manifest,
-               dataset_dir=Path(dataset_dir), seed=seed, plots_dir=plots_dir)
-    if kind == "number":
+    ctx = dict(scorer=scorer, prompter=Prompter.load(), features=features, manifest=manifest, version=version,
+               seed=seed, plots_dir=plots_dir)
+    if manifest.kind == "number":
         return _evaluate_numbers(**ctx)
     return _evaluate_classes(**ctx)
 
@@ -78,20 +77,20 @@ class _ClassPredictions:
     ceilings: tuple[str, ...] = ()
 
 
-def _predict_classes(scorer, prompter, features, manifest, dataset_dir, seed, task) -> _ClassPredictions:
+def _predict_classes(scorer, prompter, features, manifest, version, seed, task) -> _ClassPredictions:
     from tasks.evaluation.textbaselines import train_bilstm  # torch loads here
 
     majority = train_majority(features)
-    train_records = load_split(dataset_dir, "train")
+    train_records = version.read_records("train")
     bilstm = train_bilstm([r["input"] for r in train_records], [r["output"] for r in train_records],
                           prompter.labels, seed=seed)
     out = _ClassPredictions(bilstm)
     for split in SPLITS:
-        records = load_split(dataset_dir, split)
+        records = version.read_records(split)
         truth = [r["output"] for r in records]
         lora, probs = scorer.labels(records)
         if task == "direction" and features.filter(pl.col("split") == split).sort("date")["label"].to_list() != truth:
-            raise ValueError(f"{dataset_dir}: records and features disagree on the {split} labels")
+            raise ValueError(f"{version.dir}: records and features disagree on the {split} labels")
         preds, out.ceilings = split_baselines(features, manifest, split, task=task, seed=seed, majority=majority)
         preds["bilstm"] = bilstm.predict([r["input"] for r in records])
         out.truth[split], out.probs[split] = truth, probs.round(4).tolist()
@@ -127,9 +126,9 @@ def _class_plots(run: _ClassPredictions, features: pl.DataFrame, table, metrics:
     return plots
 
 
-def _evaluate_classes(scorer, prompter, features, manifest, dataset_dir, seed, plots_dir) -> dict[str, Any]:
-    task = manifest.get("task", "direction")
-    run = _predict_classes(scorer, prompter, features, manifest, dataset_dir, seed, task)
+def _evaluate_classes(scorer, prompter, features, manifest, version, seed, plots_dir) -> dict[str, Any]:
+    task = manifest.task
+    run = _predict_classes(scorer, prompter, features, manifest, version, seed, task)
     results = {name: {split: score(run.truth[split], run.preds[split][name]) for split in SPLITS}
                 for name in run.preds["validation"]}
     results["ensemble"] = _ensemble_scores(results, run, prompter.labels)
@@ -149,7 +148,7 @@ def _evaluate_classes(scorer, prompter, features, manifest, dataset_dir, seed, p
 
 
 # ----------------------------------------------------------------------------- numbers
-def _predict_numbers(scorer, features, manifest, dataset_dir, task):
+def _predict_numbers(scorer, features, manifest, version, task):
     """Per model and split its regression scores, the logged predictions, and the unparseable-answer counts."""
     target, last, order = number_columns(task, manifest)
     constant = float(np.mean(target(features.filter(pl.col("split") == "train"))))
@@ -162,7 +161,7 @@ def _predict_numbers(scorer, features, manifest, dataset_dir, task):
         if order:
             sub = sub.sort(order)
         y = target(sub)
-        answers = scorer.answers(load_split(dataset_dir, split))
+        answers = scorer.answers(version.read_records(split))
         parsed = [parse_number(a) for a in answers]
         lora = [p if p is not None else constant for p in parsed]  # an unparseable answer scores as the constant
         ref = None if task == "return" else last(sub)
@@ -176,8 +175,8 @@ def _predict_numbers(scorer, features, manifest, dataset_dir, task):
     return per_model, preds_out, test_preds, unparseable
 
 
-def _evaluate_numbers(scorer, prompter, features, manifest, dataset_dir, seed, plots_dir) -> dict[str, Any]:
-    per_model, preds_out, test_preds, unparseable = _predict_numbers(scorer, features, manifest, dataset_dir, manifest["task"])
+def _evaluate_numbers(scorer, prompter, features, manifest, version, seed, plots_dir) -> dict[str, Any]:
+    per_model, preds_out, test_preds, unparseable = _predict_numbers(scorer, features, manifest, version, manifest.task)
     metrics = {**unparseable, **number_metrics(per_model)}
     best = min(("constant", "last_value"), key=lambda n: per_model[n]["validation"]["mae"])
     y_test = preds_out["test"]["truth"]

@@ -15,7 +15,7 @@ import polars as pl
 
 from tasks.core.errors import NotFoundError
 from tasks.core.schemas import LABELS, SIGNALS
-from tasks.evaluation.report import load_split
+from tasks.core.storage import DatasetVersion
 from tasks.evaluation.scoring import load_scorer
 from tasks.training.fastpath.attention import sdpa_without_cudnn
 
@@ -24,7 +24,7 @@ from tasks.training.fastpath.attention import sdpa_without_cudnn
 def score_newest_day(adapter_dir: Path, base_model: str, dataset_dir: Path, cutoff_len: int, device: str = "auto",
                      model_type: str = "causal") -> dict[str, Any]:
     """Label and class probabilities for the dataset's ``predict`` split (its newest, unlabelled day)."""
-    records = load_split(dataset_dir, "predict")
+    records = DatasetVersion(Path(dataset_dir)).read_records("predict")
     if not records:
         raise NotFoundError(f"{dataset_dir}: no unlabelled newest day to predict (the predict split is empty)")
     scorer = load_scorer(adapter_dir, base_model, cutoff_len, model_type=model_type, kind="class", device=device)

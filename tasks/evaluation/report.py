@@ -1,33 +1,16 @@
-"""What an evaluation reads and what it hands back: the dataset version's split records and features,
-the metric names, the comparison table, the one-line verdict and the report dict the evaluate flow logs
-(``metrics``, ``table``, ``plots``, ``warnings``, ``verdict``, ``best_baseline``, ``report``,
-``baselines``, ``predictions``).
+"""What an evaluation hands back: the metric names, the comparison table, the one-line verdict and the
+report dict the evaluate flow logs (``metrics``, ``table``, ``plots``, ``warnings``, ``verdict``,
+``best_baseline``, ``report``, ``baselines``, ``predictions``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
-
-import polars as pl
 
 from tasks.evaluation.metrics import Scores
 
 SPLITS = ("validation", "test")  # the baseline is chosen on the first, the verdict is about the second
-
-
-# ----------------------------------------------------------------------------- the dataset version's files
-def load_split(dataset_dir: Path, split: str) -> list[dict[str, Any]]:
-    path = Path(dataset_dir) / f"{split}.json"
-    return json.loads(path.read_text()) if path.is_file() else []
-
-
-def read_dataset(dataset_dir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """The dataset version's feature rows and its manifest."""
-    features = pl.read_parquet(Path(dataset_dir) / "features.parquet")
-    manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
-    return features, manifest
 
 
 # ----------------------------------------------------------------------------- classes
