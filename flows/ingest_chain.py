@@ -76,6 +76,9 @@ def ingest_chain(start: date | None = None, end: date | None = None, overwrite: 
         stopped_at=(None if not stopped or not stopped["day"] else stopped["day"] if stopped["stopped_at_block"] is None
                     else f"{stopped['day']} block {stopped['stopped_at_block']}"),
         stopped_because=stopped["error"] if stopped else None,
+        # days whose stored blocks the node no longer had (a deep reorg, another chain): ingested again
+        chain_breaks=", ".join(f"{r['day']} at block {r['extra']['chain_break_at_block']}" for r in reports
+                               if r.get("extra", {}).get("chain_break_at_block") is not None) or None,
     )
     publish_summary(summary, "ingest-chain summary", reports)
     publish_day_table(reports)

@@ -138,7 +138,7 @@ def test_a_node_swapped_for_another_chain_with_the_same_id_gets_the_day_ingested
     resumed = ingest_chain(D0, D0, rpc_url=chain_b.url)  # the node behind the URL is another chain now
     assert resumed["partitions_done"] == 1
     assert_each_once_and_equal(frames(cut), clean_b)  # the day from chain_b alone
-    assert "block 49 in the lake" in caplog.text  # the break, with its block number
+    assert "block 49 in the lake" in caplog.text and resumed["chain_breaks"] == f"{D0} at block 49"
 
 
 def test_a_swapped_node_after_a_committed_day_is_refused_in_one_line(chain_a, chain_b, tmp_path, monkeypatch):
@@ -221,4 +221,26 @@ def test_a_reorg_deeper_than_finality_at_the_resume_point_reingests_the_day(tmp_
     got = frames(cut)
     assert_each_once_and_equal(got, clean)
     assert got["transactions"].height == 60 and set(got["blocks"]["block_number"]) == set(range(1, 61))
-    assert "block 49 in the lake" in caplog.text  # the break, with its block number
+    assert "block 49 in the lake" in caplog.text and resumed["chain_breaks"] == f"{D1} at block 49"
+
+
+def test_a_commit_checks_the_plans_files_hold_each_block_once(chain_a, tmp_path, monkeypatch):
+    """The last check before a day's manifests: the plan's files, read back, hold the day's range
+    once (here a chunk file is replaced by a copy of its neighbour's blocks: one line, no manifest)."""
+    from tasks.chain.plan import DayPlan, check_day_files
+    from tasks.core.errors import DataError
+
+    data = tmp_path / "data"
+    use(monkeypatch, data, blocks_per_file=25)
+    ingest_chain(D0, D0, rpc_url=chain_a.url)
+    lake = Lake(data / "lake")
+    m = lake.manifest("blocks", D0)
+    plan = DayPlan(D0, m["first_block"], m["last_block"], 25, "ethereum", m["chain_id"], m["genesis_hash"])
+    parts = {d: lake.open_partition(d, D0) for d in ("transactions", "blocks")}
+    assert check_day_files(parts, plan) == (BLOCKS_PER_DAY, lake.manifest("transactions", D0)["rows"])
+    first, second = plan.files("blocks")[:2]
+    folder = lake.partition_dir("blocks", D0)
+    (folder / second).write_bytes((folder / first).read_bytes())
+    with pytest.raises(DataError) as err:
+        check_day_files(parts, plan)
+    assert "\n" not in str(err.value) and "hold block 1 more than once" in str(err.value) and "--overwrite" in str(err.value)

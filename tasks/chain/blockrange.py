@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from tasks.chain.identity import ChainIdentity
 from tasks.clients.rpc import ChainRpc
-from tasks.core.errors import NotFoundError
+from tasks.core.errors import ChainMismatchError, NotFoundError
 from tasks.core.logs import get_logger
 from tasks.core.storage import LakeMeta
 
@@ -61,7 +61,7 @@ class BlockClock:
                 cid = chain_id if chain_id is not None else int(got[1], 16)
                 self._identity = ChainIdentity(cid, got[0]["hash"].lower())
             if chain_id is not None and chain_id != self._identity.chain_id:
-                raise NotFoundError(f"{self.rpc.url} serves chain id {self._identity.chain_id}, not {chain_id}")
+                raise ChainMismatchError(f"{self.rpc.url} serves chain id {self._identity.chain_id}, not {chain_id}")
             return self._identity
 
     def _stored(self) -> dict[str, list[int]]:
