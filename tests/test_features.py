@@ -1,3 +1,4 @@
+import math
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
@@ -74,3 +75,65 @@ def test_incremental_address_state_matches_the_full_recount():
         got[D0 + timedelta(days=day)] = new
     assert got == {d: expected.get(d, 0) for d in got}
     assert expected[D0 + timedelta(days=4)] == 1  # e returned after more than the lookback
+
+
+def _real_candles(scale_from: date | None = None, factor: float = 10.0) -> pl.LazyFrame:
+    """The bundled real ETH/BTC candles of 2021; every price from ``scale_from`` on multiplied by ``factor``."""
+    from tasks.core.settings import SAMPLE_DIR
+
+    frames = []
+    for asset in ("ETH", "BTC"):
+        raw = pl.read_csv(SAMPLE_DIR / "prices" / f"{asset.lower()}_usd_daily.csv", try_parse_dates=True)
+        frames.append(raw.filter(pl.col("date").dt.year() == 2021).select(
+            "date", pl.lit(asset).alias("asset"), *(pl.col(c).alias(f"{c}_usd") for c in ("open", "high", "low", "close")),
+            pl.col("volume").alias("volume_base"), pl.lit("file").alias("source")))
+    frame = pl.concat(frames)
+    if scale_from is not None:
+        later = pl.col("date") >= scale_from
+        frame = frame.with_columns(pl.when(later).then(pl.col(f"{c}_usd") * factor).otherwise(pl.col(f"{c}_usd"))
+                                   for c in ("open", "high", "low", "close"))
+    return frame.lazy().cast(dict(PRICES))
+
+
+def _model_inputs(prices: pl.LazyFrame) -> tuple[pl.DataFrame, list[str]]:
+    """What the baselines and the prompts see of each day: the numeric feature columns and the rendered input."""
+    from tasks.dataset.features import label_next_day_return, relative_levels
+    from tasks.dataset.frames import numeric_feature_columns
+    from tasks.dataset.records import render_input
+
+    frame = (price_features(prices, date(2021, 1, 1), date(2021, 12, 31), ["ETH", "BTC"])
+             .pipe(label_next_day_return, "ETH").pipe(relative_levels).collect())
+    numeric = frame.select("date", *numeric_feature_columns(frame))
+    return numeric, [render_input(row, ["ETH", "BTC"], "none") for row in frame.iter_rows(named=True)]
+
+
+def test_prices_ten_times_higher_from_the_test_period_on_change_no_model_input():
+    """Issue 24: the logistic baseline extrapolated raw closes (BTC at 54k-125k against 3k-67k in training) and
+    the prompts carried 'close 3,442.20 USD'. Inputs are stationary now: a test period whose prices are all
+    10x leaves every input unchanged once the longest window (30 days) is inside it, and the level never shows."""
+    test_start = date(2021, 9, 1)
+    base_numeric, base_prompts = _model_inputs(_real_candles())
+    scaled_numeric, scaled_prompts = _model_inputs(_real_candles(scale_from=test_start))
+    settled = test_start + timedelta(days=31)
+    keep = pl.col("date") >= settled
+    assert_frame_equal(base_numeric.filter(keep), scaled_numeric.filter(keep), check_exact=False, rel_tol=1e-9)
+    days = base_numeric["date"].to_list()
+    after = [i for i, d in enumerate(days) if d >= settled]
+    assert len(after) > 90 and [base_prompts[i] for i in after] == [scaled_prompts[i] for i in after]
+    assert not any(c.endswith("_close_usd") for c in base_numeric.columns)
+    assert all("USD" not in p for p in base_prompts)
+    whole_numeric, whole_prompts = _model_inputs(_real_candles(scale_from=date(2021, 1, 1)))  # a change of unit
+    assert_frame_equal(base_numeric, whole_numeric, check_exact=False, rel_tol=1e-9) and whole_prompts == base_prompts
+
+
+def test_levels_reach_models_only_as_ratios_to_their_trailing_mean():
+    from tasks.dataset.features import relative_levels
+    from tasks.dataset.frames import numeric_feature_columns
+
+    frame = pl.LazyFrame({"date": [D0 + timedelta(days=i) for i in range(10)],
+                          "tx_count": [100, 100, 100, 100, 100, 100, 100, 300, 100, 100]})
+    out = relative_levels(frame).collect()
+    assert numeric_feature_columns(out) == ["tx_count_vs_7d"]
+    assert out["tx_count_vs_7d"][:7].is_null().all() and out["tx_count_vs_7d"][7] == pytest.approx(math.log(301 / 101))
+    scaled = relative_levels(frame.with_columns(pl.col("tx_count") * 1000)).collect()
+    assert scaled["tx_count_vs_7d"][7] == pytest.approx(math.log(300001 / 100001))

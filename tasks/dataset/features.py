@@ -4,6 +4,11 @@ Every function takes and returns ``pl.LazyFrame``, does no IO and reads no clock
 the features of day t only use rows timestamped before 00:00 UTC of day t+1 (a daily candle of
 day t closes at that instant). Gaps stay gaps: returns are computed on a full calendar, so a
 missing day gives a null, never a return over two days.
+
+Stationary only: what a model or a baseline sees are returns, volatilities, ratios to a trailing
+mean and shares, never a level that trends (a close in USD, a count of transactions or posts, a gas
+price). The levels stay in the frame, for labels and for people, under the names in ``LEVELS``
+(``*_close_usd`` too), and :func:`relative_levels` adds each one's log ratio to its trailing mean.
 """
 
 from __future__ import annotations
@@ -14,6 +19,12 @@ from datetime import date, timedelta
 import polars as pl
 
 GWEI = 1e9
+# Daily levels that trend with adoption, price or the chain's size: kept for people and labels, and
+# seen by models only as ``<name>_vs_<RELATIVE_WINDOW_DAYS>d`` (their log ratio to the trailing mean).
+LEVELS = ("tx_count", "unique_senders", "unique_receivers", "value_eth_total", "value_eth_median", "contract_creations",
+          "gas_price_gwei_p50", "gas_price_gwei_p90", "new_addresses", "post_count", "unique_authors")
+RELATIVE_WINDOW_DAYS = 7
+LONG_WINDOW_DAYS = 30
 
 
 def calendar(start: date, end: date) -> pl.LazyFrame:
@@ -143,7 +154,8 @@ def chain_features(transactions: pl.LazyFrame, chain_days: list[date], *, new_ad
 
 # ----------------------------------------------------------------------------- prices
 def price_features(prices: pl.LazyFrame, start: date, end: date, assets: list[str]) -> pl.LazyFrame:
-    """Per day and asset: close, 1/3/7-day returns, 7-day realized volatility, volume change."""
+    """Per day and asset: 1/3/7-day returns, 7- and 30-day realized volatility, the close's ratio to its
+    30-day mean, the volume change; and the close itself (a level: the label's source, not a feature)."""
     out = calendar(start, end)
     for asset in assets:
         a = asset.lower()
@@ -155,6 +167,9 @@ def price_features(prices: pl.LazyFrame, start: date, end: date, assets: list[st
             (pl.col("close_usd") / pl.col("close_usd").shift(3) - 1).alias(f"{a}_ret_3d"),
             (pl.col("close_usd") / pl.col("close_usd").shift(7) - 1).alias(f"{a}_ret_7d"),
             ret1.rolling_std(7, min_samples=7).alias(f"{a}_vol_7d"),
+            ret1.rolling_std(LONG_WINDOW_DAYS, min_samples=20).alias(f"{a}_vol_30d"),
+            (pl.col("close_usd") / pl.col("close_usd").rolling_mean(LONG_WINDOW_DAYS, min_samples=20) - 1
+             ).alias(f"{a}_close_vs_30d"),
             (pl.col("volume_base") / pl.col("volume_base").shift(1) - 1).alias(f"{a}_volume_change_1d"),
         ).drop("close_usd", "volume_base")
     return out
@@ -193,6 +208,15 @@ def social_features(sentiment: pl.LazyFrame, posts: pl.LazyFrame, social_days: l
     )
 
 
+def relative_levels(features: pl.LazyFrame, window: int = RELATIVE_WINDOW_DAYS) -> pl.LazyFrame:
+    """For each level of ``LEVELS`` present: log((x + 1) / (mean of the previous ``window`` days + 1)), a
+    unitless, scale-free change (null until ``window`` earlier days are known, and on a day without it)."""
+    present = [c for c in LEVELS if c in features.collect_schema().names()]
+    trailing = {c: pl.col(c).cast(pl.Float64).shift(1).rolling_mean(window, min_samples=window) for c in present}
+    return features.sort("date").with_columns(
+        ((pl.col(c).cast(pl.Float64) + 1).log() - (trailing[c] + 1).log()).alias(f"{c}_vs_{window}d") for c in present)
+
+
 def daily_features(
     prices: pl.LazyFrame,
     transactions: pl.LazyFrame,
@@ -218,6 +242,7 @@ def daily_features(
         .join(chain_features(transactions, chain_days, new_address_lookback_days=new_address_lookback_days,
                              vocabulary=vocabulary), on="date", how="left")
         .join(social_features(sentiment, posts, social_days, top_posts, **(sentiment_options or {})), on="date", how="left")
+        .pipe(relative_levels)
         .filter(pl.col(target_close).is_not_null())
         .sort("date")
     )

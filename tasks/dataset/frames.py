@@ -11,7 +11,7 @@ import polars as pl
 
 from tasks.core.settings import DatasetSettings, SentimentSettings
 from tasks.core.storage import Lake
-from tasks.dataset.features import daily_features, frequent_addresses, known_address_activity
+from tasks.dataset.features import LEVELS, daily_features, frequent_addresses, known_address_activity
 from tasks.dataset.labels import add_persistence, label_from_return, label_thresholds
 from tasks.dataset.split import SPLITS, SplitPlan, assign_split, plan_splits
 
@@ -36,7 +36,9 @@ class DailyFrame:
 
 
 def numeric_feature_columns(frame: pl.DataFrame) -> list[str]:
-    return [c for c, t in frame.schema.items() if c not in NUMERIC_EXCLUDE and t.is_numeric() and c != "today_label"]
+    """What the baselines see: every numeric column but the label's source and the trending levels."""
+    return [c for c, t in frame.schema.items() if c not in NUMERIC_EXCLUDE and t.is_numeric() and c != "today_label"
+            and c not in LEVELS and not c.endswith("_close_usd")]
 
 
 def describe_chain(lake: Lake, start: date, end: date) -> str:

@@ -34,22 +34,26 @@ def _fmt(value: Any, kind: str = "num") -> str:
 def render_input(row: dict[str, Any], assets: list[str], chain_label: str) -> str:
     """The day's features as compact, readable text (missing values say n/a, never 0)."""
     lines = [f"date: {row['date']} ({row['date'].strftime('%a')})"]
+    # Returns, volatilities and ratios only: a price level or a count never reaches the prompt (a level
+    # the model never saw in training would be out of distribution at test time); "vs 7d" is the log
+    # ratio of the day's value to its mean over the 7 days before, in percent.
+    def vs(name: str) -> str:
+        return _fmt(row.get(f"{name}_vs_7d"), "pct")
+
     for a in (x.lower() for x in assets):
         lines.append(
-            f"{a.upper()}: close {_fmt(row.get(f'{a}_close_usd'))} USD, 1d {_fmt(row.get(f'{a}_ret_1d'), 'pct')}, "
-            f"3d {_fmt(row.get(f'{a}_ret_3d'), 'pct')}, 7d {_fmt(row.get(f'{a}_ret_7d'), 'pct')}, "
-            f"vol7d {_fmt(row.get(f'{a}_vol_7d'), 'pct')}, volume {_fmt(row.get(f'{a}_volume_change_1d'), 'pct')}"
+            f"{a.upper()}: 1d {_fmt(row.get(f'{a}_ret_1d'), 'pct')}, 3d {_fmt(row.get(f'{a}_ret_3d'), 'pct')}, "
+            f"7d {_fmt(row.get(f'{a}_ret_7d'), 'pct')}, vol7d {_fmt(row.get(f'{a}_vol_7d'), 'pct')}, "
+            f"vs 30d mean {_fmt(row.get(f'{a}_close_vs_30d'), 'pct')}, volume {_fmt(row.get(f'{a}_volume_change_1d'), 'pct')}"
         )
     if row.get("tx_count") is None:
         lines.append(f"chain ({chain_label}): n/a")
     else:
         lines.append(
-            f"chain ({chain_label}): {_fmt(row['tx_count'], 'int')} txs, {_fmt(row.get('unique_senders'), 'int')} senders, "
-            f"{_fmt(row.get('unique_receivers'), 'int')} receivers, {_fmt(row.get('new_addresses'), 'int')} new addresses, "
-            f"value {_fmt(row.get('value_eth_total'))} ETH (median {_fmt(row.get('value_eth_median'))}), "
-            f"EIP-1559 {_fmt(row.get('eip1559_share'), 'share')}, {_fmt(row.get('contract_creations'), 'int')} contract creations, "
-            f"gas p50 {_fmt(row.get('gas_price_gwei_p50'))} gwei p90 {_fmt(row.get('gas_price_gwei_p90'))}, "
-            f"top-10 senders {_fmt(row.get('top10_sender_share'), 'share')}"
+            f"chain ({chain_label}) vs 7d: txs {vs('tx_count')}, senders {vs('unique_senders')}, "
+            f"receivers {vs('unique_receivers')}, new addresses {vs('new_addresses')}, value {vs('value_eth_total')} "
+            f"(median {vs('value_eth_median')}), gas p50 {vs('gas_price_gwei_p50')} p90 {vs('gas_price_gwei_p90')}; "
+            f"EIP-1559 {_fmt(row.get('eip1559_share'), 'share')}, top-10 senders {_fmt(row.get('top10_sender_share'), 'share')}"
         )
     if row.get("post_count") is None:
         lines.append("social: n/a")
@@ -57,7 +61,7 @@ def render_input(row: dict[str, Any], assets: list[str], chain_label: str) -> st
         lines.append("social: no posts")
     else:
         lines.append(
-            f"social: {_fmt(row['post_count'], 'int')} posts by {_fmt(row.get('unique_authors'), 'int')} authors, "
+            f"social: posts {vs('post_count')} vs 7d, authors {vs('unique_authors')}, "
             f"sentiment {_fmt(row.get('sentiment_mean'), 'sent')}, authors positive "
             f"{_fmt(row.get('author_positive_share'), 'share')} negative {_fmt(row.get('author_negative_share'), 'share')}"
         )
