@@ -115,6 +115,7 @@ def train_lora_adapter(
     (FSDP2, per decoder layer). Each process trains on its own slice of every step's examples;
     the logged loss and tokens/s are over all processes; only rank 0 logs, checkpoints and saves.
     """
+    # ------------------------------------------------------------------ setup
     log = get_logger()
     log_metrics = log_metrics or (lambda metrics, step: None)
     t_start = time.perf_counter()
@@ -128,6 +129,7 @@ def train_lora_adapter(
     batches = MicroBatches(train_ex, plan, cfg.micro_batch_size, cfg.seed)
     key = run_key(cfg, base_model, train_ex, procs.world)
     every = cfg.checkpoint_every_steps
+    # ------------------------------------------------------------------ resume (same settings, data and world only)
     step, tokens_seen, last_loss = 0, 0, float("nan")
     state = load_checkpoint(checkpoint_dir, key) if every else None
     if state is not None:
@@ -136,6 +138,7 @@ def train_lora_adapter(
         step, tokens_seen = state["step"], state["tokens_seen"]
         if procs.is_main:
             log.info("resumed from checkpoint at step %d/%d (%s)", step, plan.total_steps, checkpoint_dir)
+    # ------------------------------------------------------------------ the loop: one optimizer step per turn
     if procs.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(procs.device)
     # Mixed precision as the HF Trainer does it: the LoRA weights stay fp32 (peft's default) and
@@ -184,6 +187,7 @@ def train_lora_adapter(
             log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s %.2fs", step, plan.total_steps, last_loss,
                      metrics["learning_rate"], metrics["tokens_per_s"], dt)
     bar.close()
+    # ------------------------------------------------------------------ validation, result, adapter
     train_seconds = time.perf_counter() - t_train
     val_loss = _validate(cfg, m, val_ex, procs, step, log_metrics)
     result = TrainResult(
