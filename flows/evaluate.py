@@ -67,7 +67,7 @@ def evaluate(run_id: str | None = None) -> dict:
             cdir = ws.reset_dir(ws.run_dir(run_id) / "champion")
             return evaluate_on_this_version(champ, tracker.download_alias(CHAMPION, cdir / "adapter"), cdir)["metrics"][METRIC]
 
-        promotion = promote_if_better(tracker, tags["registered_version"], *candidate_scores(report), rescore_champion)
+        promotion = promote_if_better(tracker, tags["registered_version"], candidate_scores(report), rescore_champion)
         log.info("champion alias: %s", promotion["reason"])
     for name, metrics in report["baselines"].items():
         with tracker.run(run_name=f"baseline-{name}", tags={

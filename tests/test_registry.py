@@ -7,7 +7,7 @@ import torch
 
 from tasks.core.settings import load_settings, with_overrides
 from tasks.dataset.prompter import Prompter
-from tasks.tracking.champion import promote_if_better
+from tasks.tracking.champion import Candidate, promote_if_better
 from tasks.tracking.tracker import MlflowTracker, base_model_sha256, run_base_model
 from tasks.training.tinymodel import build_tiny_llama
 from tasks.training.train import load_base_model, train_lora_adapter
@@ -49,16 +49,17 @@ def test_champion_moves_only_on_a_better_score_and_round_trips(tiny_model, tmp_p
             return scores[str(mv.version)]
         return score
 
-    d = promote_if_better(tracker, versions[0], 0.50, best_baseline_score=0.40)
+    d = promote_if_better(tracker, versions[0], Candidate(0.50, 0.40, True, "beats"))
     assert d["promoted"] and str(tracker.champion().version) == versions[0]
     # Beats the baselines but not the champion (re-scored on this split): stays.
-    d = promote_if_better(tracker, versions[1], 0.45, 0.40, champion_score({versions[0]: 0.50}))
+    d = promote_if_better(tracker, versions[1], Candidate(0.45, 0.40, True, "beats"), champion_score({versions[0]: 0.50}))
     assert not d["promoted"] and "champion" in d["reason"] and str(tracker.champion().version) == versions[0]
-    # Beats the champion but not the best baseline: stays.
-    d = promote_if_better(tracker, versions[2], 0.55, 0.60, champion_score({versions[0]: 0.50}))
+    # Beats the champion but not the baselines by the verdict rule (on validation): stays.
+    d = promote_if_better(tracker, versions[2], Candidate(0.55, 0.50, False, "LoRA shows no skill on 13 validation days"),
+                          champion_score({versions[0]: 0.50}))
     assert not d["promoted"] and "baseline" in d["reason"] and str(tracker.champion().version) == versions[0]
     # Beats both: moves.
-    d = promote_if_better(tracker, versions[3], 0.55, 0.40, champion_score({versions[0]: 0.50}))
+    d = promote_if_better(tracker, versions[3], Candidate(0.55, 0.40, True, "beats"), champion_score({versions[0]: 0.50}))
     assert d["promoted"] and str(tracker.champion().version) == versions[3]
     assert rescored == [versions[0]] * 3
     tags = tracker.client.get_model_version("chainsignal-lora", versions[1]).tags

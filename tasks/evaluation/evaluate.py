@@ -25,10 +25,12 @@ from tasks.evaluation.metrics import (
     backtest,
     bootstrap_f1_difference,
     bootstrap_mae_difference,
+    bootstrap_mcc,
     class_report,
     collapse_warning,
     regression_scores,
     score,
+    true_share,
 )
 from tasks.evaluation.plots import plot_backtest, plot_confusion, plot_model_comparison
 from tasks.evaluation.report import (
@@ -42,6 +44,7 @@ from tasks.evaluation.report import (
     number_verdict,
 )
 from tasks.evaluation.scoring import load_scorer, parse_number
+from tasks.evaluation.verdict import Comparison, Verdict, decide
 from tasks.training.fastpath.attention import sdpa_without_cudnn
 
 
@@ -126,8 +129,29 @@ def _class_plots(run: _ClassPredictions, features: pl.DataFrame, table, metrics:
     return plots
 
 
+def _split_verdict(split: str, run: _ClassPredictions, results: dict[str, dict[str, Scores]], baselines: list[str],
+                   best: str, seed: int, unit: str) -> tuple[Verdict, dict[str, float]]:
+    """LoRA against every baseline on ``split`` (paired bootstrap of the macro-F1 difference), judged by the
+    one rule of tasks.evaluation.verdict; also the MCC interval's metrics."""
+    truth, lora = run.truth[split], run.preds[split]["lora"]
+    comparisons = {}
+    for b in baselines:
+        _, lo, hi = bootstrap_f1_difference(truth, lora, run.preds[split][b], seed=seed)
+        comparisons[b] = Comparison(b, results["lora"][split].macro_f1, results[b][split].macro_f1, lo, hi)
+    _, mcc_lo, mcc_hi = bootstrap_mcc(truth, lora, seed=seed)
+    verdict = decide(split, comparisons, best, lora_share=results["lora"][split].predicted_share,
+                     true_share=true_share(truth), mcc_interval=(mcc_lo, mcc_hi),
+                     baseline_shares={b: results[b][split].predicted_share for b in baselines},
+                     n=results["lora"][split].n, unit=unit)
+    c = comparisons[best]
+    return verdict, {f"{split}_macro_f1_minus_best_baseline": c.difference, f"{split}_macro_f1_diff_ci95_low": c.low,
+                     f"{split}_macro_f1_diff_ci95_high": c.high, f"{split}_mcc_ci95_low": mcc_lo,
+                     f"{split}_mcc_ci95_high": mcc_hi}
+
+
 def _evaluate_classes(scorer, prompter, features, manifest, version, seed, plots_dir) -> dict[str, Any]:
     task = manifest.task
+    unit = "days" if task == "direction" else "posts"
     run = _predict_classes(scorer, prompter, features, manifest, version, seed, task)
     results = {name: {split: score(run.truth[split], run.preds[split][name]) for split in SPLITS}
                 for name in run.preds["validation"]}
@@ -135,16 +159,20 @@ def _evaluate_classes(scorer, prompter, features, manifest, version, seed, plots
     metrics = class_metrics(results, run.bilstm.trainable_params, run.bilstm.peak_memory_mb)
     baselines = [n for n in results if n not in ("lora", "ensemble", *run.ceilings)]
     best = max(baselines, key=lambda n: results[n]["validation"].macro_f1)
-    diff, lo, hi = bootstrap_f1_difference(run.truth["test"], run.preds["test"]["lora"], run.preds["test"][best], seed=seed)
-    metrics.update({"test_macro_f1_minus_best_baseline": diff, "test_macro_f1_diff_ci95_low": lo,
-                    "test_macro_f1_diff_ci95_high": hi})
-    verdict = class_verdict(results, best, (lo, hi), task=task, ceilings=run.ceilings)
+    verdicts = {}
+    for split in SPLITS:
+        verdicts[split], split_metrics = _split_verdict(split, run, results, baselines, best, seed, unit)
+        metrics.update(split_metrics)
+    verdict = class_verdict(verdicts["test"], results, ceilings=run.ceilings)
     table = class_table(results, run.ceilings)
-    warnings = [w for w in (collapse_warning(f"lora ({sp})", results["lora"][sp]) for sp in SPLITS) if w]
+    warnings = [w for w in (collapse_warning(f"{name} ({sp})", results[name][sp], run.truth[sp], unit)
+                            for name in ("lora", *baselines) for sp in SPLITS) if w]
     plots = _class_plots(run, features, table, metrics, task, plots_dir)
-    return class_evaluation(results, metrics=metrics, table=table, plots=plots, warnings=warnings, verdict=verdict,
-                            best=best, per_class=class_report(run.truth["test"], run.preds["test"]["lora"]),
-                            truth=run.truth, lora={sp: p["lora"] for sp, p in run.preds.items()}, probs=run.probs)
+    report = class_evaluation(results, metrics=metrics, table=table, plots=plots, warnings=warnings, verdict=verdict,
+                              best=best, per_class=class_report(run.truth["test"], run.preds["test"]["lora"]),
+                              truth=run.truth, lora={sp: p["lora"] for sp, p in run.preds.items()}, probs=run.probs)
+    return {**report, "outcome": verdicts["test"].outcome, "strongest_baseline": verdicts["test"].strongest,
+            "validation_outcome": verdicts["validation"].outcome, "validation_verdict": verdicts["validation"].text}
 
 
 # ----------------------------------------------------------------------------- numbers

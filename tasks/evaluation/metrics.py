@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from tasks.core.schemas import LABELS
-
-COLLAPSE_SHARE = 0.9  # warn when one class takes at least this share of predictions
+from tasks.evaluation.verdict import collapse
 
 
 @dataclass(frozen=True)
@@ -79,11 +78,35 @@ def bootstrap_f1_difference(y_true: Sequence[str], pred_a: Sequence[str], pred_b
     return float(point), float(lo), float(hi)
 
 
-def collapse_warning(name: str, s: Scores) -> str | None:
-    top = max(s.predicted_share, key=s.predicted_share.get)
-    if s.predicted_share[top] >= COLLAPSE_SHARE:
-        return f"{name} predicts {top} for {s.predicted_share[top]:.0%} of days: it has collapsed to (almost) a constant"
-    return None
+def bootstrap_mcc(y_true: Sequence[str], y_pred: Sequence[str], *, resamples: int = 2000, seed: int = 42,
+                  level: float = 0.95) -> tuple[float, float, float]:
+    """MCC and its bootstrap interval over the same rows: (point, low, high)."""
+    from sklearn.metrics import matthews_corrcoef
+
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+
+    def mcc(y, q) -> float:
+        return float(matthews_corrcoef(y, q)) if len(set(y) | set(q)) > 1 else 0.0
+
+    rng = np.random.default_rng(seed)
+    boots = np.empty(resamples)
+    for i in range(resamples):
+        idx = rng.integers(0, len(t), len(t))
+        boots[i] = mcc(t[idx], p[idx])
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return mcc(t, p), float(lo), float(hi)
+
+
+def true_share(y_true: Sequence[str]) -> dict[str, float]:
+    counts = Counter(y_true)
+    return {lab: counts.get(lab, 0) / max(1, len(y_true)) for lab in LABELS}
+
+
+def collapse_warning(name: str, s: Scores, y_true: Sequence[str] | None = None, unit: str = "days") -> str | None:
+    """A warning when predictions collapsed (the rule of tasks.evaluation.verdict: one class dominating, or a
+    class common in the truth never predicted)."""
+    why = collapse(s.predicted_share, true_share(y_true) if y_true is not None else {})
+    return None if why is None else f"{name} {why} (on {s.n} {unit}): its predictions have collapsed"
 
 
 # ----------------------------------------------------------------------------- numbers

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.evaluation.metrics import Scores
+from tasks.evaluation.verdict import Verdict, interval_words
 
 SPLITS = ("validation", "test")  # the baseline is chosen on the first, the verdict is about the second
 
@@ -25,17 +26,9 @@ def class_metrics(results: dict[str, dict[str, Scores]], bilstm_params: int, bil
     return metrics
 
 
-def class_verdict(results: dict[str, dict[str, Scores]], best: str, interval: tuple[float, float], *, task: str,
-                  ceilings: tuple[str, ...]) -> str:
-    """One line: does LoRA beat the baseline chosen on validation on the test split, with the interval."""
-    lo, hi = interval
-    unit = "test days" if task == "direction" else "test posts"
-    lora_f1, best_f1 = results["lora"]["test"].macro_f1, results[best]["test"].macro_f1
-    verdict = (
-        f"LoRA {'beats' if lo > 0 else 'does not beat'} the best baseline ({best}, chosen on validation) on "
-        f"{results['lora']['test'].n} {unit}: macro-F1 {lora_f1:.3f} vs {best_f1:.3f}, "
-        f"difference 95% CI [{lo:+.3f}, {hi:+.3f}]" + ("" if lo > 0 else " includes 0")
-    )
+def class_verdict(verdict: Verdict, results: dict[str, dict[str, Scores]], *, ceilings: tuple[str, ...]) -> str:
+    """The test split's verdict (tasks.evaluation.verdict's rule), with the labeller's ceiling where there is one."""
+    verdict = verdict.text
     if ceilings:
         verdict += "; " + ", ".join(f"{c} (the labeller, a ceiling) {results[c]['test'].macro_f1:.3f}" for c in sorted(ceilings))
     return verdict
@@ -77,7 +70,7 @@ def number_verdict(per_model: dict[str, dict[str, dict[str, float]]], best: str,
     return (
         f"LoRA {'beats' if lo > 0 else 'does not beat'} the best baseline ({best}, chosen on validation) on "
         f"{n} test rows: MAE {per_model['lora']['test']['mae']:.4f} vs {per_model[best]['test']['mae']:.4f}, "
-        f"gain 95% CI [{lo:+.4f}, {hi:+.4f}]" + ("" if lo > 0 else " includes 0")
+        f"gain 95% CI [{lo:+.4f}, {hi:+.4f}] {interval_words(lo, hi)}"
         + f"; {unparseable} unparseable answers"
     )
 

@@ -2,15 +2,18 @@
 model and when it moves.
 
 - Only direction-task runs with a registered version compete: ``predict`` serves that task's signal.
-- A candidate takes the alias only if its validation macro-F1 beats the best baseline's (chosen on
-  validation) AND the current champion's, all on the same validation split: the champion is re-scored
-  on the candidate's dataset version, so a champion trained on an older version is judged on the newest.
+- A candidate takes the alias only if the verdict rule of :mod:`tasks.evaluation.verdict` says it
+  **beats** the baselines on the validation split (the same rule as the run's verdict, which is about
+  the test split; the test split never decides anything) AND its validation macro-F1 beats the current
+  champion's on the same split: the champion is re-scored on the candidate's dataset version, so a
+  champion trained on an older version is judged on the newest.
 - The decision is returned and set as ``champion_*`` tags on the candidate's model version.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlflow.exceptions import MlflowException
@@ -36,33 +39,45 @@ def competes(run_tags: Mapping[str, str]) -> bool:
     return bool(run_tags.get("registered_version")) and run_tags.get("task") == COMPETING_TASK
 
 
-def candidate_scores(report: dict[str, Any]) -> tuple[float, float]:
-    """(the candidate's score, the best baseline's score) from an evaluation report, both on validation."""
-    return report["metrics"][METRIC], report["baselines"][report["best_baseline"]][METRIC]
+@dataclass(frozen=True)
+class Candidate:
+    """A run's claim to the alias, all on the validation split."""
+
+    score: float  # its validation macro-F1
+    best_baseline_score: float  # the baseline chosen on validation, same split
+    beats_baselines: bool  # the verdict rule's outcome on validation is "beats"
+    verdict: str  # that verdict's text
 
 
-def _decide(decision: dict[str, Any], metric: str, current_version: str | None) -> None:
-    """Fill ``promoted`` and ``reason`` from the scores in ``decision``."""
+def candidate_scores(report: dict[str, Any]) -> Candidate:
+    """The candidate as an evaluation report describes it on validation."""
+    return Candidate(report["metrics"][METRIC], report["baselines"][report["best_baseline"]][METRIC],
+                     report.get("validation_outcome") == "beats", report.get("validation_verdict", ""))
+
+
+def _decide(decision: dict[str, Any], candidate: Candidate, metric: str, current_version: str | None) -> None:
+    """Fill ``promoted`` and ``reason`` from the candidate and the champion's score in ``decision``."""
     score, best_baseline_score, champion_score = decision["score"], decision["best_baseline_score"], decision["champion_score"]
-    if not score > best_baseline_score:
-        decision["reason"] = f"{metric} {score:.4f} does not beat the best baseline ({best_baseline_score:.4f})"
+    if not candidate.beats_baselines:
+        decision["reason"] = f"on validation it does not beat the baselines ({candidate.verdict})"
     elif champion_score is not None and not score > champion_score:
         decision["reason"] = f"{metric} {score:.4f} does not beat champion v{current_version} ({champion_score:.4f})"
     else:
-        decision.update(promoted=True, reason=f"{metric} {score:.4f} beats the best baseline ({best_baseline_score:.4f})"
+        decision.update(promoted=True, reason=f"on validation it beats the baselines; {metric} {score:.4f} "
+                        f"(best baseline {best_baseline_score:.4f})"
                         + ("" if current_version is None else f" and champion v{current_version} ({champion_score:.4f})"))
 
 
-def promote_if_better(tracker: MlflowTracker, version: str, score: float, best_baseline_score: float,
+def promote_if_better(tracker: MlflowTracker, version: str, candidate: Candidate,
                       champion_score: Callable[[Any], float] | None = None, metric: str = METRIC) -> dict[str, Any]:
-    """Move ``champion`` to ``version`` only if its ``score`` beats the best baseline AND the
-    current champion, all on the same validation split. ``champion_score(model_version)``
+    """Move ``champion`` to ``version`` only if the candidate beats the baselines by the verdict rule AND
+    the current champion, all on the same validation split. ``champion_score(model_version)``
     re-scores the current champion on that split (so a champion trained on an older dataset
     version is judged on the newest one). Returns the decision, also set as version tags."""
     current = tracker.champion()
-    decision: dict[str, Any] = {"version": version, "metric": metric, "score": score,
-                                "best_baseline_score": best_baseline_score, "previous_champion": None,
-                                "champion_score": None, "promoted": False}
+    decision: dict[str, Any] = {"version": version, "metric": metric, "score": candidate.score,
+                                "best_baseline_score": candidate.best_baseline_score, "previous_champion": None,
+                                "champion_score": None, "promoted": False, "split": "validation"}
     if current is not None and str(current.version) == str(version):
         decision.update(previous_champion=str(version), reason="already the champion")
         return decision
@@ -71,7 +86,7 @@ def promote_if_better(tracker: MlflowTracker, version: str, score: float, best_b
         if champion_score is None:
             raise ValueError("a champion exists: promote_if_better needs champion_score to re-score it")
         decision["champion_score"] = float(champion_score(current))
-    _decide(decision, metric, None if current is None else current.version)
+    _decide(decision, candidate, metric, None if current is None else current.version)
     if decision["promoted"]:
         tracker.client.set_registered_model_alias(tracker.registered_model, CHAMPION, str(version))
     for key in ("promoted", "reason", "champion_score", "previous_champion"):
