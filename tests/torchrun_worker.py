@@ -1,4 +1,4 @@
-"""torchrun entry for tests/test_train_distributed.py: the real worker (tasks.training.launch.run_job)
+"""torchrun entry for tests/training/test_train_distributed.py: the real worker (tasks.training.launch.run_job)
 with spies and a kill switch around it.
 
 - SPY_DIR: each process touches ``adapter-rank<R>`` when it saves an adapter and

@@ -18,7 +18,7 @@ from tasks.dataset.split import SPLITS, SplitPlan, assign_split, plan_splits
 NUMERIC_EXCLUDE = {"date", "next_day_return", "label", "split", "top_posts"}
 # The chain id anvil and hardhat give a local development chain (no public chain uses it): its
 # traffic is whatever a script sent, so records call it synthetic. The demo's node runs on it
-# (tasks/chain/localnode.py; tests/test_dataset.py checks that the two agree).
+# (tasks/chain/localnode.py; tests/dataset/test_dataset.py checks that the two agree).
 LOCAL_DEV_CHAIN_ID = 31337
 
 

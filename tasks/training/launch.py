@@ -11,7 +11,7 @@ Two halves:
   every rank writes ``result-rank<R>.json`` so the parent can check that DDP replicas agree.
 
 The worker also runs under ``accelerate launch --multi_gpu -m tasks.training.launch JOB`` (same environment
-variables; tests/test_train_distributed.py runs it so). Like tasks/training/train.py this module imports neither
+variables; tests/training/test_train_distributed.py runs it so). Like tasks/training/train.py this module imports neither
 prefect nor, outside rank 0, mlflow.
 """
 

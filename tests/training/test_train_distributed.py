@@ -20,7 +20,7 @@ from tasks.training.tinymodel import build_tiny_llama
 from tasks.training.train import train_lora_adapter
 
 PROMPTER = Prompter.load()
-WORKER = str(Path(__file__).with_name("torchrun_worker.py"))
+WORKER = str(Path(__file__).parents[1] / "torchrun_worker.py")
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -175,7 +175,7 @@ def test_the_worker_also_runs_under_accelerate_launch(tiny_model, tmp_path):
     # --multi_gpu is accelerate's torchrun-based launcher; with no GPU the worker joins over gloo on CPU
     out = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tasks.training.launch", str(job)],
-                         capture_output=True, text=True, timeout=200, cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=200, cwd=Path(__file__).resolve().parents[2],
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
     ranks = [json.loads((tmp_path / "work" / f"result-rank{r}.json").read_text()) for r in (0, 1)]

@@ -303,7 +303,7 @@ def test_sigkill_mid_day_then_resume_equals_a_clean_run(seeded_node, tmp_path, m
     env = {**os.environ, "CHAINSIGNAL_STORAGE__DATA_DIR": str(killed), "CHAINSIGNAL_RPC__URL": node.url,
            "CHAINSIGNAL_RPC__REQUESTS_PER_SECOND": "6", "CHAINSIGNAL_RPC__BLOCKS_PER_FILE": "1",
            "CHAINSIGNAL_RPC__RECEIPTS": "true"}
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     child = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, days)], env=env, cwd=repo,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     second_day = killed / "lake" / "transactions" / f"date={days[1]}"
