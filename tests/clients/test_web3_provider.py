@@ -10,9 +10,9 @@ from tasks.chain.localnode import CHAIN_ID
 from tasks.clients.rpc import HttpJsonRpc
 from tasks.clients.web3_provider import endpoint_chain_id, web3_for
 from tasks.core.errors import RpcError
+from tests.clients.test_rpc_client import client as rpc_client
 from tests.conftest import RPC_DATA
 from tests.replay import ReplayServer
-from tests.clients.test_rpc_client import client as rpc_client
 
 KEY = "9f2c4e1a7b3d5f60812a4c6e8b0d2f47"
 
