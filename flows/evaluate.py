@@ -21,6 +21,7 @@ from tasks.evaluation.evaluate import evaluate_adapter
 from tasks.ops.orchestration import notify_failure
 from tasks.ops.runs import publish_summary, started
 from tasks.tracking.champion import CHAMPION, METRIC, candidate_scores, competes, promote_if_better, promotion_summary
+from tasks.tracking.links import compare_url, run_url
 from tasks.tracking.params import logged_cutoff_len, logged_seed
 from tasks.tracking.tracker import MlflowTracker, run_base_model
 
@@ -50,7 +51,8 @@ def evaluate(run_id: str | None = None) -> dict:
     for warning in report["warnings"]:
         log.warning(warning)
     with tracker.run(run_id=run_id):
-        tracker.log_metrics(report["metrics"])
+        # the run's own numbers only; each baseline's are in its own run, side by side in the compare view
+        tracker.log_metrics({k: v for k, v in report["metrics"].items() if not k.startswith(("baseline_", "ensemble_"))})
         tracker.log_table(report["table"], "evaluation/comparison.json")
         tracker.log_table(report["report"], "evaluation/per_class_report.json")
         tracker.log_dict(report["predictions"], "evaluation/predictions.json")
@@ -69,15 +71,13 @@ def evaluate(run_id: str | None = None) -> dict:
 
         promotion = promote_if_better(tracker, tags["registered_version"], candidate_scores(report), rescore_champion)
         log.info("champion alias: %s", promotion["reason"])
-    for name, metrics in report["baselines"].items():
-        with tracker.run(run_name=f"baseline-{name}", tags={
-            "model_kind": "baseline", "baseline": name, "task": tags["task"],
-            "dataset_fingerprint": tags["dataset_fingerprint"], "compared_with_run": run_id,
-        }):
-            tracker.log_params({"baseline": name, "dataset.fingerprint": tags["dataset_fingerprint"]})
-            tracker.log_metrics(metrics)
+    baseline_runs = tracker.log_baselines(report["baselines"], task=tags["task"], fingerprint=tags["dataset_fingerprint"],
+                                          seed=logged_seed(run), compared_with=run_id)
+    ui = settings.mlflow_ui_url
     summary = {"flow": "evaluate", "run_id": run_id, "verdict": report["verdict"], "task": tags["task"],
                **{k: round(v, 4) for k, v in report["metrics"].items() if k.startswith(("test_", "validation_"))},
-               **promotion_summary(promotion), "seconds": round(started() - t0, 2)}
+               **promotion_summary(promotion), "mlflow_run": run_url(ui, tracker.experiment_id, run_id),
+               "compare": compare_url(ui, tracker.experiment_id, [run_id, *baseline_runs.values()]),
+               "seconds": round(started() - t0, 2)}
     publish_summary(summary, "evaluate summary")
     return summary

@@ -26,7 +26,7 @@ from flows.evaluate import evaluate
 from tasks.dataset.prompter import Prompter
 from tasks.ops.orchestration import notify_failure
 from tasks.ops.runs import publish_summary, started
-from tasks.tracking.tracker import MlflowTracker, base_model_sha256, git_commit
+from tasks.tracking.tracker import MlflowTracker, base_model_sha256, git_commit, run_name
 from tasks.training.tinymodel import resolve_base_model
 
 
@@ -76,7 +76,7 @@ def train_lora(
         "base_model_logged": str(built_here).lower(),
         "base_model_sha256": base_model_sha256(base, ws.model_hash_cache(), cfg.model_kind),
     }
-    with tracker.run(run_name=f"lora-{'enc-' if encoder else ''}r{cfg.lora_r}-{manifest.fingerprint[:8]}", tags=tags,
+    with tracker.run(run_name=run_name(cfg, base if encoder else cfg.base_model, manifest.fingerprint), tags=tags,
                      system_metrics_s=settings.tracking.system_metrics_s) as run_id:
         tracker.log_params({**settings.flat_params(), "dataset.fingerprint": manifest.fingerprint,
                             "base_model.sha256": tags["base_model_sha256"],
@@ -116,7 +116,10 @@ def train_lora(
                "tokens_per_s": round(result.tokens_per_s), "device": result.device,
                "processes": result.world_size,
                "dataset": manifest.fingerprint, "seconds": round(started() - t0, 2)}
-    publish_summary(summary, "train-lora summary")
     if run_evaluation:
-        summary["evaluation"] = evaluate(run_id=run_id)
+        evaluation = evaluate(run_id=run_id)
+        summary.update({k: evaluation[k] for k in ("verdict", "test_macro_f1", "test_mcc", "validation_macro_f1",
+                                                    "champion_promoted", "mlflow_run", "compare") if k in evaluation})
+        summary["evaluation"] = evaluation
+    publish_summary(summary, "train-lora summary")  # the flow run's artifact: verdict, key numbers, links
     return summary

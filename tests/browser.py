@@ -25,6 +25,11 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "-
          "--disable-dev-shm-usage", "--window-size=1600,1000")
 
 
+# one reading step: every scrollable box moves down by half its height (long tables render rows as they come into view)
+SCROLL_STEP = ("document.querySelectorAll('*').forEach(e => { if (e.scrollHeight > e.clientHeight + 10) "
+               "e.scrollTop = e.scrollTop + Math.max(100, e.clientHeight / 2); }); window.scrollBy(0, 400);")
+
+
 @contextmanager
 def browser():
     if not (CHROMIUM and CHROMEDRIVER):
@@ -44,14 +49,16 @@ def browser():
 
 
 def rendered_text(driver, url: str, must_show: list[str], screenshot: str, timeout_s: float = 60) -> str:
-    """Open ``url``, wait until every string of ``must_show`` is on the page (or time out), save a screenshot."""
+    """Open ``url`` and read it down, as a reader scrolls, until every string of ``must_show`` has been on the
+    screen (or time out); returns everything read, and saves a screenshot."""
     driver.get(url)
     deadline = time.monotonic() + timeout_s
     text = ""
     while time.monotonic() < deadline:
-        text = driver.find_element("tag name", "body").text
+        text += "\n" + driver.find_element("tag name", "body").text
         if all(s in text for s in must_show):
             break
+        driver.execute_script(SCROLL_STEP)
         time.sleep(0.5)
     ARTIFACTS.mkdir(exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / screenshot))

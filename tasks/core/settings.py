@@ -423,6 +423,7 @@ class TrackingSettings(_Section):
     # MLflow system metrics (system/*: CPU, memory, disk, network; GPU with nvidia-ml-py) sampled this
     # often during a training run; 0 = off
     system_metrics_s: float = Field(default=10.0, ge=0)
+    ui_url: str | None = None  # where users open the MLflow UI, for printed links; default http://127.0.0.1:<services.mlflow_port>
 
 
 # ----------------------------------------------------------------------------- services / orchestration
@@ -495,6 +496,11 @@ class Settings(BaseSettings):
     @property
     def tracking_uri(self) -> str:
         return self.tracking.tracking_uri or f"sqlite:///{self.storage.data_dir.resolve() / 'mlflow.db'}"
+
+    @property
+    def mlflow_ui_url(self) -> str:
+        """The MLflow UI printed links point at (`make up`'s, or the demo's `mlflow ui`: same port)."""
+        return (self.tracking.ui_url or f"http://127.0.0.1:{self.services.mlflow_port}").rstrip("/")
 
     def public_dict(self) -> dict[str, Any]:
         """Every setting, secrets left out, JSON-friendly: what gets logged and saved."""

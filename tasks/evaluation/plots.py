@@ -46,11 +46,11 @@ def plot_confusion(y_true: Sequence[str], y_pred: Sequence[str], title: str, pat
 def plot_model_comparison(table: list[dict[str, Any]], path: Path) -> Path:
     plt = _pyplot()
     names = [r["model"] for r in table]
-    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(names) + 1.5), 3.8), dpi=110)
     x = np.arange(len(names))
     ax.bar(x - 0.2, [r["validation_macro_f1"] for r in table], 0.4, label="validation")
     ax.bar(x + 0.2, [r["test_macro_f1"] for r in table], 0.4, label="test")
-    ax.set_xticks(x, names)
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)  # long baseline names never overlap
     ax.set_ylabel("macro-F1")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)

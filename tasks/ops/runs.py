@@ -48,8 +48,11 @@ def publish_summary(summary: dict[str, Any], title: str, details: list[dict[str,
 
         if FlowRunContext.get() is None:
             return
-        lines = [f"## {title}", "", "| key | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (dict, list))]
+        lines = [f"## {title}", ""]
+        if summary.get("verdict"):
+            lines += [f"**{summary['verdict']}**", ""]
+        lines += ["| key | value |", "|---|---|"]
+        lines += [f"| {k} | {_cell(v)} |" for k, v in summary.items() if not isinstance(v, (dict, list)) and k != "verdict"]
         if details:
             problems = [d for d in details if d.get("status") not in ("done", "skipped")]
             if problems:
@@ -60,6 +63,12 @@ def publish_summary(summary: dict[str, Any], title: str, details: list[dict[str,
         create_markdown_artifact("\n".join(lines), key=key, description=title)
     except ImportError:
         pass
+
+
+def _cell(value: Any) -> str:
+    """A markdown table cell: links clickable, pipes escaped."""
+    text = str(value).replace("|", "\\|")
+    return f"[open in MLflow]({value})" if text.startswith(("http://", "https://")) else text
 
 
 def started() -> float:

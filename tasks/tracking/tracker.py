@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from mlflow.tracking import MlflowClient
 from tasks.core.errors import StorageError
 from tasks.core.settings import REPO_ROOT
 from tasks.tracking.champion import find_champion
+from tasks.tracking.links import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from tasks.tracking.params import logged_base_model
 
 MAX_PARAM_LEN = 6000
@@ -89,6 +91,13 @@ def base_model_sha256(base: str, cache: Path | None = None, model_type: str = "c
     return total.hexdigest()
 
 
+def run_name(cfg: Any, base_model: str, fingerprint: str) -> str:
+    """Unique and telling: kind, base model, rank, dataset version and the UTC second it started."""
+    base = Path(str(base_model).rstrip("/")).name or str(base_model)
+    return (f"lora-{cfg.model_kind}-{base}-r{cfg.lora_r}-{fingerprint[:8]}-"
+            f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}")
+
+
 class MlflowTracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | str, registered_model: str):
         self.tracking_uri = tracking_uri
@@ -112,6 +121,9 @@ class MlflowTracker:
             if remote and not exp.artifact_location.startswith(f"{self.artifact_root}/"):
                 raise StorageError(f"storage.artifacts_uri: experiment {experiment!r} already keeps its artifacts at "
                                    f"{exp.artifact_location}; use a new tracking.experiment for {self.artifact_root}")
+        if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            # MLflow 3 opens an untagged experiment in its GenAI view (traces, no model metrics)
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     @classmethod
     def from_settings(cls, settings: Any, artifact_root: Path | str) -> MlflowTracker:
@@ -197,6 +209,25 @@ class MlflowTracker:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst),
                                                         tracking_uri=self.tracking_uri))
+
+    def log_baselines(self, baselines: dict[str, dict[str, float]], *, task: str, fingerprint: str, seed: int,
+                      compared_with: str) -> dict[str, str]:
+        """One run per baseline per dataset version (and seed): the first evaluation on a version logs them,
+        later ones find and reuse them, so the experiment holds each baseline once. Returns name -> run id."""
+        found = self.client.search_runs(
+            [self.experiment_id], f"tags.model_kind = 'baseline' and tags.dataset_fingerprint = '{fingerprint}' "
+            f"and tags.task = '{task}' and tags.seed = '{seed}'")
+        runs = {r.data.tags.get("baseline"): r.info.run_id for r in found}
+        for name, metrics in baselines.items():
+            if name in runs:
+                continue
+            tags = {"model_kind": "baseline", "baseline": name, "task": task, "dataset_fingerprint": fingerprint,
+                    "seed": str(seed), "first_compared_with_run": compared_with}
+            with self.run(run_name=f"baseline-{name}-{task}-{fingerprint[:8]}", tags=tags) as run_id:
+                self.log_params({"baseline": name, "dataset.fingerprint": fingerprint, "seed": seed})
+                self.log_metrics(metrics)
+            runs[name] = run_id
+        return {name: runs[name] for name in baselines}
 
     def latest_run(self, filter_string: str = "tags.model_kind = 'lora'") -> Any | None:
         runs = self.client.search_runs([self.experiment_id], filter_string, order_by=["attributes.start_time DESC"], max_results=1)

@@ -66,7 +66,9 @@ def test_up_setup_deployment_run_down(lake_copy, data_dir):
         runs = client.search_runs([exp.experiment_id], "tags.model_kind = 'lora'")
         assert len(runs) == 1
         metrics = runs[0].data.metrics
-        assert {"test_macro_f1", "baseline_majority_test_macro_f1", "train_loss"} <= set(metrics)
+        assert {"test_macro_f1", "test_mcc", "train_loss"} <= set(metrics)
+        baselines = client.search_runs([exp.experiment_id], "tags.model_kind = 'baseline'")
+        assert {"majority", "persistence"} <= {r.data.tags["baseline"] for r in baselines}
         adapter = {a.path for a in client.list_artifacts(runs[0].info.run_id, "adapter")}
         assert "adapter/adapter_config.json" in adapter and "adapter/adapter_model.safetensors" in adapter
 
