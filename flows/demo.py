@@ -14,6 +14,7 @@ import time
 
 from tasks.core.manifests import DatasetManifest
 from tasks.core.settings import load_settings
+from tasks.tracking.links import compare_url
 
 
 def run_demo() -> dict:
@@ -64,14 +65,28 @@ def run_demo() -> dict:
               f"(p_positive {signal['p_positive']:.2f})")
     else:
         print(f"  predict: {signal.get('reason')} - no run beat the baselines on validation, so no champion")
+    port = settings.mlflow_ui_url.rsplit(":", 1)[-1]
+    runs = [result["run_id"], encoder["run_id"]]
+    compare = compare_links(settings.mlflow_ui_url, result, encoder)
     print()
-    print("Look at it in the MLflow UI:")
-    print(f"  .venv/bin/mlflow ui --backend-store-uri {db} --port 5000")
-    print("  then open http://127.0.0.1:5000 -> experiment 'chainsignal':")
-    print("   - select the lora-* runs (tiny causal and MiniLM encoder) and the baseline-* runs, press Compare:")
-    print("     test_macro_f1, validation_macro_f1, test_mcc side by side")
-    print("   - the lora run: Model metrics (train_loss per step), System metrics (CPU, memory while it trained),")
-    print("     Artifacts (adapter/, plots/, evaluation/), Parameters (every setting, base_model.sha256)")
-    print("   - Models tab: every adapter registered as a version of 'chainsignal-lora'")
+    print("Look at it in the MLflow UI (model-training view):")
+    print(f"  .venv/bin/mlflow ui --backend-store-uri {db} --port {port}")
+    print("  then open the compare page of both LoRA runs and the baselines (test_macro_f1, test_mcc side by side):")
+    print(f"  {compare}")
+    print(f"   - each LoRA run ({', '.join(runs)}): Model metrics (train_loss per step), System metrics (CPU, memory")
+    print("     while it trained), Artifacts (adapter/, plots/, evaluation/comparison.json), Parameters (every setting,")
+    print("     base_model.sha256), the verdict in its Description")
+    print(f"   - Model registry: every adapter as a version of '{settings.tracking.registered_model}', @champion on the")
+    print("     one that beat the baselines on validation (none, if none did)")
     print("=" * 78)
-    return {"ingest": ingest, "dataset": manifest.fingerprint, "train": result, "encoder": encoder, "predict": signal}
+    return {"ingest": ingest, "dataset": manifest.fingerprint, "train": result, "encoder": encoder, "predict": signal,
+            "compare": compare}
+
+
+def compare_links(ui: str, *trainings: dict) -> str:
+    """One compare page for several train-lora results: their LoRA runs and the baselines each was compared with."""
+    evaluated = [t for t in trainings if t.get("compared_runs")]
+    if not evaluated:
+        return "(not evaluated)"
+    ids = list(dict.fromkeys(r for t in evaluated for r in t["compared_runs"]))
+    return compare_url(ui, evaluated[0]["experiment_id"], ids)

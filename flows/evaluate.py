@@ -78,6 +78,7 @@ def evaluate(run_id: str | None = None) -> dict:
                **{k: round(v, 4) for k, v in report["metrics"].items() if k.startswith(("test_", "validation_"))},
                **promotion_summary(promotion), "mlflow_run": run_url(ui, tracker.experiment_id, run_id),
                "compare": compare_url(ui, tracker.experiment_id, [run_id, *baseline_runs.values()]),
+               "experiment_id": tracker.experiment_id, "compared_runs": [run_id, *baseline_runs.values()],
                "seconds": round(started() - t0, 2)}
     publish_summary(summary, "evaluate summary")
     return summary

@@ -119,7 +119,8 @@ def train_lora(
     if run_evaluation:
         evaluation = evaluate(run_id=run_id)
         summary.update({k: evaluation[k] for k in ("verdict", "test_macro_f1", "test_mcc", "validation_macro_f1",
-                                                    "champion_promoted", "mlflow_run", "compare") if k in evaluation})
+                                                    "champion_promoted", "mlflow_run", "compare", "experiment_id",
+                                                    "compared_runs") if k in evaluation})
         summary["evaluation"] = evaluation
     publish_summary(summary, "train-lora summary")  # the flow run's artifact: verdict, key numbers, links
     return summary
