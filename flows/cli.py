@@ -211,6 +211,23 @@ def evaluate_cmd(run_id: Annotated[str | None, typer.Option(
     _print(evaluate(run_id))
 
 
+@app.command("walk-forward")
+def walk_forward_cmd(
+    dataset: Annotated[str | None, typer.Option(metavar="TEXT", help="Dataset fingerprint (default: the latest build).")] = None,
+    step_days: Annotated[int, typer.Option(metavar="INTEGER", help="Retrain every N labelled days; each fold scores the next N.")] = 10,
+    validation_days: Annotated[int, typer.Option(metavar="INTEGER", help="Labelled days before each fold's test days: validation.")] = 10,
+    first_test_day: Day = None,
+    epochs: Annotated[float | None, _knob("epochs", "Passes over each fold's training days.")] = None,
+    lora: Annotated[bool, typer.Option(help="Train LoRA per fold; --no-lora scores the baselines only (fast).")] = True,
+) -> None:
+    """Walk-forward evaluation: retrain every N days on an expanding window, score the next N, pooled verdict.
+    FIRST_TEST_DAY defaults to the dataset's validation start."""
+    from flows.walk_forward import walk_forward
+
+    _print(walk_forward(dataset=dataset, step_days=step_days, validation_days=validation_days,
+                        first_test_day=_day(first_test_day), epochs=epochs, lora=lora))
+
+
 @app.command()
 def daily(start: Day = None, end: Day = None, rpc_url: Annotated[str | None, typer.Option(metavar="TEXT")] = None) -> None:
     """The scheduled DAG once: daily-ingest, build-dataset, then predict."""
