@@ -15,6 +15,7 @@ import requests
 
 from flows.build_dataset import build_dataset
 from tasks.chain.localnode import free_port
+from tests.browser import browser, rendered_text
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -79,6 +80,14 @@ def test_up_setup_deployment_run_down(lake_copy, data_dir):
             assert pc.read_deployment_by_name("train-lora/train-lora").work_pool_name == "gpu"
             credits = pc.read_global_concurrency_limit_by_name("chain-credits")
             assert credits.limit == 1000 and credits.slot_decay_per_second == 500  # a receipts call's burst, 500/s
+            summary = [a for a in pc.read_artifacts() if a.key == "train-lora-summary"]
+        assert summary and "LoRA" in summary[0].data and "[open in MLflow](http" in summary[0].data
+        # From where the user looks: the train-lora run's artifact in the Prefect UI shows the verdict and the link.
+        verdict = runs[0].data.tags["verdict"]
+        with browser() as page:
+            text = rendered_text(page, f"http://127.0.0.1:{prefect_port}/artifacts/artifact/{summary[0].id}",
+                                 [verdict[:40], "open in MLflow"], "prefect_train_lora_artifact.png")
+        assert verdict[:40] in text and "open in MLflow" in text
     finally:
         down = subprocess.run([str(BIN / "chainsignal"), "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0 and "prefect-server" in down.stdout and "worker-gpu" in down.stdout
