@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from tasks.core.errors import InputError
 from tasks.core.settings import DatasetSettings, SentimentSettings
 from tasks.core.storage import Lake
 from tasks.dataset.features import LEVELS, daily_features, frequent_addresses, known_address_activity
@@ -63,7 +64,7 @@ def daily_frame(lake: Lake, ds: DatasetSettings, assets: list[str], sentiment_se
     """Features per day, the split plan, labels and thresholds: the base of every task."""
     price_days = lake.completed_days("prices")
     if not price_days:
-        raise ValueError("no price partitions in the lake: run `chainsignal ingest` first")
+        raise InputError("no price partitions in the lake: run `chainsignal ingest` first")
     start = ds.start_date or price_days[0]
     end = ds.end_date or price_days[-1]
     history_start = start - timedelta(days=ds.new_address_lookback_days)
@@ -119,7 +120,7 @@ def sentiment_frame(lake: Lake, base: DailyFrame, sentiment_settings: SentimentS
         .collect()
     )
     if frame.filter(pl.col("split") == "train").is_empty():
-        raise ValueError("no posts in the training window: the sentiment task needs posts in the lake")
+        raise InputError("no posts in the training window: the sentiment task needs posts in the lake")
     return frame
 
 

@@ -11,6 +11,8 @@ from datetime import date
 
 import polars as pl
 
+from tasks.core.errors import InputError
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -30,7 +32,7 @@ def plan_splits(days: list[date], validation_fraction: float, test_fraction: flo
     n_val = max(1, round(n * validation_fraction))
     n_train = n - n_test - n_val - 2 * embargo_days
     if n_train < 3:
-        raise ValueError(f"only {n} labelled days: too few for train/validation/test with an embargo of {embargo_days}")
+        raise InputError(f"only {n} labelled days: too few for train/validation/test with an embargo of {embargo_days}")
     test = days[n - n_test:]
     val = days[n - n_test - embargo_days - n_val: n - n_test - embargo_days]
     train = days[:n_train]

@@ -55,3 +55,9 @@ def test_one_source_failing_inside_the_daily_ingest_is_one_line_naming_it(seeded
     assert "Traceback" not in out.stderr
     lake = tmp_path / "data" / "lake"
     assert list((lake / "transactions").rglob("_manifest.json")) and list((lake / "posts").rglob("_manifest.json"))
+
+
+def test_build_dataset_on_an_empty_lake_is_one_line_and_exit_2(tmp_path):
+    out = chainsignal("build-dataset", data=tmp_path / "data")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert error_lines(out) == ["chainsignal: error: no price partitions in the lake: run `chainsignal ingest` first"]
