@@ -5,7 +5,7 @@ On one split, LoRA is compared with every baseline by a paired bootstrap of the 
 
 - **no skill** when LoRA's predictions collapse (one class takes ``COLLAPSE_SHARE`` of them, or a class
   that makes up at least ``PRESENT_SHARE`` of the truth is never predicted) or when the 95% interval of
-  its MCC includes 0;
+  its MCC does not lie entirely above 0 (it includes 0, or LoRA is worse than chance);
 - **beats** when it is significantly better (interval entirely above 0) than the baseline chosen on
   validation and significantly worse (interval entirely below 0) than none;
 - **does not beat** otherwise.
@@ -90,7 +90,7 @@ def decide(split: str, comparisons: dict[str, Comparison], chosen: str, *, lora_
     if lora_collapse or mcc_lo <= 0:
         outcome: Outcome = "no skill"
         why = (f"its predictions collapsed ({lora_collapse})" if lora_collapse
-               else f"its MCC 95% CI [{mcc_lo:+.3f}, {mcc_hi:+.3f}] includes 0")
+               else f"its MCC 95% CI [{mcc_lo:+.3f}, {mcc_hi:+.3f}] {interval_words(mcc_lo, mcc_hi)}")
         head = f"LoRA shows no skill on {n} {split} {unit}: {why}"
     else:
         outcome = "beats" if c.low > 0 and not worse_than else "does not beat"

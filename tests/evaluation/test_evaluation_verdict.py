@@ -46,6 +46,8 @@ def test_an_mcc_interval_that_includes_zero_is_no_skill():
     comparisons = {"logistic": Comparison("logistic", 0.40, 0.30, 0.02, 0.18)}
     v = run(comparisons, "logistic", mcc=(-0.01, 0.12))
     assert v.outcome == "no skill" and "MCC 95% CI [-0.010, +0.120] includes 0" in v.text
+    worse = run(comparisons, "logistic", mcc=(-0.468, -0.044))  # worse than chance: no skill, and said so
+    assert worse.outcome == "no skill" and "MCC 95% CI [-0.468, -0.044] entirely below 0" in worse.text
 
 
 def test_beats_only_when_better_than_the_chosen_and_worse_than_none():
