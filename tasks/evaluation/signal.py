@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tasks.core.schemas import LABELS
+from tasks.evaluation.metrics import paired_bootstrap
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,14 +33,8 @@ def information_coefficient(probs: np.ndarray, next_returns: Sequence[float], *,
     bootstrap 95% interval: (ic, low, high). A constant score has IC 0."""
     score = np.asarray(probs, float)[:, LABELS.index("POSITIVE")] - np.asarray(probs, float)[:, LABELS.index("NEGATIVE")]
     r = np.asarray(next_returns, float)
-    ic = _spearman(score, r)
-    rng = np.random.default_rng(seed)
-    boots = np.empty(resamples)
-    for i in range(resamples):
-        idx = rng.integers(0, len(r), len(r))
-        boots[i] = _spearman(score[idx], r[idx])
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return ic, float(lo), float(hi)
+    lo, hi = paired_bootstrap(lambda idx: _spearman(score[idx], r[idx]), len(r), resamples=resamples, seed=seed)
+    return _spearman(score, r), lo, hi
 
 
 def class_frequencies(train_labels: Sequence[str]) -> np.ndarray:
