@@ -302,10 +302,13 @@ def status(verify: Annotated[bool, typer.Option(
             acc = "" if r["rolling_accuracy"] is None else f"  rolling accuracy {r['rolling_accuracy']:.2f}"
             typer.echo(f"  {r['date']} -> {r['target_date']}: {r['label']:<8} realized {r['realized'] or 'pending'}{acc}")
     if verify:
-        problems = verify_lake(ws.lake)
+        checked = verify_lake(ws.lake)
+        problems = checked.problems
         typer.echo(f"verify: {len(problems)} problem(s)" + ("" if problems else ": every committed file opens and adds up"))
         for problem in problems:
             typer.echo(f"  {problem.line()}")
+        for note in checked.notes:
+            typer.echo(f"  note: {note}")
         if problems:
             raise typer.Exit(EXIT_LAKE_PROBLEMS)
 

@@ -125,6 +125,7 @@ def map_raw_blocks(blocks: pl.DataFrame, txs: pl.DataFrame, chain_id: int) -> tu
     out = blocks.select(
         _hex("number", pl.Int64).alias("block_number"),
         pl.col("hash").str.to_lowercase().alias("block_hash"),
+        pl.col("parentHash").str.to_lowercase().alias("parent_hash"),
         pl.from_epoch(_hex("timestamp", pl.Int64), "s").cast(BLOCKS["block_timestamp"]).alias("block_timestamp"),
         _hex("baseFeePerGas", pl.Int64).alias("base_fee_per_gas_wei"),
         _hex("gasUsed", pl.Int64).alias("gas_used"),
@@ -138,7 +139,7 @@ def map_raw_blocks(blocks: pl.DataFrame, txs: pl.DataFrame, chain_id: int) -> tu
 
 def map_block_links(blocks: pl.DataFrame) -> pl.DataFrame:
     """Raw blocks -> (block_number, block_hash, parent_hash) in block order: what the hash-chain
-    checks read (the parent hash is checked at ingest, not stored)."""
+    checks at ingest read (the blocks frame stores the parent hash too, for `status --verify`)."""
     return blocks.select(
         _hex("number", pl.Int64).alias("block_number"),
         pl.col("hash").str.to_lowercase().alias("block_hash"),

@@ -18,6 +18,7 @@ BLOCKS = pl.Schema(
     {
         "block_number": pl.Int64,
         "block_hash": pl.String,
+        "parent_hash": pl.String,  # the hash of block_number - 1: the stored chain is checked with it
         "block_timestamp": UTC_TS,
         "base_fee_per_gas_wei": pl.Int64,  # null before London
         "gas_used": pl.Int64,

@@ -30,6 +30,7 @@ def test_mapped_rows_match_ethereum_etl(case):
     assert blocks["gas_used"].to_list() == [int(x) for x in expected_blocks["gas_used"]]
     assert blocks["gas_limit"].to_list() == [int(x) for x in expected_blocks["gas_limit"]]
     assert blocks["block_hash"].to_list() == expected_blocks["hash"].to_list()
+    assert blocks["parent_hash"].to_list() == expected_blocks["parent_hash"].to_list()  # stored for status --verify
     assert blocks["miner"].to_list() == expected_blocks["miner"].to_list()
     assert blocks["block_timestamp"].dt.epoch("s").to_list() == [int(x) for x in expected_blocks["timestamp"]]
     assert blocks["base_fee_per_gas_wei"].to_list() == [int(x) if x else None for x in expected_blocks["base_fee_per_gas"]]

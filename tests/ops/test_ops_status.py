@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import polars as pl
@@ -30,6 +31,7 @@ def test_a_clean_lake_verifies(lake_copy, data_dir):
     out = status(data_dir, "--verify")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "verify: 0 problem(s): every committed file opens and adds up" in out.stdout
+    assert "note:" not in out.stdout  # every block's parent link was checked
 
 
 def test_a_truncated_file_is_named_with_its_repair(lake_copy, data_dir):
@@ -71,3 +73,73 @@ def test_a_block_stored_twice_is_found(lake_copy, data_dir):
     assert out.returncode == 4
     text = out.stdout
     assert "files hold" in text and "the manifest says" in text and "is stored 2 times" in text
+
+
+def _blocks_days(lake: Path) -> list[Path]:
+    return sorted(p for p in (lake / "blocks").glob("date=*") if (p / "_manifest.json").is_file())
+
+
+def _rewrite(path: Path, change) -> None:
+    """Rewrite one parquet file in place, as an editor (or another writer) would."""
+    change(pl.read_parquet(path)).write_parquet(path)
+
+
+def test_a_tampered_parent_hash_is_named_with_its_file_and_blocks(lake_copy, data_dir):
+    days = _blocks_days(lake_copy)
+    assert pl.read_parquet(days[0] / json.loads((days[0] / "_manifest.json").read_text())["files"][0])[
+        "parent_hash"].null_count() == 0  # the ingest stores it
+    day = days[len(days) // 2]
+    victim = day / json.loads((day / "_manifest.json").read_text())["files"][0]
+    rows = pl.read_parquet(victim)
+    assert rows.height >= 3
+    fake = "0x" + "ab" * 32
+    # inside the file: the third block; across days: the day's first block (its parent is the day before's last)
+    inside, first = rows["block_number"][2], rows["block_number"][0]
+    _rewrite(victim, lambda df: df.with_columns(
+        pl.when(pl.col("block_number").is_in([inside, first])).then(pl.lit(fake)).otherwise("parent_hash").alias("parent_hash")))
+    out = status(data_dir, "--verify")
+    assert out.returncode == 4, out.stdout[-3000:] + out.stderr[-2000:]
+    when = day.name.removeprefix("date=")
+    lines = [ln.strip() for ln in out.stdout.splitlines() if f"parent_hash {fake}" in ln]
+    assert len(lines) == 2, out.stdout[-3000:]
+    across, within = lines
+    assert across.startswith(f"blocks {when}: {victim}: block {first}'s parent_hash {fake} is not the hash of block {first - 1}")
+    previous_day = days[len(days) // 2 - 1]
+    assert f"(block {first - 1} is in {previous_day}/" in across  # the link across days is checked
+    assert within.startswith(f"blocks {when}: {victim}: block {inside}'s parent_hash {fake} is not the hash of block {inside - 1}")
+    assert "is in" not in within
+    assert within.endswith(f"repair: chainsignal ingest --only chain --start {when} --end {when} --overwrite")
+
+
+def test_blocks_written_before_parent_hash_was_recorded_verify_with_a_note_and_still_read(
+        lake_copy, data_dir, seeded_node):
+    """A lake written before blocks stored parent_hash: verify checks everything else and says how to make
+    the links checkable (exit 0); readers that ask for other columns (the ingest's resume point) keep working."""
+    from flows.ingest_chain import ingest_chain
+    from tasks.core.lake import Lake
+
+    days = _blocks_days(lake_copy)
+    old = days[:3]
+    for day in old:
+        for name in json.loads((day / "_manifest.json").read_text())["files"]:
+            _rewrite(day / name, lambda df: df.drop("parent_hash"))
+    out = status(data_dir, "--verify")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    first, last = (d.name.removeprefix("date=") for d in (old[0], old[-1]))
+    (note,) = [ln.strip() for ln in out.stdout.splitlines() if ln.strip().startswith("note:")]
+    assert f"blocks: 3 day(s) between {first} and {last} were written before parent_hash was recorded" in note
+    assert note.endswith(f"re-ingest with --overwrite to verify: chainsignal ingest --only chain --start {first} "
+                         f"--end {last} --overwrite")
+    lake = Lake(lake_copy)
+    assert lake.scan("blocks").select("block_number", "block_hash").collect().height > 0  # old and new files together
+    # the day after the old ones, ingested again: its first chunk is checked against the old day's last block
+    after = days[3]
+    when = after.name.removeprefix("date=")
+    for dataset in ("blocks", "transactions"):
+        (lake_copy / dataset / after.name / "_manifest.json").unlink()
+    node, _ = seeded_node
+    day = date.fromisoformat(when)
+    summary = ingest_chain(day, day, rpc_url=node.url, overwrite=True)
+    assert summary.get("partitions_done") == 1, summary
+    again = status(data_dir, "--verify")
+    assert again.returncode == 0 and "written before parent_hash" in again.stdout
