@@ -23,7 +23,12 @@ class SchemaError(ChainsignalError, ValueError):
 
 
 class StorageError(ChainsignalError, RuntimeError):
-    """An object store that cannot be used as configured; one line naming the setting."""
+    """A store that cannot be used: an object store as configured, a full disk; one line naming the setting or file."""
+
+
+class DiskFullError(StorageError):
+    """No space left (or the disk quota spent) while writing a file; one line naming it. The half-written
+    temporary file is removed, nothing is committed, and a rerun resumes once there is room."""
 
 
 class DataError(ChainsignalError, ValueError):

@@ -13,6 +13,13 @@ made current in one step: locally a hidden staging folder is swapped in; on S3 (
 new files go to a fresh version folder inside the day, the manifest listing them is written,
 then the files it no longer lists are deleted. Old and new files are never mixed.
 
+A manifest that does not read (truncated, not JSON) means the day is not committed: readers skip
+it, ``is_complete`` says no, so the next run of its ingest writes the day again and replaces the
+manifest; a warning names the file once. On local disk, writers lock the days they write, and
+what a crashed writer left (temporary files, staging and trash folders, a half-done swap) is
+settled by the next one: :mod:`tasks.core.lakedisk`. A full disk is one line naming the file
+(:class:`~tasks.core.errors.DiskFullError`), with no half-written file left.
+
 The rest of the layout (built datasets, models, runs): :mod:`tasks.core.storage`.
 """
 
@@ -23,7 +30,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -31,14 +38,16 @@ from typing import Any
 import fsspec
 import polars as pl
 
-from tasks.core.files import json_bytes, write_json
+from tasks.core import lakedisk
+from tasks.core.files import disk_full_error, is_disk_full, json_bytes, write_json, written_whole
+from tasks.core.logs import get_logger
 from tasks.core.objectstore import check_bucket, is_remote_uri
 from tasks.core.schemas import SCHEMAS, check_schema
 
 MANIFEST = "_manifest.json"
 META = "_meta"  # small JSON documents kept in the lake (see LakeMeta)
-_STAGING = ".staging"
-_TRASH = ".trash"
+_STAGING = lakedisk.STAGING
+_TRASH = lakedisk.TRASH
 _VERSION = ".v-"  # S3 overwrite: <day>/.v-<token>/<file>
 
 
@@ -65,6 +74,7 @@ class Partition:
     day: date
     dir: Path | str
     staged: bool
+    lock: lakedisk.DayLock | None = field(default=None, compare=False, repr=False)  # local disk: held until commit
 
     @property
     def _key(self) -> str:
@@ -79,14 +89,17 @@ class Partition:
         df = check_schema(df, self.dataset)
         if not self.lake.remote:
             path = Path(self.dir) / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-            df.write_parquet(tmp, **PARQUET)
-            os.replace(tmp, path)
+            with written_whole(path) as tmp:
+                df.write_parquet(tmp, **PARQUET)
             return path
         with tempfile.TemporaryDirectory(prefix="chainsignal-put-") as tmp:
             local = Path(tmp) / name
-            df.write_parquet(local, **PARQUET)
+            try:
+                df.write_parquet(local, **PARQUET)
+            except Exception as exc:
+                if is_disk_full(exc):  # the local copy, on the way to the object store
+                    raise disk_full_error(local, exc) from exc
+                raise
             self.lake.fs.put_file(str(local), f"{self._key}/{name}")  # one PUT: the object appears whole
         return f"{self.dir}/{name}"
 
@@ -114,15 +127,18 @@ class Partition:
         }
         if self.lake.remote:
             return self._commit_remote(final, body)
-        write_json(Path(self.dir) / MANIFEST, body)
+        write_json(Path(self.dir) / MANIFEST, body)  # a staged folder is complete from here (lakedisk)
         final = Path(final)
         if self.staged:
             trash = Path(self.lake.root) / self.dataset / _TRASH / f"{final.name}-{uuid.uuid4().hex[:8]}"
             if final.exists():
                 trash.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(final, trash)
+            # a crash here leaves the day without a folder: its next reader or writer moves the staging in
             os.replace(self.dir, final)
             shutil.rmtree(trash, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.release()
         return final / MANIFEST
 
     def _commit_remote(self, final: str, body: dict[str, Any]) -> str:
@@ -209,13 +225,23 @@ class Lake:
         return f"{self._key(self.partition_dir(dataset, day))}/{MANIFEST}"
 
     def is_complete(self, dataset: str, day: date) -> bool:
-        return self.fs.isfile(self._manifest_key(dataset, day))
+        """Whether the day is committed: its manifest exists and reads."""
+        return self.manifest(dataset, day) is not None
 
-    def manifest(self, dataset: str, day: date) -> dict[str, Any] | None:
+    def manifest(self, dataset: str, day: date, *, strict: bool = False) -> dict[str, Any] | None:
+        """The day's manifest; None when it has none, or (unless ``strict``: then the ValueError is
+        raised) when it does not read: the day is then not committed, and a warning names the file."""
+        key = self._manifest_key(dataset, day)
         try:
-            return json.loads(self.fs.cat_file(self._manifest_key(dataset, day)))
+            raw = self.fs.cat_file(key)
         except FileNotFoundError:
-            return None
+            if self.remote or not lakedisk.recover_day(Path(self.root) / dataset, f"date={day.isoformat()}"):
+                return None
+            try:  # an overwrite interrupted between its renames, just settled
+                raw = self.fs.cat_file(key)
+            except FileNotFoundError:
+                return None
+        return _read_manifest(self._url(key), raw, strict)
 
     def open_partition(self, dataset: str, day: date, overwrite: bool = False) -> Partition:
         """Where to write a day's files: the final folder (resumable), or a fresh one aside."""
@@ -224,28 +250,50 @@ class Lake:
         if self.remote:  # no folders on S3: nothing to create
             where = f"{final}/{_VERSION}{token}" if overwrite else final
             return Partition(self, dataset, day, where, staged=overwrite)
+        lock = lakedisk.open_day(Path(self.root) / dataset, Path(final).name)  # settles what crashed writers left
         if overwrite:
             staging = Path(self.root) / dataset / _STAGING / f"date={day.isoformat()}-{token}"
             staging.mkdir(parents=True)
-            return Partition(self, dataset, day, staging, staged=True)
+            return Partition(self, dataset, day, staging, staged=True, lock=lock)
         Path(final).mkdir(parents=True, exist_ok=True)
-        return Partition(self, dataset, day, final, staged=False)
+        return Partition(self, dataset, day, final, staged=False, lock=lock)
 
-    def completed_days(self, dataset: str) -> list[date]:
+    def _manifest_keys(self, dataset: str) -> dict[date, str]:
+        """Every day of ``dataset`` with a manifest file, readable or not."""
         if self.remote:  # one paginated LIST of the dataset's prefix
-            folders = [key.rsplit("/", 2)[-2] for key in self.fs.glob(f"{self._root_key}/{dataset}/date=*/{MANIFEST}")]
+            keys = self.fs.glob(f"{self._root_key}/{dataset}/date=*/{MANIFEST}")
         else:
             base = Path(self.root) / dataset
-            folders = [p.parent.name for p in base.glob(f"date=*/{MANIFEST}")] if base.is_dir() else []
-        return sorted(date.fromisoformat(name.removeprefix("date=")) for name in folders)
+            for name in lakedisk.half_done_days(base) if base.is_dir() else []:
+                lakedisk.recover_day(base, name)
+            keys = [str(p) for p in base.glob(f"date=*/{MANIFEST}")] if base.is_dir() else []
+        return {date.fromisoformat(k.rsplit("/", 2)[-2].removeprefix("date=")): k for k in keys}
+
+    def manifests(self, dataset: str, start: date | None = None, end: date | None = None) -> dict[date, dict[str, Any]]:
+        """The committed days of ``dataset`` between two days (inclusive) and their manifests, by day;
+        days whose manifest does not read are not committed (a warning names each file)."""
+        keys = {d: k for d, k in sorted(self._manifest_keys(dataset).items())
+                if not ((start and d < start) or (end and d > end))}
+        raws = self.fs.cat(list(keys.values()), on_error="return") if keys else {}
+        found = {}
+        for day, key in keys.items():
+            raw = raws.get(key, FileNotFoundError(key))
+            doc = None if isinstance(raw, BaseException) else _read_manifest(self._url(key), raw, strict=False)
+            if doc is not None:
+                found[day] = doc
+        return found
+
+    def completed_days(self, dataset: str, *, include_unreadable: bool = False) -> list[date]:
+        """The committed days of ``dataset``; ``include_unreadable``: also those whose manifest does not
+        read (``chainsignal status`` names them)."""
+        if include_unreadable:
+            return sorted(self._manifest_keys(dataset))
+        return list(self.manifests(dataset))
 
     # ------------------------------------------------------------------ reading
     def partition_files(self, dataset: str, start: date | None = None, end: date | None = None) -> list[Path | str]:
         files: list[Path | str] = []
-        for day in self.completed_days(dataset):
-            if (start and day < start) or (end and day > end):
-                continue
-            manifest = self.manifest(dataset, day) or {}
+        for day, manifest in self.manifests(dataset, start, end).items():
             folder = self.partition_dir(dataset, day)
             files += [f"{folder}/{name}" if self.remote else Path(folder) / name for name in manifest.get("files", [])]
         return files
@@ -261,3 +309,24 @@ class Lake:
     def scan(self, dataset: str, start: date | None = None, end: date | None = None) -> pl.LazyFrame:
         """Lazy frame over the complete partitions of ``dataset`` between two days (inclusive)."""
         return self._scan_files(dataset, self.partition_files(dataset, start, end))
+
+
+_warned: set[tuple[str, int]] = set()
+
+
+def _read_manifest(where: str, raw: bytes, strict: bool) -> dict[str, Any] | None:
+    """A manifest's document; an unreadable one raises its ValueError when ``strict``, else is None
+    with one warning per file and content."""
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or not isinstance(doc.get("files", []), list):
+            raise ValueError("not a manifest (a JSON object with a list of files)")
+        return doc
+    except ValueError as exc:
+        if strict:
+            raise
+        if (where, hash(raw)) not in _warned:
+            _warned.add((where, hash(raw)))
+            get_logger().warning("unreadable manifest %s (%s): the day is not committed and is skipped; the next "
+                                 "ingest of that day writes it again", where, type(exc).__name__)
+        return None
