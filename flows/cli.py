@@ -114,6 +114,15 @@ def _use_the_server_up_started() -> None:
         os.environ["PREFECT_API_URL"] = api
 
 
+def _temporary_servers_owned() -> None:
+    """Stop the temporary Prefect servers that killed commands left behind, and mark the one this
+    command may start as its own (tasks/ops/services.py says how)."""
+    from tasks.ops.services import mark_temporary_servers, reap_temporary_servers
+
+    reap_temporary_servers()
+    mark_temporary_servers()
+
+
 def _print(obj: dict) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
@@ -353,6 +362,7 @@ def main() -> None:
     from tasks.core.errors import ChainsignalError
 
     _third_party_bars_off()
+    _temporary_servers_owned()
     _use_the_server_up_started()
     try:
         app()

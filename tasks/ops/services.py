@@ -12,6 +12,7 @@ concurrency limits (sqlite manages ~0.5 acquisitions/s under lock contention).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -118,7 +119,8 @@ class ServiceManager:
         if port is not None and port_in_use(port):
             raise port_taken(svc.name, port, port_setting)
         logfile = open(self.run_dir / f"{svc.name}.log", "ab")
-        proc = subprocess.Popen(svc.cmd, env={**os.environ, **svc.env}, stdout=logfile, stderr=subprocess.STDOUT,
+        env = {k: v for k, v in os.environ.items() if k != SERVER_OWNER_ENV}  # a service outlives the command
+        proc = subprocess.Popen(svc.cmd, env={**env, **svc.env}, stdout=logfile, stderr=subprocess.STDOUT,
                                 cwd=svc.cwd, start_new_session=True)
         self._pidfile(svc.name).write_text(json.dumps({"pid": proc.pid, "cmd": svc.cmd, "health": svc.health_url}))
         if svc.health_url:
@@ -167,6 +169,71 @@ class ServiceManager:
 
     def names(self) -> list[str]:
         return sorted(p.stem for p in self.run_dir.glob("*.json"))
+
+
+# ----------------------------------------------------------------------------- Prefect's temporary server
+# Without a server (no `chainsignal up`, no PREFECT_API_URL) Prefect starts a temporary one, a uvicorn
+# subprocess of the command that it stops at exit; a command killed with SIGKILL leaves it running
+# (~230 MB each). Prefect's Popen takes no preexec_fn (so no PR_SET_PDEATHSIG, which would fire on the
+# death of the starting thread anyway), so the next command stops the orphans instead. The server
+# inherits the command's environment: the marker below names its owner (pid and start time, so a
+# reused pid is not taken for the owner), and only servers carrying it are ever stopped.
+SERVER_OWNER_ENV = "_CHAINSIGNAL_SERVER_OWNER"  # not CHAINSIGNAL_*: those must be settings
+_TEMPORARY_SERVER = b"prefect.server.api.server:create_app"
+
+
+def _started(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, /proc/<pid>/stat field 22); None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def mark_temporary_servers() -> None:
+    """Name this process as the owner of any temporary server Prefect starts from it (before Prefect runs)."""
+    started = _started(os.getpid())
+    if started is not None:
+        os.environ[SERVER_OWNER_ENV] = f"{os.getpid()}:{started}"
+
+
+def orphaned_temporary_servers() -> list[int]:
+    """Pids of Prefect temporary servers a chainsignal command started and outlived (Linux /proc; else [])."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if _TEMPORARY_SERVER not in (entry / "cmdline").read_bytes():
+                continue
+            env = dict(v.split(b"=", 1) for v in (entry / "environ").read_bytes().split(b"\0") if b"=" in v)
+        except OSError:  # gone, or another user's
+            continue
+        owner = env.get(SERVER_OWNER_ENV.encode(), b"").decode()
+        if env.get(b"PREFECT__SERVER_EPHEMERAL") != b"1" or ":" not in owner:
+            continue
+        pid, started = owner.split(":", 1)
+        if _started(int(pid)) != started:
+            found.append(int(entry.name))
+    return found
+
+
+def reap_temporary_servers(timeout_s: float = 5.0) -> list[int]:
+    """Stop the orphaned temporary servers (SIGTERM, then SIGKILL after ``timeout_s``); returns their pids."""
+    pids = orphaned_temporary_servers()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = [p for p in pids if _started(p) is not None]
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+            alive = [p for p in alive if _started(p) is not None]
+        if not alive:
+            break
+    if pids:
+        get_logger().info("stopped %d temporary Prefect server(s) left by killed commands: pids %s", len(pids), pids)
+    return pids
 
 
 # ----------------------------------------------------------------------------- PostgreSQL (optional)
