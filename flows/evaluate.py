@@ -3,7 +3,10 @@
 Downloads the adapter from the run's MLflow artifacts (so what is evaluated is what was logged),
 scores validation and test by label likelihood, compares with majority / persistence /
 logistic-regression baselines, logs metrics, the comparison table, plots and a one-line verdict
-to the run, and logs each baseline as its own run for the MLflow compare view.
+to the run, and logs each baseline as its own run for the MLflow compare view. The report a person
+reads (verdict, macro-F1, MCC, IC, log-loss and Brier skill, the backtest net of
+``evaluation.cost_bp``, each with what it means) is the run's ``evaluation/report.md``, its
+description in MLflow, and the flow run's ``evaluation-report`` artifact in Prefect.
 
 Run locally:  chainsignal evaluate            (the latest LoRA run)
               chainsignal evaluate --run-id <id>
@@ -12,6 +15,7 @@ Run locally:  chainsignal evaluate            (the latest LoRA run)
 from __future__ import annotations
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import settings_for, workspace
@@ -44,7 +48,7 @@ def evaluate(run_id: str | None = None) -> dict:
     def evaluate_on_this_version(trained, adapter, work) -> dict:  # any run's adapter, on THIS dataset version
         base, model_type = run_base_model(tracker, trained, work, ws.model_hash_cache())
         return run_eval(adapter, base, ds_dir, cutoff_len=logged_cutoff_len(trained), seed=logged_seed(run),
-                        plots_dir=work / "plots", model_type=model_type)
+                        plots_dir=work / "plots", model_type=model_type, cost_bp=settings.evaluation.cost_bp)
 
     work = ws.reset_dir(ws.run_dir(run_id) / "eval")
     report = evaluate_on_this_version(run, tracker.download(run_id, "adapter", work), work)
@@ -56,11 +60,13 @@ def evaluate(run_id: str | None = None) -> dict:
         tracker.log_table(report["table"], "evaluation/comparison.json")
         tracker.log_table(report["report"], "evaluation/per_class_report.json")
         tracker.log_dict(report["predictions"], "evaluation/predictions.json")
+        tracker.log_artifact(report["markdown_path"], "evaluation")
         for plot in report["plots"]:
             tracker.log_artifact(plot, "plots")
         tracker.set_tags({"verdict": report["verdict"], "best_baseline": report["best_baseline"],
                           "collapse_warning": "; ".join(report["warnings"]) or "none"})
-        tracker.set_description(report["verdict"])
+        # MLflow renders the description on the run's page (a tag: at most 8,000 characters)
+        tracker.set_description(report["markdown"] if len(report["markdown"]) < 8000 else report["verdict"])
     promotion = None
     if competes(tags):
 
@@ -81,4 +87,5 @@ def evaluate(run_id: str | None = None) -> dict:
                "experiment_id": tracker.experiment_id, "compared_runs": [run_id, *baseline_runs.values()],
                "seconds": round(started() - t0, 2)}
     publish_summary(summary, "evaluate summary")
+    create_markdown_artifact(report["markdown"], key="evaluation-report", description="evaluation report")
     return summary

@@ -415,6 +415,14 @@ class TrainSettings(_Section):
         return self.batch_size // self.micro_batch_size
 
 
+# ----------------------------------------------------------------------------- evaluation
+class EvaluationSettings(_Section):
+    # The backtest of the direction task (long on POSITIVE, short on NEGATIVE, flat on NEUTRAL) pays this
+    # per unit of position moved, in basis points of the traded value (10 bp = 0.1%: exchange fee plus
+    # slippage); flat to long is one unit, long to short two.
+    cost_bp: float = Field(default=10.0, ge=0)
+
+
 # ----------------------------------------------------------------------------- tracking
 class TrackingSettings(_Section):
     tracking_uri: str | None = None  # default: sqlite:///<data_dir>/mlflow.db
@@ -473,6 +481,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     dataset: DatasetSettings = DatasetSettings()
     train: TrainSettings = TrainSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     tracking: TrackingSettings = TrackingSettings()
     services: ServicesSettings = ServicesSettings()
     demo: DemoSettings = DemoSettings()

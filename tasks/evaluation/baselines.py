@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from tasks.core.manifests import DatasetManifest
+from tasks.core.schemas import LABELS
 from tasks.social.sentiment import NEGATIVE_AT, POSITIVE_AT
 
 
@@ -23,6 +24,13 @@ def train_majority(features: pl.DataFrame) -> str:
 
 def baseline_predictions(features: pl.DataFrame, numeric_cols: list[str], split: str, seed: int) -> dict[str, list[str]]:
     """Majority, persistence and logistic-regression predictions for the rows of ``split``."""
+    return baseline_forecasts(features, numeric_cols, split, seed)[0]
+
+
+def baseline_forecasts(features: pl.DataFrame, numeric_cols: list[str], split: str, seed: int
+                       ) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
+    """The predictions of ``baseline_predictions`` and, for the baselines that have them (the logistic
+    regression), the class probabilities in ``LABELS`` order (the class it predicts is their argmax)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -41,8 +49,12 @@ def baseline_predictions(features: pl.DataFrame, numeric_cols: list[str], split:
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5, random_state=seed))
     clf.fit(matrix(train), train["label"].to_list())
-    preds["logistic"] = [str(x) for x in clf.predict(matrix(target))]
-    return preds
+    x = matrix(target)
+    preds["logistic"] = [str(c) for c in clf.predict(x)]
+    fitted = [str(c) for c in clf.classes_]  # a class absent from train gets probability 0
+    probs = np.zeros((target.height, len(LABELS)))
+    probs[:, [LABELS.index(c) for c in fitted]] = clf.predict_proba(x)
+    return preds, {"logistic": probs}
 
 
 def sentiment_rule(features: pl.DataFrame, split: str, fallback: str) -> list[str]:
@@ -54,15 +66,16 @@ def sentiment_rule(features: pl.DataFrame, split: str, fallback: str) -> list[st
 
 
 def split_baselines(features: pl.DataFrame, manifest: DatasetManifest, split: str, *, task: str, seed: int,
-                    majority: str) -> tuple[dict[str, list[str]], tuple[str, ...]]:
-    """The feature-based baselines' predictions for ``split``, and which of them are ceilings, not baselines."""
+                    majority: str) -> tuple[dict[str, list[str]], dict[str, np.ndarray], tuple[str, ...]]:
+    """The feature-based baselines' predictions for ``split``, the class probabilities of those that have
+    them, and which of them are ceilings, not baselines."""
     if task == "direction":
-        preds = baseline_predictions(features, manifest.numeric_features, split, seed)
+        preds, probs = baseline_forecasts(features, manifest.numeric_features, split, seed)
         preds["sentiment_rule"] = sentiment_rule(features, split, majority)
-        return preds, ()
+        return preds, probs, ()
     # sentiment: the per-post VADER label is the labeller itself -> a ceiling, not a baseline
     sub = features.filter(pl.col("split") == split)
-    return {"majority": [majority] * sub.height, "vader_rule": sub["post_rule_label"].to_list()}, ("vader_rule",)
+    return {"majority": [majority] * sub.height, "vader_rule": sub["post_rule_label"].to_list()}, {}, ("vader_rule",)
 
 
 def number_columns(task: str, manifest: DatasetManifest) -> tuple[Callable[[pl.DataFrame], list[float]],

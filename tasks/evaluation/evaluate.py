@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from tasks.core.settings import EvaluationSettings
 from tasks.core.storage import DatasetVersion
 from tasks.dataset.prompter import Prompter
 from tasks.evaluation.baselines import number_columns, split_baselines, train_majority
 from tasks.evaluation.metrics import (
     Scores,
-    backtest,
     bootstrap_f1_difference,
     bootstrap_mae_difference,
     bootstrap_mcc,
@@ -32,30 +32,37 @@ from tasks.evaluation.metrics import (
     score,
     true_share,
 )
-from tasks.evaluation.plots import plot_backtest, plot_confusion, plot_model_comparison
+from tasks.evaluation.plots import plot_backtest, plot_confusion, plot_model_comparison, plot_reliability
 from tasks.evaluation.report import (
     SPLITS,
     class_evaluation,
     class_metrics,
     class_table,
     class_verdict,
+    evaluation_markdown,
     number_evaluation,
     number_metrics,
     number_verdict,
+    signal_metrics,
 )
 from tasks.evaluation.scoring import load_scorer, parse_number
+from tasks.evaluation.signal import in_label_order, reliability, signal_scores
 from tasks.evaluation.verdict import Comparison, Verdict, decide
 from tasks.training.fastpath.attention import sdpa_without_cudnn
 
 
 @sdpa_without_cudnn
 def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, cutoff_len: int, seed: int,
-                     plots_dir: Path, device: str = "auto", model_type: str = "causal") -> dict[str, Any]:
-    """Score the LoRA model and the baselines on validation and test; metrics, plots, verdict.
+                     plots_dir: Path, device: str = "auto", model_type: str = "causal",
+                     cost_bp: float | None = None) -> dict[str, Any]:
+    """Score the LoRA model and the baselines on validation and test; metrics, plots, verdict, and the
+    report a person reads (markdown, written next to ``plots_dir`` as ``report.md``).
 
     Causal models: classes by label likelihood, numbers generated and parsed strictly; encoder
     models: their head. The best baseline is chosen on validation; the verdict compares the test
-    scores, with a paired bootstrap 95% interval of the difference.
+    scores, with a paired bootstrap 95% interval of the difference. Class tasks also get the signal
+    metrics (IC, log loss and Brier against the base rates, reliability; on the direction task the
+    backtest at ``cost_bp`` basis points per unit moved, default ``evaluation.cost_bp``).
     """
     version = DatasetVersion(Path(dataset_dir))
     features, manifest = pl.read_parquet(version.features_path), version.manifest
@@ -64,8 +71,12 @@ def evaluate_adapter(adapter_dir: Path, base_model: str, dataset_dir: Path, *, c
     ctx = dict(scorer=scorer, prompter=Prompter.load(), features=features, manifest=manifest, version=version,
                seed=seed, plots_dir=plots_dir)
     if manifest.kind == "number":
-        return _evaluate_numbers(**ctx)
-    return _evaluate_classes(**ctx)
+        report = _evaluate_numbers(**ctx)
+    else:
+        report = _evaluate_classes(**ctx, cost_bp=EvaluationSettings().cost_bp if cost_bp is None else cost_bp)
+    report["markdown_path"] = plots_dir.parent / "report.md"
+    report["markdown_path"].write_text(report["markdown"])
+    return report
 
 
 # ----------------------------------------------------------------------------- classes
@@ -76,7 +87,9 @@ class _ClassPredictions:
     bilstm: Any  # the trained TextBaseline: its size and memory are reported next to LoRA's
     truth: dict[str, list[str]] = field(default_factory=dict)
     preds: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # split -> model -> labels
-    probs: dict[str, list[list[float]]] = field(default_factory=dict)  # LoRA's class probabilities
+    # split -> model -> class probabilities in LABELS order, for the models that have them
+    probs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    train_labels: list[str] = field(default_factory=list)  # the training-frequency forecast's base rates
     ceilings: tuple[str, ...] = ()
 
 
@@ -87,16 +100,19 @@ def _predict_classes(scorer, prompter, features, manifest, version, seed, task) 
     train_records = version.read_records("train")
     bilstm = train_bilstm([r["input"] for r in train_records], [r["output"] for r in train_records],
                           prompter.labels, seed=seed)
-    out = _ClassPredictions(bilstm)
+    out = _ClassPredictions(bilstm, train_labels=[r["output"] for r in train_records])
     for split in SPLITS:
         records = version.read_records(split)
         truth = [r["output"] for r in records]
         lora, probs = scorer.labels(records)
         if task == "direction" and features.filter(pl.col("split") == split).sort("date")["label"].to_list() != truth:
             raise ValueError(f"{version.dir}: records and features disagree on the {split} labels")
-        preds, out.ceilings = split_baselines(features, manifest, split, task=task, seed=seed, majority=majority)
-        preds["bilstm"] = bilstm.predict([r["input"] for r in records])
-        out.truth[split], out.probs[split] = truth, probs.round(4).tolist()
+        preds, base_probs, out.ceilings = split_baselines(features, manifest, split, task=task, seed=seed, majority=majority)
+        texts = [r["input"] for r in records]
+        preds["bilstm"] = bilstm.predict(texts)
+        base_probs["bilstm"] = in_label_order(bilstm.predict_proba(texts), prompter.labels)
+        out.truth[split] = truth
+        out.probs[split] = {"lora": in_label_order(probs, prompter.labels), **base_probs}
         out.preds[split] = {"lora": lora, **preds}
     return out
 
@@ -107,24 +123,41 @@ def _ensemble_scores(results: dict[str, dict[str, Scores]], run: _ClassPredictio
 
     voters = [n for n in ("lora", "bilstm", "logistic") if n in results]
     weights = {n: results[n]["validation"].macro_f1 for n in voters}
-    return {split: score(run.truth[split], weighted_vote({n: run.preds[split][n] for n in voters}, weights, labels))
-            for split in SPLITS}
+    for split in SPLITS:  # its labels join the others' (the backtest reads them)
+        run.preds[split]["ensemble"] = weighted_vote({n: run.preds[split][n] for n in voters}, weights, labels)
+    return {split: score(run.truth[split], run.preds[split]["ensemble"]) for split in SPLITS}
 
 
-def _class_plots(run: _ClassPredictions, features: pl.DataFrame, table, metrics: dict[str, float], task: str,
+def _test_signal(run: _ClassPredictions, features: pl.DataFrame, task: str, cost_bp: float, seed: int
+                 ) -> dict[str, dict[str, Any]]:
+    """Every model's signal metrics on test (tasks.evaluation.signal); the IC and the backtest on the direction
+    task only, where each day has a next-day return."""
+    returns = (features.filter(pl.col("split") == "test").sort("date")["next_day_return"].to_list()
+               if task == "direction" else None)
+    return {name: signal_scores(run.truth["test"], preds, run.probs["test"].get(name), run.train_labels,
+                                next_returns=returns, cost_bp=cost_bp, seed=seed)
+            for name, preds in run.preds["test"].items()}
+
+
+def _class_plots(run: _ClassPredictions, features: pl.DataFrame, table, task: str, cost_bp: float,
                  plots_dir: Path) -> list[Path]:
-    """The confusion matrix and the comparison; for the direction task the backtest too (its returns join ``metrics``)."""
+    """The confusion matrix, the comparison, LoRA's reliability diagram; for the direction task the backtest too."""
+    from tasks.evaluation.signal import backtest_with_costs
+
     lora_test = run.preds["test"]["lora"]
     plots = [
         plot_confusion(run.truth["test"], lora_test, "LoRA, test split", plots_dir / "confusion_lora_test.png"),
         plot_model_comparison(table, plots_dir / "macro_f1_vs_baselines.png"),
+        plot_reliability(reliability(run.truth["test"], run.probs["test"]["lora"]), "LoRA reliability, test split",
+                         plots_dir / "reliability_lora_test.png"),
     ]
     if task == "direction":
         test = features.filter(pl.col("split") == "test").sort("date")
-        curves = backtest(test["next_day_return"].to_list(), [p == "POSITIVE" for p in lora_test])
-        metrics.update({"test_backtest_strategy_return": float(curves["strategy"][-1] - 1),
-                        "test_backtest_buy_and_hold_return": float(curves["buy_and_hold"][-1] - 1)})
-        plots.append(plot_backtest(test["date"].to_list(), curves, "Long on POSITIVE, flat otherwise (test days)",
+        bt = backtest_with_costs(test["next_day_return"].to_list(), lora_test, cost_bp / 1e4)
+        curves = {f"LoRA, net of {cost_bp:g} bp per trade": bt["strategy"], "LoRA, before costs": bt["strategy_gross"],
+                  "buy and hold": bt["buy_and_hold"]}
+        plots.append(plot_backtest(test["date"].to_list(), curves,
+                                   "Long on POSITIVE, short on NEGATIVE, flat otherwise (test days)",
                                    plots_dir / "backtest_test.png"))
     return plots
 
@@ -149,7 +182,7 @@ def _split_verdict(split: str, run: _ClassPredictions, results: dict[str, dict[s
                      f"{split}_mcc_ci95_high": mcc_hi}
 
 
-def _evaluate_classes(scorer, prompter, features, manifest, version, seed, plots_dir) -> dict[str, Any]:
+def _evaluate_classes(scorer, prompter, features, manifest, version, seed, plots_dir, cost_bp) -> dict[str, Any]:
     task = manifest.task
     unit = "days" if task == "direction" else "posts"
     run = _predict_classes(scorer, prompter, features, manifest, version, seed, task)
@@ -164,13 +197,20 @@ def _evaluate_classes(scorer, prompter, features, manifest, version, seed, plots
         verdicts[split], split_metrics = _split_verdict(split, run, results, baselines, best, seed, unit)
         metrics.update(split_metrics)
     verdict = class_verdict(verdicts["test"], results, ceilings=run.ceilings)
-    table = class_table(results, run.ceilings)
+    signal = _test_signal(run, features, task, cost_bp, seed)
+    metrics.update(signal_metrics(signal["lora"]))
+    table = class_table(results, run.ceilings, signal)
     warnings = [w for w in (collapse_warning(f"{name} ({sp})", results[name][sp], run.truth[sp], unit)
                             for name in ("lora", *baselines) for sp in SPLITS) if w]
-    plots = _class_plots(run, features, table, metrics, task, plots_dir)
+    plots = _class_plots(run, features, table, task, cost_bp, plots_dir)
+    lora_probs = {sp: run.probs[sp]["lora"].round(4).tolist() for sp in SPLITS}
     report = class_evaluation(results, metrics=metrics, table=table, plots=plots, warnings=warnings, verdict=verdict,
                               best=best, per_class=class_report(run.truth["test"], run.preds["test"]["lora"]),
-                              truth=run.truth, lora={sp: p["lora"] for sp, p in run.preds.items()}, probs=run.probs)
+                              truth=run.truth, lora={sp: p["lora"] for sp, p in run.preds.items()}, probs=lora_probs,
+                              signal=signal)
+    report["markdown"] = evaluation_markdown(verdict, results, signal, warnings=warnings, unit=unit, cost_bp=cost_bp,
+                                             mcc_interval=(metrics["test_mcc_ci95_low"], metrics["test_mcc_ci95_high"]),
+                                             ceilings=run.ceilings)
     return {**report, "outcome": verdicts["test"].outcome, "strongest_baseline": verdicts["test"].strongest,
             "validation_outcome": verdicts["validation"].outcome, "validation_verdict": verdicts["validation"].text}
 

@@ -73,36 +73,54 @@ def paired_bootstrap(statistic: Callable[[np.ndarray], float], n: int, *, resamp
     return float(lo), float(hi)
 
 
+def _codes(y: Sequence[str]) -> np.ndarray:
+    """Labels as their index in ``LABELS`` (any other label: one extra code)."""
+    index = {lab: i for i, lab in enumerate(LABELS)}
+    return np.array([index.get(v, len(LABELS)) for v in y], dtype=np.int64)
+
+
+def _counts(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Confusion counts of coded labels, rows = actual (the extra code last)."""
+    k = len(LABELS) + 1
+    return np.bincount(t * k + p, minlength=k * k).reshape(k, k)
+
+
+def _macro_f1(c: np.ndarray) -> float:
+    """scikit-learn's macro-F1 over ``LABELS`` (zero_division=0) from confusion counts, in its arithmetic:
+    2 tp / (true + predicted) per class, then the mean."""
+    n = len(LABELS)
+    tp, true_sum, pred_sum = np.diag(c)[:n].astype(float), c.sum(axis=1)[:n].astype(float), c.sum(axis=0)[:n].astype(float)
+    denom = true_sum + pred_sum
+    return float(np.mean(np.divide(2 * tp, denom, out=np.zeros(n), where=denom > 0)))
+
+
+def _mcc(c: np.ndarray) -> float:
+    """scikit-learn's multi-class MCC from confusion counts, in its arithmetic (0 when either side is constant)."""
+    t_sum, p_sum = c.sum(axis=1, dtype=np.float64), c.sum(axis=0, dtype=np.float64)
+    n_correct, n = np.trace(c, dtype=np.float64), p_sum.sum()
+    cov_ytyp = n_correct * n - np.dot(t_sum, p_sum)
+    cov_ypyp_ytyt = (n**2 - np.dot(p_sum, p_sum)) * (n**2 - np.dot(t_sum, t_sum))
+    return 0.0 if cov_ypyp_ytyt == 0 else float(cov_ytyp / np.sqrt(cov_ypyp_ytyt))
+
+
 def bootstrap_f1_difference(y_true: Sequence[str], pred_a: Sequence[str], pred_b: Sequence[str], *,
                             resamples: int = 2000, seed: int = 42, level: float = 0.95) -> tuple[float, float, float]:
     """Paired bootstrap of macro-F1(a) - macro-F1(b) over the same days: (point, low, high)."""
-    from sklearn.metrics import f1_score
-
-    labels = list(LABELS)
-    t, a, b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
-
-    def f1(y, p):
-        return f1_score(y, p, labels=labels, average="macro", zero_division=0)
+    t, a, b = _codes(y_true), _codes(pred_a), _codes(pred_b)
 
     def difference(idx: np.ndarray) -> float:
-        return f1(t[idx], a[idx]) - f1(t[idx], b[idx])
+        return _macro_f1(_counts(t[idx], a[idx])) - _macro_f1(_counts(t[idx], b[idx]))
 
     lo, hi = paired_bootstrap(difference, len(t), resamples=resamples, seed=seed, level=level)
-    return float(f1(t, a) - f1(t, b)), lo, hi
+    return float(difference(np.arange(len(t)))), lo, hi
 
 
 def bootstrap_mcc(y_true: Sequence[str], y_pred: Sequence[str], *, resamples: int = 2000, seed: int = 42,
                   level: float = 0.95) -> tuple[float, float, float]:
     """MCC and its bootstrap interval over the same rows: (point, low, high)."""
-    from sklearn.metrics import matthews_corrcoef
-
-    t, p = np.asarray(y_true), np.asarray(y_pred)
-
-    def mcc(y, q) -> float:
-        return float(matthews_corrcoef(y, q)) if len(set(y) | set(q)) > 1 else 0.0
-
-    lo, hi = paired_bootstrap(lambda idx: mcc(t[idx], p[idx]), len(t), resamples=resamples, seed=seed, level=level)
-    return mcc(t, p), lo, hi
+    t, p = _codes(y_true), _codes(y_pred)
+    lo, hi = paired_bootstrap(lambda idx: _mcc(_counts(t[idx], p[idx])), len(t), resamples=resamples, seed=seed, level=level)
+    return _mcc(_counts(t, p)), lo, hi
 
 
 def true_share(y_true: Sequence[str]) -> dict[str, float]:

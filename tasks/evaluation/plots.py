@@ -1,5 +1,5 @@
 """The evaluation's figures (matplotlib, headless): the confusion matrix, LoRA against the baselines,
-and the backtest's growth curves. Each writes one PNG and returns its path."""
+the backtest's growth curves and the reliability diagram. Each writes one PNG and returns its path."""
 
 from __future__ import annotations
 
@@ -72,6 +72,29 @@ def plot_backtest(dates: Sequence[Any], curves: dict[str, np.ndarray], title: st
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
+    """Reliability (calibration) diagram: per class, the mean forecast probability of each bin against how
+    often the class happened; a calibrated model sits on the diagonal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.0), dpi=110)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfectly calibrated")
+    for lab in LABELS:
+        pts = sorted((r["forecast"], r["observed"]) for r in rows if r["class"] == lab)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=lab)
+    ax.set_xlabel("forecast probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -8,7 +8,6 @@ Pure functions on arrays: no IO, no clock. Probabilities are per class in ``LABE
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,35 +86,38 @@ def backtest_with_costs(next_returns: Sequence[float], predicted: Sequence[str],
                         ) -> dict[str, np.ndarray | float | int]:
     """Long on POSITIVE, short on NEGATIVE, flat on NEUTRAL, each day's position held over the next day;
     every change of position pays ``cost_per_trade`` (a fraction: 0.001 = 10 bp) per unit moved.
-    Returns the growth curves of the strategy and of buy-and-hold, the trades and the total cost."""
+    Returns the growth curves of the strategy (net of costs, and gross) and of buy-and-hold, the trades and
+    the total cost. The evaluation's one backtest."""
     r = np.asarray(next_returns, float)
     pos = np.array([1.0 if p == "POSITIVE" else -1.0 if p == "NEGATIVE" else 0.0 for p in predicted])
     moved = np.abs(np.diff(np.concatenate([[0.0], pos])))
     daily = pos * r - cost_per_trade * moved
-    return {"strategy": np.cumprod(1 + daily), "buy_and_hold": np.cumprod(1 + r), "trades": int((moved > 0).sum()),
-            "cost_paid": float(cost_per_trade * moved.sum())}
+    return {"strategy": np.cumprod(1 + daily), "strategy_gross": np.cumprod(1 + pos * r), "buy_and_hold": np.cumprod(1 + r),
+            "trades": int((moved > 0).sum()), "cost_paid": float(cost_per_trade * moved.sum())}
 
 
-def plot_reliability(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
-    import matplotlib
+def in_label_order(probs: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """Probability columns given in ``labels`` order, rearranged into ``LABELS`` order."""
+    p = np.asarray(probs, float)
+    return p[:, [list(labels).index(lab) for lab in LABELS]]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.6, 4.0), dpi=110)
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfectly calibrated")
-    for lab in LABELS:
-        pts = sorted((r["forecast"], r["observed"]) for r in rows if r["class"] == lab)
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=lab)
-    ax.set_xlabel("forecast probability")
-    ax.set_ylabel("observed frequency")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+def signal_scores(y_true: Sequence[str], predicted: Sequence[str], probs: np.ndarray | None, train_labels: Sequence[str], *,
+                  next_returns: Sequence[float] | None, cost_bp: float, seed: int) -> dict[str, Any]:
+    """One model's signal metrics on one split: the IC with its 95% interval, log loss and Brier with their
+    skill against the training-frequency forecast (None without class probabilities), and the backtest at
+    ``cost_bp`` basis points per unit moved (None without next-day returns, e.g. the sentiment task)."""
+    out: dict[str, Any] = dict.fromkeys(("ic", "ic_ci95_low", "ic_ci95_high", "log_loss", "log_loss_reference",
+                                         "log_loss_skill", "brier", "brier_reference", "brier_skill", "backtest_return_net",
+                                         "backtest_return_gross", "buy_and_hold_return", "backtest_trades"))
+    out["has_probabilities"] = probs is not None
+    if probs is not None:
+        ps = proper_scores(y_true, probs, train_labels)
+        out.update(ps)
+        if next_returns is not None:
+            out["ic"], out["ic_ci95_low"], out["ic_ci95_high"] = information_coefficient(probs, next_returns, seed=seed)
+    if next_returns is not None:
+        bt = backtest_with_costs(next_returns, predicted, cost_bp / 1e4)
+        out.update(backtest_return_net=float(bt["strategy"][-1] - 1), backtest_return_gross=float(bt["strategy_gross"][-1] - 1),
+                   buy_and_hold_return=float(bt["buy_and_hold"][-1] - 1), backtest_trades=bt["trades"])
+    return out

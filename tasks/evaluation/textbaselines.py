@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,6 +52,12 @@ class TextBaseline:
         rows = [[self.vocab.get(w, 1) for w in words(t)][-self.max_len:] or [1] for t in texts]
         width = max(len(r) for r in rows)
         return torch.tensor([r + [0] * (width - len(r)) for r in rows])
+
+    @torch.no_grad()
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities (softmax of the head), columns in ``labels`` order."""
+        self.model.eval()
+        return torch.softmax(self.model(self.encode(texts)).float(), dim=-1).numpy()
 
     @torch.no_grad()
     def predict(self, texts: Sequence[str]) -> list[str]:
