@@ -32,7 +32,7 @@ from tasks.chain.identity import ChainIdentity, check_lake_chain, first_broken_l
 from tasks.chain.plan import DayPlan, check_day_files, current_plan, discard_files, save_plan
 from tasks.chain.stream import Chunk, ChunkStream
 from tasks.clients.rpc import ChainRpc
-from tasks.core.errors import ChainMismatchError, RpcError, RpcQuotaError
+from tasks.core.errors import ChainMismatchError, DiskFullError, RpcError, RpcQuotaError
 from tasks.core.logs import get_logger
 from tasks.core.progress import progress
 from tasks.core.settings import RpcSettings
@@ -384,8 +384,9 @@ def publish_day_table(reports: list[dict], key: str = "ingest-chain-days") -> No
 
 # The Prefect task: retries declared here, not hand-written around the call.
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
-    """Not a node that serves another chain than the lake: a retry asks the same node the same thing."""
-    return not isinstance(state.result(raise_on_failure=False), ChainMismatchError)
+    """Not a node that serves another chain than the lake (a retry asks the same node the same thing),
+    nor a full disk (still full 5 or 30 s later: the user frees space and reruns)."""
+    return not isinstance(state.result(raise_on_failure=False), ChainMismatchError | DiskFullError)
 
 
 ingest_chain_day_task = task(

@@ -25,6 +25,7 @@ The rest of the layout (built datasets, models, runs): :mod:`tasks.core.storage`
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -90,13 +91,13 @@ class Partition:
         if not self.lake.remote:
             path = Path(self.dir) / name
             with written_whole(path) as tmp:
-                df.write_parquet(tmp, **PARQUET)
+                _write_parquet(df, tmp)
             return path
         with tempfile.TemporaryDirectory(prefix="chainsignal-put-") as tmp:
             local = Path(tmp) / name
             try:
-                df.write_parquet(local, **PARQUET)
-            except Exception as exc:
+                _write_parquet(df, local)
+            except OSError as exc:
                 if is_disk_full(exc):  # the local copy, on the way to the object store
                     raise disk_full_error(local, exc) from exc
                 raise
@@ -150,6 +151,17 @@ class Partition:
             if stale:
                 fs.rm(stale)
         return f"{final}/{MANIFEST}"
+
+
+def _write_parquet(df: pl.DataFrame, path: Path) -> None:
+    try:
+        df.write_parquet(path, **PARQUET)
+    except pl.exceptions.PolarsError:
+        # polars words IO errors as text (a full disk can read "Invalid thrift: transport error"): once
+        # more through Python, whose OSError says which (a full disk is then a DiskFullError)
+        buffer = io.BytesIO()
+        df.write_parquet(buffer, **PARQUET)
+        path.write_bytes(buffer.getbuffer())
 
 
 class LakeMeta:

@@ -108,3 +108,25 @@ def test_the_cli_says_disk_full_in_one_line_and_exits_2(small_disk, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"chainsignal: error: disk full writing {target} "), out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     assert visible(small_disk / "lake") == []
+
+
+def test_the_chain_ingest_stops_at_once_on_a_full_disk(seeded_node, small_disk, monkeypatch):
+    """Not retried twice (5 s, then 30 s) on a disk that is still full: one attempt, the error named."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.ingest_chain import ingest_chain
+
+    node, _ = seeded_node
+    monkeypatch.setenv("CHAINSIGNAL_STORAGE__LAKE_URI", str(small_disk / "lake"))
+    ingest_chain(DAY, DAY, rpc_url=node.url)  # the lake's chain, the day's range and plan recorded
+    before = visible(small_disk / "lake")
+    fill(small_disk)
+    state = ingest_chain(DAY, DAY, overwrite=True, rpc_url=node.url, return_state=True)  # its chunks: no room
+    with pytest.raises(DiskFullError, match=f"^disk full writing {small_disk / 'lake'}/.*/.staging/date={DAY}-"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    (day_run,) = [r for r in runs if r.name.startswith("ingest-chain-day")]
+    assert day_run.run_count == 1 and day_run.state.is_failed()
+    assert visible(small_disk / "lake") == before  # the committed day as it was, no temporary file
