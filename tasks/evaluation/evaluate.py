@@ -148,8 +148,8 @@ def _class_plots(run: _ClassPredictions, features: pl.DataFrame, table, task: st
     plots = [
         plot_confusion(run.truth["test"], lora_test, "LoRA, test split", plots_dir / "confusion_lora_test.png"),
         plot_model_comparison(table, plots_dir / "macro_f1_vs_baselines.png"),
-        plot_reliability(reliability(run.truth["test"], run.probs["test"]["lora"]), "LoRA reliability, test split",
-                         plots_dir / "reliability_lora_test.png"),
+        plot_reliability(reliability(run.truth["test"], run.probs["test"]["lora"]),
+                         f"LoRA reliability on {len(lora_test)} test rows (5 bins a class)", plots_dir / "reliability_lora_test.png"),
     ]
     if task == "direction":
         test = features.filter(pl.col("split") == "test").sort("date")
