@@ -5,6 +5,7 @@ process worker), `chainsignal setup` (pools + deployments from deployments/prefe
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -84,6 +85,11 @@ def test_up_setup_deployment_run_down(lake_copy, data_dir):
         assert summary and "LoRA" in summary[0].data and "[open in MLflow](http" in summary[0].data
         # From where the user looks: the train-lora run's artifact in the Prefect UI shows the verdict and the link.
         verdict = runs[0].data.tags["verdict"]
+        # --watch as the README shows it: the run's logs come with its events, the loss of every step, then
+        # the summary line with the verdict (rich wraps at 80 columns off a terminal: compare words)
+        watched = " ".join(run.stdout.split())
+        assert re.search(r"step 1/\d+ loss \d", watched) and "train-lora summary:" in watched
+        assert " ".join(verdict[:40].split()) in watched
         with browser() as page:
             text = rendered_text(page, f"http://127.0.0.1:{prefect_port}/artifacts/artifact/{summary[0].id}",
                                  [verdict[:40], "open in MLflow"], "prefect_train_lora_artifact.png")
