@@ -53,7 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validation-days", type=int, default=90)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--no-lora", dest="lora", action="store_false")
+    p.add_argument("--lora-folds", type=int, default=None,
+                   help="LoRA on the last N folds only (default: every fold); the baselines always cover every fold")
     p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="OMP_NUM_THREADS for torch (default 1: on a busy shared machine 2 threads mostly wait)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "walk_forward_shared")
     return p.parse_args(argv)
 
@@ -83,9 +87,13 @@ def configure(args: argparse.Namespace) -> None:
     })
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # read when torch loads, below
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # a busy shared machine: 20 s is short
 
 
 def run(args: argparse.Namespace) -> dict:
+    """ingest-prices, build-dataset, then walk-forward: once with LoRA over every fold, or (``--lora-folds N``)
+    baselines over every fold and LoRA over the last N, whose folds are the same days (same first test day)."""
     from flows.build_dataset import build_dataset
     from flows.ingest_prices import ingest_prices
     from flows.walk_forward import walk_forward
@@ -97,49 +105,102 @@ def run(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     manifest = build_dataset(args.start, args.end)
     seconds["build"] = time.perf_counter() - t
-    t = time.perf_counter()
-    summary = walk_forward(dataset=manifest["fingerprint"], step_days=args.step_days, validation_days=args.validation_days,
-                           first_test_day=args.first_test_day, epochs=args.epochs, lora=args.lora,
-                           concurrency=args.concurrency)
-    seconds["walk_forward"] = time.perf_counter() - t
-    return {"ingest": ingested, "manifest": manifest, "summary": summary, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    common = dict(dataset=manifest["fingerprint"], step_days=args.step_days, validation_days=args.validation_days,
+                  epochs=args.epochs, concurrency=args.concurrency)
+    runs = {}
+    if not args.lora or args.lora_folds is not None:
+        t = time.perf_counter()
+        runs["baselines"] = walk_forward(**common, first_test_day=args.first_test_day, lora=False)
+        seconds["walk_forward_baselines"] = time.perf_counter() - t
+    if args.lora:
+        first = args.first_test_day
+        if args.lora_folds is not None:
+            starts = [f["test_start"] for f in read_back(runs["baselines"])["folds"]]
+            first = date.fromisoformat(starts[max(0, len(starts) - args.lora_folds)])
+        t = time.perf_counter()
+        runs["lora"] = walk_forward(**common, first_test_day=first, lora=True)
+        seconds["walk_forward_lora"] = time.perf_counter() - t
+    return {"ingest": ingested, "manifest": manifest, "runs": runs, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
 
 
-def read_back(summary: dict, out_png: Path) -> dict:
-    """The parent run's per-fold table, pooled metrics and verdict from MLflow; its plot copied to ``out_png``."""
+def read_back(summary: dict) -> dict:
+    """A walk-forward parent run read back from MLflow: per-fold table (with each fold's seconds), pooled metrics, verdict."""
     import tempfile
 
     from mlflow.tracking import MlflowClient
 
     from tasks.core.settings import load_settings
-    from tasks.core.storage import Workspace
 
-    settings = load_settings()
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(load_settings().tracking_uri)
     parent = client.get_run(summary["run_id"])
     with tempfile.TemporaryDirectory() as tmp:
         table = json.loads(Path(client.download_artifacts(summary["run_id"], "walk_forward/folds.json", tmp)).read_text())
     folds = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
-    children = client.search_runs([summary["experiment_id"]], f"tags.mlflow.parentRunId = '{summary['run_id']}'")
+    children = {int(c.data.tags["fold"]): c for c in
+                client.search_runs([summary["experiment_id"]], f"tags.mlflow.parentRunId = '{summary['run_id']}'")}
     for fold in folds:
-        child = next(c for c in children if int(c.data.tags["fold"]) == int(fold["fold"]))
+        child = children[int(fold["fold"])]
         fold["seconds"] = round((child.info.end_time - child.info.start_time) / 1000, 1)
         if "train_seconds" in child.data.metrics:
             fold["lora_train_seconds"] = round(child.data.metrics["train_seconds"], 1)
-    plot = Workspace.from_settings(settings).run_dir(summary["run_id"]) / "plots" / "walk_forward_test_macro_f1.png"
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(plot, out_png)
     pooled = {k: round(v, 4) for k, v in parent.data.metrics.items() if k.startswith("pooled_")}
-    return {"folds": folds, "pooled": pooled, "verdict": parent.data.tags.get("verdict", "")}
+    return {"run_id": summary["run_id"], "folds": folds, "pooled": pooled, "verdict": parent.data.tags.get("verdict", ""),
+            "summary": summary}
 
 
-def fold_stats(folds: list[dict], models: list[str]) -> dict:
-    """Per model: mean and sample sd of test macro-F1 over folds, and folds where it is the best model."""
+def merge(runs: dict) -> tuple[list[dict], list[str]]:
+    """One row per fold: the baselines from the run over every fold, LoRA's columns (and time) from the LoRA run
+    by the fold's first test day; the LoRA run's baselines must equal the full run's on the same fold."""
+    full = runs.get("baselines") or runs["lora"]
+    rows = [dict(f) for f in full["folds"]]
+    if "baselines" in runs and "lora" in runs:
+        by_start = {f["test_start"]: f for f in runs["lora"]["folds"]}
+        for row in rows:
+            lora = by_start.get(row["test_start"])
+            if lora is None:
+                continue
+            for b in ("majority", "persistence", "logistic"):
+                if lora[f"{b}_test_macro_f1"] != row[f"{b}_test_macro_f1"]:
+                    raise SystemExit(f"fold {row['test_start']}: {b} differs between the two runs: not the same fold")
+            row.update({k: v for k, v in lora.items() if k.startswith("lora_")}, lora_fold_seconds=lora["seconds"])
+    models = [m for m in MODELS if any(f"{m}_test_macro_f1" in r for r in rows)]
+    return rows, models
+
+
+def plot(rows: list[dict], models: list[str], path: Path) -> None:
+    """Test macro-F1 per fold (x: the fold's first test day) for every model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
+    for m in models:
+        pts = [(date.fromisoformat(r["test_start"]), r[f"{m}_test_macro_f1"]) for r in rows if f"{m}_test_macro_f1" in r]
+        ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, linewidth=2.2 if m == "lora" else 1.2, label=m)
+    ax.set_ylabel("test macro-F1")
+    ax.set_xlabel("fold (first test day)")
+    ax.set_ylim(0, 0.7)
+    ax.grid(alpha=0.3)
+    ax.set_title("Walk-forward on real ETH/BTC daily prices: test macro-F1 per fold (ETH next-day direction, 3 classes)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def fold_stats(rows: list[dict], models: list[str]) -> dict:
+    """Per model, over the folds it ran on: folds, mean and sample sd of test macro-F1, folds where it is the best."""
     out = {}
     for m in models:
-        f1 = [f[f"{m}_test_macro_f1"] for f in folds]
-        best = sum(1 for f in folds if f[f"{m}_test_macro_f1"] >= max(f[f"{o}_test_macro_f1"] for o in models))
-        out[m] = {"mean_test_macro_f1": round(statistics.mean(f1), 4),
+        mine = [r for r in rows if f"{m}_test_macro_f1" in r]
+        if not mine:
+            continue
+        f1 = [r[f"{m}_test_macro_f1"] for r in mine]
+        best = sum(1 for r in mine if r[f"{m}_test_macro_f1"] >= max(r[f"{o}_test_macro_f1"] for o in models if f"{o}_test_macro_f1" in r))
+        out[m] = {"folds": len(mine), "mean_test_macro_f1": round(statistics.mean(f1), 4),
                   "sd_test_macro_f1": round(statistics.stdev(f1), 4) if len(f1) > 1 else 0.0, "folds_best": best}
     return out
 
@@ -155,16 +216,27 @@ def inputs(prices_dir: Path) -> dict:
     return {"prices_dir": str(prices_dir), "sha256": files, "identical_to_shared_copy": same}
 
 
-def markdown(report: dict) -> str:
-    m, a, man, s = report["machine"], report["args"], report["dataset"], report["stats"]
-    models = report["models"]
-    lines = [
-        "# Walk-forward on the shared price history (real ETH/BTC daily candles)", "",
-        "```", report["command"], "```", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores (shared with other work; 1-minute load {m['load_1m_at_start']} at start), "
-        f"{m['os']}, Python {m['python']}, torch {m['torch']}, CPU only. Run {report['finished_utc']}, git {report['git_commit']}; "
-        f"ingest {report['seconds']['ingest']} s, build-dataset {report['seconds']['build']} s, "
-        f"walk-forward {report['seconds']['walk_forward']} s ({len(report['folds'])} folds, {a['concurrency']} at a time).", "",
+
+
+def _pooled_table(run: dict, models: list[str], stats: dict) -> list[str]:
+    p, sm = run["pooled"], run["summary"]
+    lines = [f"{len(run['folds'])} folds, {sm['test_days']} test days, {sm['first_test_day']} .. {sm['last_test_day']}:", "",
+             "| model | pooled test macro-F1 | pooled test MCC | mean F1 over folds (sd) | folds best |", "|---|---:|---:|---:|---:|"]
+    for x in models:
+        if f"pooled_{x}_test_macro_f1" in p:
+            lines.append(f"| {x} | {p[f'pooled_{x}_test_macro_f1']:.3f} | {p[f'pooled_{x}_test_mcc']:+.3f} | "
+                         f"{stats[x]['mean_test_macro_f1']:.3f} ({stats[x]['sd_test_macro_f1']:.3f}) | {stats[x]['folds_best']} |")
+    return lines
+
+
+def _what_ran(report: dict) -> list[str]:
+    a, man, runs = report["args"], report["dataset"], report["runs"]
+    scope = ("no LoRA in this run" if not a["lora"] else "LoRA on every fold" if "baselines" not in runs
+             else f"LoRA on the last {len(runs['lora']['folds'])} of {len(report['folds'])} folds only (CPU time on a shared "
+             "2-core machine; `--lora-folds` chose it), the baselines on every fold")
+    lora = (f", and the tiny causal LoRA (the tiny-llama built per fold from its training text, {a['epochs']:g} epoch, every "
+            "other training setting at its default)") if a["lora"] else ""
+    return [
         "## What ran", "",
         f"- Data: ETH and BTC daily candles {a['start']} .. {a['end']} (Binance spot; origin and license in "
         "`data/sample/README.md`; the bundled files are byte-identical to `shared/data/real/prices/`, sha256 in the JSON).",
@@ -176,26 +248,38 @@ def markdown(report: dict) -> str:
         f"- `walk-forward`: from {a['first_test_day']}, every {a['step_days']} labelled days a fold retrains on every earlier day "
         f"(expanding window) minus its last {a['validation_days']} validation days (early stopping, the baseline choice) and "
         "an embargo on both sides, relabels with thresholds (terciles) from its own training days, and scores the next "
-        f"{a['step_days']} days. Models: majority, persistence, logistic regression"
-        + (f", and the tiny causal LoRA (built per fold from its training text, {a['epochs']:g} epoch(s), default settings "
-           "otherwise)." if a["lora"] else " (no LoRA in this run)."), "",
-        "## Per fold (test days)", "",
-        "| fold | train | test | train rows | test rows | " + " | ".join(f"{x} F1 / MCC" for x in models) + " | s |",
+        f"{a['step_days']} days (the last fold: the days left). Models: majority, persistence, logistic regression{lora}. "
+        f"{scope[0].upper() + scope[1:]}.", ""]
+
+
+def markdown(report: dict) -> str:
+    m, a, rows, models, runs = report["machine"], report["args"], report["folds"], report["models"], report["runs"]
+    lines = [
+        "# Walk-forward on the shared price history (real ETH/BTC daily candles)", "",
+        "```", report["command"], "```", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores shared with other work (1-minute load {m['load_1m_at_start']} at start), "
+        f"{m['os']}, Python {m['python']}, torch {m['torch']} on {a['torch_threads']} thread(s), CPU only. Finished "
+        f"{report['finished_utc']}, git {report['git_commit']}. Seconds: "
+        + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()) + f"; folds {a['concurrency']} at a time.", "",
+        *_what_ran(report),
+        "## Per fold (test days): macro-F1 / MCC", "",
+        "| fold | train | test | train rows | test rows | " + " | ".join(models) + " | s |",
         "|---:|---|---|---:|---:|" + "---:|" * len(models) + "---:|",
     ]
-    for f in report["folds"]:
-        cells = " | ".join(f"{f[f'{x}_test_macro_f1']:.3f} / {f[f'{x}_test_mcc']:+.3f}" for x in models)
+    for f in rows:
+        cells = " | ".join(f"{f[f'{x}_test_macro_f1']:.3f} / {f[f'{x}_test_mcc']:+.3f}" if f"{x}_test_macro_f1" in f else "-"
+                           for x in models)
         lines.append(f"| {f['fold']} | {f['train_start']} .. {f['train_end']} | {f['test_start']} .. {f['test_end']} | "
-                     f"{f['rows_train']} | {f['rows_test']} | {cells} | {f['seconds']} |")
-    p = report["pooled"]
-    lines += ["", f"## Pooled over every fold's test days ({report['summary']['test_days']} days, "
-                  f"{report['summary']['first_test_day']} .. {report['summary']['last_test_day']})", "",
-              "| model | pooled test macro-F1 | pooled test MCC | mean F1 over folds (sd) | folds best |", "|---|---:|---:|---:|---:|"]
-    for x in models:
-        lines.append(f"| {x} | {p[f'pooled_{x}_test_macro_f1']:.3f} | {p[f'pooled_{x}_test_mcc']:+.3f} | "
-                     f"{s[x]['mean_test_macro_f1']:.3f} ({s[x]['sd_test_macro_f1']:.3f}) | {s[x]['folds_best']} |")
-    lines += ["", f"**Verdict** (the one rule of `tasks/evaluation/verdict.py` on the pooled test days): {report['verdict']}", "",
-              f"![test macro-F1 per fold]({report['png']})", ""]
+                     f"{f['rows_train']} | {f['rows_test']} | {cells} | {f['seconds'] + f.get('lora_fold_seconds', 0):.1f} |")
+    lines += ["", "## Pooled test days", ""]
+    if "baselines" in runs:
+        lines += ["Baselines, every fold:", ""] + _pooled_table(runs["baselines"], models, report["stats"]) + [""]
+    if "lora" in runs:
+        lines += ["LoRA run (LoRA and the baselines on the same folds):", ""]
+        lines += _pooled_table(runs["lora"], models, fold_stats(runs["lora"]["folds"], models))
+        lines += ["", f"**Verdict** (the one rule of `tasks/evaluation/verdict.py` on the LoRA run's pooled test days, paired "
+                      f"bootstrap 95% CIs): {runs['lora']['verdict']}", ""]
+    lines += [f"![test macro-F1 per fold]({report['png']})", ""]
     return "\n".join(lines)
 
 
@@ -205,16 +289,18 @@ def main(argv: list[str] | None = None) -> dict:
     configure(args)
     info = machine()
     result = run(args)
-    back = read_back(result["summary"], args.out.with_suffix(".png"))
-    models = [x for x in MODELS if f"{x}_test_macro_f1" in back["folds"][0]]
+    runs = {k: read_back(v) for k, v in result["runs"].items()}
+    rows, models = merge(runs)
+    png = args.out.with_suffix(".png")
+    plot(rows, models, png)
     from tasks.tracking.tracker import git_commit
 
     report = {"command": command, "machine": info, "finished_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
               "git_commit": git_commit(), "args": {k: (str(v) if isinstance(v, Path | date) else v) for k, v in vars(args).items()},
               "inputs": inputs(args.prices_dir), "dataset": {k: result["manifest"][k] for k in
                                                             ("fingerprint", "chain_label", "inputs", "rows", "start", "end")},
-              "seconds": result["seconds"], "summary": result["summary"], "models": models, "png": args.out.with_suffix(".png").name,
-              **back, "stats": fold_stats(back["folds"], models)}
+              "seconds": result["seconds"], "models": models, "png": png.name, "folds": rows, "stats": fold_stats(rows, models),
+              "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
