@@ -254,6 +254,7 @@ def _what_ran(report: dict) -> list[str]:
 
 def markdown(report: dict) -> str:
     m, a, rows, models, runs = report["machine"], report["args"], report["folds"], report["models"], report["runs"]
+    share_head = " | LoRA's top class share" if "lora" in models else ""
     lines = [
         "# Walk-forward on the shared price history (real ETH/BTC daily candles)", "",
         "```", report["command"], "```", "",
@@ -263,12 +264,14 @@ def markdown(report: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()) + f"; folds {a['concurrency']} at a time.", "",
         *_what_ran(report),
         "## Per fold (test days): macro-F1 / MCC", "",
-        "| fold | train | test | train rows | test rows | " + " | ".join(models) + " | s |",
-        "|---:|---|---|---:|---:|" + "---:|" * len(models) + "---:|",
+        "| fold | train | test | train rows | test rows | " + " | ".join(models) + share_head + " | s |",
+        "|---:|---|---|---:|---:|" + "---:|" * (len(models) + bool(share_head)) + "---:|",
     ]
     for f in rows:
         cells = " | ".join(f"{f[f'{x}_test_macro_f1']:.3f} / {f[f'{x}_test_mcc']:+.3f}" if f"{x}_test_macro_f1" in f else "-"
                            for x in models)
+        if share_head:
+            cells += f" | {f['lora_test_top_share']:.0%}" if "lora_test_top_share" in f else " | -"
         lines.append(f"| {f['fold']} | {f['train_start']} .. {f['train_end']} | {f['test_start']} .. {f['test_end']} | "
                      f"{f['rows_train']} | {f['rows_test']} | {cells} | {f['seconds'] + f.get('lora_fold_seconds', 0):.1f} |")
     lines += ["", "## Pooled test days", ""]
@@ -279,7 +282,11 @@ def markdown(report: dict) -> str:
         lines += _pooled_table(runs["lora"], models, fold_stats(runs["lora"]["folds"], models))
         lines += ["", f"**Verdict** (the one rule of `tasks/evaluation/verdict.py` on the LoRA run's pooled test days, paired "
                       f"bootstrap 95% CIs): {runs['lora']['verdict']}", ""]
-    lines += [f"![test macro-F1 per fold]({report['png']})", ""]
+    lines += [f"![test macro-F1 per fold]({report['png']})", "",
+              "Reading it: the pooled macro-F1 scores every fold's test days as one set, so a model that predicts mostly one "
+              "class in each fold, a different class in different folds, scores higher pooled than its per-fold mean; MCC, "
+              "its interval in the verdict, the per-fold mean and the top-class share are the figures that show it. "
+              "Each fold is a child run of the walk-forward run in MLflow (`var/bench/walk_forward_shared/mlflow.db`).", ""]
     return "\n".join(lines)
 
 

@@ -39,11 +39,14 @@ class FoldResult:
     preds: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # model -> split -> labels
 
     def metrics(self) -> dict[str, float]:
-        """``<model>_<split>_{accuracy,macro_f1,mcc}`` for every model and scored split."""
+        """``<model>_<split>_{accuracy,macro_f1,mcc}`` for every model and scored split, and ``_top_share``: the
+        share of the class it predicts most (1.0: one class only)."""
         out: dict[str, float] = {}
         for model, by_split in self.preds.items():
             for split in SCORED:
-                out.update(score(self.truth[split], by_split[split]).as_metrics(f"{model}_{split}"))
+                s = score(self.truth[split], by_split[split])
+                out.update(s.as_metrics(f"{model}_{split}"))
+                out[f"{model}_{split}_top_share"] = max(s.predicted_share.values())
         return out
 
     def row(self) -> dict[str, Any]:
