@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tasks.core.settings import TrainSettings
+from tasks.core.settings import TRAIN_KIND_DEFAULTS, TrainSettings
 
 app = typer.Typer(
     name="chainsignal",
@@ -34,10 +34,17 @@ Day = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], metavar="DAT
 
 def _knob(name: str, help: str = "") -> Any:
     """A training option whose help names its default, read from the settings model (train.<name>)."""
+    def shown(value: Any) -> str:
+        return ",".join(value) if isinstance(value, tuple) else str(value)
+
     default = TrainSettings.model_fields[name].default
-    shown = ",".join(default) if isinstance(default, tuple) else default
+    if default is None and name in TRAIN_KIND_DEFAULTS["causal"]:  # a per-kind default
+        default = TRAIN_KIND_DEFAULTS["causal"][name]
+        text = ", ".join(f"{kind} {shown(values[name])}" for kind, values in TRAIN_KIND_DEFAULTS.items())
+    else:
+        text = shown(default)
     metavar = {int: "INTEGER", float: "FLOAT"}.get(type(default), "TEXT")
-    return typer.Option(help=f"{help} [default: {shown}, from train.{name}]".lstrip(), show_default=False, metavar=metavar)
+    return typer.Option(help=f"{help} [default: {text}, from train.{name}]".lstrip(), show_default=False, metavar=metavar)
 
 
 EXIT_RESUMABLE = 3  # stopped early or a day left open: rerun later, it resumes (0 done, 2 user error, 1 bug)
@@ -182,20 +189,21 @@ def build_dataset_cmd(
 @app.command()
 def train(
     dataset: Annotated[str | None, typer.Option(metavar="TEXT", help="Dataset fingerprint (default: the latest build).")] = None,
-    base_model: Annotated[str | None, _knob("base_model", "Hub id, local path, or tiny-llama (built offline).")] = None,
-    epochs: Annotated[float | None, _knob("epochs", "Passes over the training split.")] = None,
+    base_model: Annotated[str | None, _knob("base_model", "Hub id or local path (tiny-llama: built offline; minilm: bundled).")] = None,
+    epochs: Annotated[float | None, _knob("epochs", "Most passes over the training split (the best validation epoch is kept).")] = None,
     lora_r: Annotated[int | None, _knob("lora_r", "LoRA rank.")] = None,
     lora_alpha: Annotated[int | None, _knob("lora_alpha", "LoRA scaling (alpha / r multiplies the update).")] = None,
     lora_dropout: Annotated[float | None, _knob("lora_dropout", "Dropout on the LoRA input.")] = None,
     target_module: Annotated[list[str] | None, typer.Option(
-        help="A module LoRA adapts (repeat for several) [default: q_proj,v_proj, from train.target_modules]", metavar="TEXT",
+        help="A module LoRA adapts (repeat for several) [default: causal q_proj,v_proj, encoder query,value, "
+             "from train.target_modules]", metavar="TEXT",
         show_default=False)] = None,
     train_on_inputs: Annotated[bool | None, typer.Option(
         "--train-on-inputs/--loss-on-response", help="Loss on the prompt too, or only on the response (default).",
         show_default=False)] = None,
-    learning_rate: Annotated[float | None, _knob("learning_rate", "AdamW peak learning rate (causal kind).")] = None,
+    learning_rate: Annotated[float | None, _knob("learning_rate", "AdamW peak learning rate.")] = None,
     batch_size: Annotated[int | None, _knob("batch_size", "Examples per optimizer step.")] = None,
-    micro_batch_size: Annotated[int | None, _knob("micro_batch_size", "Examples per forward pass.")] = None,
+    micro_batch_size: Annotated[int | None, _knob("micro_batch_size", "Examples per forward pass (causal kind).")] = None,
     cutoff_len: Annotated[int | None, _knob("cutoff_len", "Tokens per example; longer prompts are cut.")] = None,
     seed: Annotated[int | None, _knob("seed", "Seed of every random choice.")] = None,
     model_kind: Annotated[str | None, _knob("model_kind", "causal (LM + LoRA) or encoder (MiniLM + LoRA + head).")] = None,

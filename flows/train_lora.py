@@ -67,16 +67,16 @@ def train_lora(
     prompter = Prompter.load()
     corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in train_records] + list(prompter.labels)
     encoder = cfg.model_kind == "encoder"
-    base, built_here = (cfg.encoder_model, False) if encoder else resolve_base_model(cfg, ws.model_dir, corpus)
+    base, built_here = (cfg.base_model, False) if encoder else resolve_base_model(cfg, ws.model_dir, corpus)
     tracker = MlflowTracker.from_settings(settings, ws.mlflow_artifacts_dir())
     tags = {
         "model_kind": "lora", "task": manifest.task, "dataset_fingerprint": manifest.fingerprint,
-        "chain_data": manifest.chain_label, "base_model": base if encoder else cfg.base_model,
+        "chain_data": manifest.chain_label, "base_model": cfg.base_model,
         "model_type": cfg.model_kind, "git_commit": git_commit(),
         "base_model_logged": str(built_here).lower(),
         "base_model_sha256": base_model_sha256(base, ws.model_hash_cache(), cfg.model_kind),
     }
-    with tracker.run(run_name=run_name(cfg, base if encoder else cfg.base_model, manifest.fingerprint), tags=tags,
+    with tracker.run(run_name=run_name(cfg, cfg.base_model, manifest.fingerprint), tags=tags,
                      system_metrics_s=settings.tracking.system_metrics_s) as run_id:
         tracker.log_params({**settings.flat_params(), "dataset.fingerprint": manifest.fingerprint,
                             "base_model.sha256": tags["base_model_sha256"],
@@ -114,6 +114,7 @@ def train_lora(
                "version": version, "steps": result.steps, "train_loss_last": round(result.train_loss_last, 4),
                "val_loss": round(result.val_loss, 4) if result.val_loss is not None else None,
                "tokens_per_s": round(result.tokens_per_s), "device": result.device,
+               "selected_step": result.selected_step, "selection_score": result.selection_score,
                "processes": result.world_size,
                "dataset": manifest.fingerprint, "seconds": round(started() - t0, 2)}
     if run_evaluation:

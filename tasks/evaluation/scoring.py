@@ -17,34 +17,7 @@ import numpy as np
 
 from tasks.core.logs import quiet_peft_wrap
 from tasks.dataset.prompter import Prompter
-
-
-def label_loglik(model, tokenizer, prompter, records: Sequence[dict[str, Any]], cutoff_len: int,
-                 batch_size: int = 8) -> np.ndarray:
-    """(n_records, n_labels) summed log-probabilities of each label's tokens given the prompt."""
-    import torch
-
-    from tasks.training.data import collate, encode_pair
-
-    device = next(model.parameters()).device
-    seqs = []
-    for r in records:
-        prompt = prompter.prompt(r["instruction"], r["input"])
-        for lab in prompter.labels:
-            p_ids, r_ids = encode_pair(tokenizer, prompt, prompter.response(lab), cutoff_len)
-            seqs.append({"input_ids": p_ids + r_ids, "labels": [-100] * len(p_ids) + r_ids})
-    out = np.zeros(len(seqs))
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(seqs), batch_size):
-            batch = collate(seqs[i:i + batch_size], tokenizer.pad_token_id, device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            target = batch["labels"][:, 1:]
-            mask = target != -100
-            picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            out[i:i + len(picked)] = (picked * mask).sum(-1).cpu().numpy()
-    return out.reshape(len(records), len(prompter.labels))
+from tasks.training.data import label_loglik
 
 
 def predict_labels(loglik: np.ndarray, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from tasks.core.settings import TrainSettings
@@ -78,6 +79,30 @@ def evaluate_loss(model, examples: Sequence[Example], pad_id: int, micro_batch_s
     return total / max(count, 1)
 
 
+@torch.no_grad()
+def label_loglik(model, tokenizer, prompter: Prompter, records: Sequence[dict[str, Any]], cutoff_len: int,
+                 batch_size: int = 8) -> np.ndarray:
+    """(n_records, n_labels) summed log-probabilities of each label's tokens given the prompt (the
+    prompter's templates, as in training). Leaves the model in eval mode."""
+    seqs = []
+    for r in records:
+        prompt = prompter.prompt(r["instruction"], r["input"])
+        for lab in prompter.labels:
+            p_ids, r_ids = encode_pair(tokenizer, prompt, prompter.response(lab), cutoff_len)
+            seqs.append({"input_ids": p_ids + r_ids, "labels": [IGNORE_INDEX] * len(p_ids) + r_ids})
+    out = np.zeros(len(seqs))
+    device = next(model.parameters()).device
+    model.eval()
+    for i in range(0, len(seqs), batch_size):
+        batch = collate(seqs[i:i + batch_size], tokenizer.pad_token_id, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = batch["labels"][:, 1:]
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out[i:i + len(picked)] = (picked * (target != IGNORE_INDEX)).sum(-1).cpu().numpy()
+    return out.reshape(len(records), len(prompter.labels))
+
+
 # ----------------------------------------------------------------------------- steps
 @dataclass(frozen=True)
 class StepPlan:
@@ -112,8 +137,10 @@ class MicroBatches:
     a micro-batch takes the next units for all processes and gives each rank its slice. What is left of
     the epoch and the generator's state go into checkpoints, so a resumed run draws the same batches."""
 
-    def __init__(self, examples: Sequence[Example], plan: StepPlan, micro_batch_size: int, seed: int):
+    def __init__(self, examples: Sequence[Example], plan: StepPlan, micro_batch_size: int, seed: int,
+                 weights: Sequence[float] | None = None):
         self.examples, self.plan, self.micro_batch_size = examples, plan, micro_batch_size
+        self.weights = list(weights) if weights is not None else None  # per example: an epoch draws n examples by them
         self.gen = random.Random(seed)
         self.pending: list = []  # example indices, or (pack_tokens) rows of them
 
@@ -129,7 +156,10 @@ class MicroBatches:
     def _epoch(self) -> list:
         """The next epoch's units: shuffled example indices, or (pack_tokens) rows of them."""
         fresh = list(range(len(self.examples)))
-        self.gen.shuffle(fresh)
+        if self.weights is not None:  # class balance: drawn with replacement, each class as often in total
+            fresh = self.gen.choices(fresh, weights=self.weights, k=len(fresh))
+        else:
+            self.gen.shuffle(fresh)
         if not self.plan.pack_tokens:
             return fresh
         lengths = [len(self.examples[i]["input_ids"]) for i in fresh]

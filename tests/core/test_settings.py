@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tasks.core.settings import SettingsError, load_settings, with_overrides
+from tasks.core.settings import TRAIN_KIND_DEFAULTS, SettingsError, TrainSettings, load_settings, with_overrides
 
 
 def test_defaults_are_the_embedded_default(data_dir):
@@ -203,3 +203,26 @@ def test_readme_documents_every_setting():
     for section, field in Settings.model_fields.items():
         for name in field.annotation.model_fields:
             assert f"`{section}.{name}`" in readme, f"{section}.{name} missing from the README settings table"
+
+
+def test_a_training_field_left_unset_takes_its_kinds_default_and_follows_a_new_kind():
+    """learning_rate, epochs, base_model, target_modules: the kind's values unless set; an override of model_kind
+    takes the new kind's values (not the old kind's resolved ones); a value the user set is kept."""
+    causal = load_settings()
+    assert causal.train.learning_rate == TRAIN_KIND_DEFAULTS["causal"]["learning_rate"]
+    encoder = with_overrides(causal, train={"model_kind": "encoder"})
+    for name, value in TRAIN_KIND_DEFAULTS["encoder"].items():
+        assert getattr(encoder.train, name) == value, name
+    assert TRAIN_KIND_DEFAULTS["encoder"]["learning_rate"] != TRAIN_KIND_DEFAULTS["causal"]["learning_rate"]
+    mine = with_overrides(causal, train={"model_kind": "encoder", "learning_rate": 7e-4})
+    assert mine.train.learning_rate == 7e-4 and with_overrides(mine, train={"seed": 1}).train.learning_rate == 7e-4
+    back = with_overrides(encoder, train={"model_kind": "causal"})
+    assert back.train.base_model == "tiny-llama" and back.train.target_modules == ("q_proj", "v_proj")
+
+
+@pytest.mark.parametrize("field, value", [("micro_batch_size", 4), ("train_on_inputs", True), ("packing", True),
+                                          ("nproc", 2), ("fp8_base", True)])
+def test_a_causal_only_setting_given_to_the_encoder_kind_is_refused(field, value):
+    with pytest.raises(ValidationError, match=f"train.{field} applies to the causal kind only"):
+        TrainSettings(model_kind="encoder", **{field: value})
+    TrainSettings(model_kind="encoder", micro_batch_size=TrainSettings.model_fields["micro_batch_size"].default)  # the default is fine

@@ -78,7 +78,19 @@ def test_help_uses_real_placeholders_and_names_the_training_defaults():
     train = " ".join(run("train", "--help").stdout.split())
     assert "--start DATE" in " ".join(run("ingest", "--help").stdout.split())
     assert "--lora-r INTEGER LoRA rank. [default: 8, from train.lora_r]" in train
-    assert "[default: 0.003, from train.learning_rate]" in train
+    assert "[default: causal 0.003, encoder 0.002, from train.learning_rate]" in train
+
+
+def test_a_causal_only_flag_given_to_the_encoder_kind_is_refused_in_one_line(tmp_path):
+    """--micro-batch-size means nothing to the encoder kind (it takes batch_size at once): refused, exit 2,
+    before anything is read or trained; --learning-rate applies to both kinds and is not refused."""
+    out = run("train", "--model-kind", "encoder", "--micro-batch-size", "4",
+              env={"CHAINSIGNAL_STORAGE__DATA_DIR": str(tmp_path / "d")})
+    errors = [line for line in out.stderr.splitlines() if line.startswith("chainsignal: error:")]
+    assert out.returncode == 2 and len(errors) == 1, out.stderr[-2000:]
+    assert "train.micro_batch_size applies to the causal kind only" in errors[0] and "Traceback" not in out.stderr
+    lr = run("settings", env={"CHAINSIGNAL_TRAIN__MODEL_KIND": "encoder", "CHAINSIGNAL_TRAIN__LEARNING_RATE": "0.0007"})
+    assert lr.returncode == 0 and '"learning_rate": 0.0007' in lr.stdout and '"base_model": "minilm"' in lr.stdout
 
 
 def test_the_cli_turns_third_party_progress_bars_off():

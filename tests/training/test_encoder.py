@@ -36,7 +36,7 @@ def test_unknown_encoder_path_is_a_clear_error(tmp_path):
 
 def test_encoder_kind_trains_logs_and_reloads(lake_copy, data_dir, tmp_path):
     build_dataset()
-    result = train_lora(epochs=2, batch_size=16, micro_batch_size=16, model_kind="encoder")
+    result = train_lora(epochs=2, batch_size=16, model_kind="encoder")
     ev = result["evaluation"]
     assert ev["verdict"].startswith("LoRA") and 0 <= ev["test_macro_f1"] <= 1
     settings = load_settings()
@@ -56,7 +56,7 @@ def test_encoder_regression_head_on_the_number_task(lake_copy, monkeypatch):
     """The number task (next day's log return) through the encoder kind: a one-output regression head."""
     build_dataset(task_name="return")
     monkeypatch.setenv("CHAINSIGNAL_DATASET__NAME", "return")
-    result = train_lora(epochs=1, batch_size=16, micro_batch_size=16, model_kind="encoder")
+    result = train_lora(epochs=1, batch_size=16, model_kind="encoder")
     ev = result["evaluation"]
     assert ev["task"] == "return" and ev["verdict"].startswith("LoRA")
     assert "test_mae" in ev and ev["test_mae"] >= 0

@@ -51,7 +51,7 @@ def test_training_learns_and_saves_a_loadable_adapter(tiny_model, tmp_path):
     from peft import PeftModel
 
     cfg = with_overrides(load_settings(), train={"epochs": 12, "batch_size": 8, "micro_batch_size": 4,
-                                                 "learning_rate": 5e-3, "cutoff_len": 96}).train
+                                                 "learning_rate": 5e-3, "cutoff_len": 96, "select_by": "last"}).train
     seen = []
     # Every day says POSITIVE: a model that learns anything must come to prefer it.
     train = records(24, label_of=lambda i: "POSITIVE")

@@ -1,0 +1,152 @@
+"""The sweep behind each model kind's training defaults (tasks/core/settings.py TRAIN_KIND_DEFAULTS).
+
+Trains every configuration of a small grid on a built dataset version's train split, keeps the weights of
+the best validation evaluation (the product's own selection, tasks/training/selection.py), reloads the
+saved adapter and scores the validation split with the product's scorer: macro-F1 and the predicted class
+shares (a run that predicts one class for >= 90% of the days is marked collapsed). Writes a table
+(markdown + json) with the command and the machine; the defaults are the best row that does not collapse.
+
+Build the datasets first with the product (real shared data, no network):
+
+    # sentiment task: real tweets (2016-01-01 .. 2021-03-08), the product's chronological split
+    CHAINSIGNAL_STORAGE__DATA_DIR=var/sweep CHAINSIGNAL_TWEETS__SOURCES='["file"]' \\
+      CHAINSIGNAL_TWEETS__ACCEPT_EMPTY_DAYS=true chainsignal ingest --start 2016-01-01 --end 2021-03-08 --only tweets
+    CHAINSIGNAL_STORAGE__DATA_DIR=var/sweep CHAINSIGNAL_PRICES__FILE_DIR=../shared/data/real/prices \\
+      chainsignal ingest --start 2016-01-01 --end 2021-03-08 --only prices
+    CHAINSIGNAL_STORAGE__DATA_DIR=var/sweep CHAINSIGNAL_DATASET__NAME=sentiment CHAINSIGNAL_DATASET__START_DATE=2016-01-01 \\
+      CHAINSIGNAL_DATASET__END_DATE=2021-03-08 chainsignal build-dataset
+
+then:  python bench/sweep_train_defaults.py --dataset var/sweep/datasets/sentiment/<fingerprint> --kind encoder
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GRIDS: dict[str, dict[str, list[Any]]] = {
+    "encoder": {"learning_rate": [1e-3, 2e-3, 5e-3], "target_modules": [["query", "value"], ["query", "key", "value", "dense"]],
+                "lora_r": [8], "epochs": [15.0]},
+    "causal": {"learning_rate": [1e-3, 3e-3, 1e-2], "target_modules": [["q_proj", "v_proj"]], "lora_r": [8], "epochs": [3.0]},
+}
+
+
+def _configs(kind: str, only: int | None) -> list[dict[str, Any]]:
+    grid = GRIDS[kind]
+    rows = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    return rows[:only] if only else rows
+
+
+def _merge(paths: list[Path]) -> list[dict[str, Any]]:
+    return [row for p in paths for row in json.loads(p.read_text())["rows"]]
+
+
+def run_one(kind: str, overrides: dict[str, Any], dataset: Path, work: Path) -> dict[str, Any]:
+    from tasks.core.settings import TrainSettings
+    from tasks.core.storage import DatasetVersion
+    from tasks.evaluation.scoring import load_scorer
+    from tasks.training.selection import macro_f1
+
+    version = DatasetVersion(dataset)
+    manifest = version.manifest
+    train, val = version.read_records("train"), version.read_records("validation")
+    cfg = TrainSettings(model_kind=kind, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    out = work / f"adapter-{abs(hash(json.dumps(overrides, sort_keys=True)))}"
+    t0 = time.perf_counter()
+    if kind == "encoder":
+        from tasks.training.encoder import train_encoder_adapter
+
+        result = train_encoder_adapter(cfg, train, val, out, manifest.kind)
+        base = cfg.base_model
+    else:
+        from tasks.dataset.prompter import Prompter
+        from tasks.training.tinymodel import resolve_base_model
+        from tasks.training.train import train_lora_adapter
+
+        prompter = Prompter.load()
+        corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in train] + list(prompter.labels)
+        base, _ = resolve_base_model(cfg, lambda name: work / name, corpus)
+        result = train_lora_adapter(cfg, base, train, val, out)
+    seconds = time.perf_counter() - t0
+    scorer = load_scorer(out, base, cfg.cutoff_len, model_type=kind, kind="class")
+    preds, _ = scorer.labels(val)
+    shares = {lab: round(n / len(preds), 3) for lab, n in sorted(Counter(preds).items())}
+    return {**overrides, "steps": result.steps, "selected_step": result.selected_step,
+            "validation_macro_f1": round(macro_f1([r["output"] for r in val], preds), 4),
+            "validation_shares": shares, "collapsed": max(shares.values()) >= 0.9, "train_seconds": round(seconds, 1),
+            "rows_train": len(train), "rows_validation": len(val), "task": manifest.task, "dataset": manifest.fingerprint}
+
+
+def write_table(rows: list[dict[str, Any]], kind: str, out: Path, command: str) -> None:
+    ok = [r for r in rows if not r["collapsed"]]
+    best = max(ok, key=lambda r: r["validation_macro_f1"]) if ok else None
+    lines = [f"# Training defaults sweep: {kind} kind", "",
+             f"Command: `{command}`", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}, "
+             f"torch threads {_threads()}; measured {time.strftime('%Y-%m-%d')}.", "",
+             f"Dataset: task `{rows[0]['task']}`, version `{rows[0]['dataset']}`, {rows[0]['rows_train']} training and "
+             f"{rows[0]['rows_validation']} validation rows (the product's chronological split). Each run keeps its best "
+             "validation evaluation (train.select_by) with early stopping (train.early_stopping_patience) and class "
+             "balance; the figures are the saved adapter reloaded and scored by the product's scorer.", "",
+             "| learning rate | LoRA targets | r | max epochs | steps run | kept step | validation macro-F1 | "
+             "validation predicted shares | collapsed | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mark = " **(default)**" if r is best else ""
+        lines.append(f"| {r['learning_rate']:g}{mark} | {','.join(r['target_modules'])} | {r['lora_r']} | {r['epochs']:g} | "
+                     f"{r['steps']} | {r['selected_step']} | {r['validation_macro_f1']:.3f} | "
+                     f"{' '.join(f'{k[:3]} {v:.0%}' for k, v in r['validation_shares'].items())} | "
+                     f"{'yes' if r['collapsed'] else 'no'} | {r['train_seconds']:.0f} |")
+    if best:
+        lines += ["", f"Best run that does not collapse: learning rate {best['learning_rate']:g}, targets "
+                  f"{','.join(best['target_modules'])}, validation macro-F1 {best['validation_macro_f1']:.3f}."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "kind": kind, "rows": rows}, indent=2) + "\n")
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", type=Path, required=True, help="a built dataset version's folder")
+    ap.add_argument("--kind", choices=sorted(GRIDS), default="encoder")
+    ap.add_argument("--only", type=int, default=None, help="run the first N configurations of the grid")
+    ap.add_argument("--out", type=Path, default=None, help="results stem (default bench/results/train_defaults_<kind>)")
+    ap.add_argument("--part", default="0/1", help="k/n: run every n-th configuration from the k-th (n processes side by side)")
+    ap.add_argument("--merge", type=Path, nargs="*", help="only merge these parts' json files into --out")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="OMP_NUM_THREADS for torch (default 1: on a busy machine more threads mostly wait)")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # read when torch loads, below
+    out = args.out or ROOT / "bench" / "results" / f"train_defaults_{args.kind}"
+    command = "python bench/sweep_train_defaults.py " + " ".join(sys.argv[1:])
+    if args.merge:
+        write_table(_merge(args.merge), args.kind, out, json.loads(args.merge[0].read_text())["command"])
+        return
+    k, n = (int(x) for x in args.part.split("/"))
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for overrides in _configs(args.kind, args.only)[k::n]:
+            rows.append(run_one(args.kind, overrides, args.dataset, Path(work)))
+            print(json.dumps(rows[-1]), flush=True)
+            write_table(rows, args.kind, out, command)
+
+
+if __name__ == "__main__":
+    main()
