@@ -316,6 +316,9 @@ class DatasetSettings(_Section):
     validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)  # of labelled days
     test_fraction: float = Field(default=0.15, gt=0, lt=0.5)  # of labelled days, the last ones
     embargo_days: int = Field(default=1, ge=1)  # days dropped between splits (>= label horizon)
+    # split by dates instead of fractions (both or neither): validation from this UTC day, test from test_start
+    validation_start: date | None = None
+    test_start: date | None = None  # with validation_start: the first test day (the fractions are then unused)
     label_quantiles: tuple[float, float] = (1 / 3, 2 / 3)  # train-split return quantiles -> dead band
     fixed_thresholds: tuple[float, float] | None = None  # (neg, pos) returns; overrides quantiles
     top_posts: int = Field(default=2, ge=0)  # most recent posts rendered into a day's input
@@ -331,6 +334,10 @@ class DatasetSettings(_Section):
         lo, hi = self.label_quantiles
         if not 0 < lo < hi < 1:
             raise ValueError("label_quantiles must satisfy 0 < low < high < 1")
+        if (self.validation_start is None) != (self.test_start is None):
+            raise ValueError("set both validation_start and test_start, or neither")
+        if self.validation_start and self.test_start and self.validation_start >= self.test_start:
+            raise ValueError(f"validation_start {self.validation_start} must come before test_start {self.test_start}")
         if self.validation_fraction + self.test_fraction >= 0.8:
             raise ValueError("validation_fraction + test_fraction must leave >= 20% to train")
         return self

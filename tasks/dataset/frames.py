@@ -78,7 +78,8 @@ def daily_frame(lake: Lake, ds: DatasetSettings, assets: list[str], sentiment_se
         sentiment_options=sentiment_options(sentiment_settings),
     ).collect()
     labelled_days = features.filter(pl.col("next_day_return").is_not_null())["date"].to_list()
-    plan = plan_splits(labelled_days, ds.validation_fraction, ds.test_fraction, ds.embargo_days)
+    starts = (ds.validation_start, ds.test_start) if ds.validation_start and ds.test_start else None
+    plan = plan_splits(labelled_days, ds.validation_fraction, ds.test_fraction, ds.embargo_days, starts)
     # The thesis's address vocabulary, counted on the training window only (no test leakage).
     vocabulary = frequent_addresses(txs, plan.train[0], plan.train[1], ds.frequent_address_min_transactions)
     known = known_address_activity(lake.scan("transactions", start, end), vocabulary).collect()

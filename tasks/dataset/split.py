@@ -24,9 +24,13 @@ class SplitPlan:
     embargo_days: int
 
 
-def plan_splits(days: list[date], validation_fraction: float, test_fraction: float, embargo_days: int) -> SplitPlan:
-    """Chronological split of labelled days with ``embargo_days`` dropped before val and test."""
+def plan_splits(days: list[date], validation_fraction: float, test_fraction: float, embargo_days: int,
+                starts: tuple[date, date] | None = None) -> SplitPlan:
+    """Chronological split of labelled days with ``embargo_days`` dropped before val and test: the last
+    fractions of the days, or (``starts``) validation from its first day and test from its first day."""
     days = sorted(days)
+    if starts is not None:
+        return _split_at(days, *starts, embargo_days)
     n = len(days)
     n_test = max(1, round(n * test_fraction))
     n_val = max(1, round(n * validation_fraction))
@@ -36,6 +40,21 @@ def plan_splits(days: list[date], validation_fraction: float, test_fraction: flo
     test = days[n - n_test:]
     val = days[n - n_test - embargo_days - n_val: n - n_test - embargo_days]
     train = days[:n_train]
+    return SplitPlan((train[0], train[-1]), (val[0], val[-1]), (test[0], test[-1]), embargo_days)
+
+
+def _split_at(days: list[date], validation_start: date, test_start: date, embargo_days: int) -> SplitPlan:
+    """Train before ``validation_start`` (its last ``embargo_days`` dropped), validation from it up to
+    ``test_start`` (the same embargo), test from ``test_start`` on."""
+    train = [d for d in days if d < validation_start]
+    val = [d for d in days if validation_start <= d < test_start]
+    test = [d for d in days if d >= test_start]
+    train, val = train[:len(train) - embargo_days], val[:len(val) - embargo_days]
+    if len(train) < 3 or not val or not test:
+        raise InputError(f"the labelled days {days[0] if days else '-'}..{days[-1] if days else '-'} leave "
+                         f"{max(len(train), 0)} train, {max(len(val), 0)} validation and {len(test)} test days with "
+                         f"dataset.validation_start {validation_start} and dataset.test_start {test_start}: "
+                         "each split needs days (train at least 3)")
     return SplitPlan((train[0], train[-1]), (val[0], val[-1]), (test[0], test[-1]), embargo_days)
 
 

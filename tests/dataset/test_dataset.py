@@ -28,6 +28,16 @@ def test_too_few_days_is_a_clear_error():
         plan_splits(DAYS[:5], 0.15, 0.15, embargo_days=1)
 
 
+def test_splits_by_dates_start_where_told_and_keep_the_embargo():
+    """dataset.validation_start / test_start (the issue's 'train to 2022, validation 2023, test 2024'): validation
+    starts on its day, test on its day, the embargo days come off the end of train and of validation."""
+    plan = plan_splits(DAYS, 0.15, 0.15, embargo_days=2, starts=(date(2021, 2, 1), date(2021, 2, 20)))
+    assert plan.validation[0] == date(2021, 2, 1) and plan.test == (date(2021, 2, 20), DAYS[-1])
+    assert plan.train == (DAYS[0], date(2021, 1, 29)) and plan.validation[1] == date(2021, 2, 17)
+    with pytest.raises(ValueError, match="each split needs days"):
+        plan_splits(DAYS, 0.15, 0.15, embargo_days=1, starts=(date(2021, 2, 1), date(2022, 1, 1)))
+
+
 def test_dead_band_labels():
     out = pl.select(label_from_return(pl.lit(pl.Series([-0.05, 0.0, 0.05, None])), -0.01, 0.01).alias("l"))
     assert out["l"].to_list() == ["NEGATIVE", "NEUTRAL", "POSITIVE", None]
