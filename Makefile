@@ -39,8 +39,10 @@ browser:  ## Debian's chromium + chromium-driver for the UI tests (MLflow and Pr
 demo: env  ## run the whole DAG offline on the embedded default, then print the MLflow UI command
 	$(VENV)/bin/chainsignal demo
 
-test: env browser  ## run the test suite (2 workers: 13 min on 2 cores, 18 in one process)
-	$(PY) -m pytest -n 2
+# One torch thread per test worker: two workers on two cores, each with torch's default thread count,
+# oversubscribe the cores and a training step waits 10-50x longer.
+test: env browser  ## run the test suite (2 workers, one torch thread each)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2
 
 up: env  ## start a local Prefect server, MLflow server and workers (no docker); prints the env to export
 	$(VENV)/bin/chainsignal up
