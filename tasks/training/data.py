@@ -82,25 +82,92 @@ def evaluate_loss(model, examples: Sequence[Example], pad_id: int, micro_batch_s
 @torch.no_grad()
 def label_loglik(model, tokenizer, prompter: Prompter, records: Sequence[dict[str, Any]], cutoff_len: int,
                  batch_size: int = 8) -> np.ndarray:
-    """(n_records, n_labels) summed log-probabilities of each label's tokens given the prompt (the
-    prompter's templates, as in training). Leaves the model in eval mode."""
-    seqs = []
-    for r in records:
+    """(n_records, n_labels) summed log-probabilities of each label's tokens (its EOS included) given the prompt,
+    both as :func:`encode_pair` makes them for training. Leaves the model in eval mode.
+
+    Each prompt runs once, ``batch_size`` prompts a pass: a label's first token is scored from the prompt's last
+    logits, its later tokens (usually the EOS alone) by one short pass over every label on the prompt's KV cache
+    repeated per label. A record whose prompt the labels cut differently (at ``cutoff_len``, labels of different
+    token lengths) runs prompt + label as one padded sequence per label instead, ``batch_size`` sequences a pass.
+    Either way the figures are those of prompt + label run as one sequence, up to float noise."""
+    labels = [prompter.response(lab) for lab in prompter.labels]
+    responses = [encode_pair(tokenizer, "", lab, cutoff_len)[1] for lab in labels]
+    by_length = dict(zip(map(len, responses), labels, strict=True))  # the prompt's cut depends on it alone
+    shared: list[tuple[int, list[int]]] = []
+    separate: list[tuple[int, list[list[int]]]] = []
+    for i, r in enumerate(records):
         prompt = prompter.prompt(r["instruction"], r["input"])
-        for lab in prompter.labels:
-            p_ids, r_ids = encode_pair(tokenizer, prompt, prompter.response(lab), cutoff_len)
-            seqs.append({"input_ids": p_ids + r_ids, "labels": [IGNORE_INDEX] * len(p_ids) + r_ids})
-    out = np.zeros(len(seqs))
+        cut = {n: encode_pair(tokenizer, prompt, lab, cutoff_len)[0] for n, lab in by_length.items()}
+        prompts = [cut[len(resp)] for resp in responses]
+        if all(p == prompts[0] for p in prompts):
+            shared.append((i, prompts[0]))
+        else:
+            separate.append((i, prompts))
+    out = np.zeros((len(records), len(labels)))
     device = next(model.parameters()).device
     model.eval()
+    for s in range(0, len(shared), batch_size):
+        chunk = shared[s:s + batch_size]
+        out[[i for i, _ in chunk]] = _shared_prompt_loglik(model, [p for _, p in chunk], responses,
+                                                           tokenizer.pad_token_id, device)
+    seqs = [{"input_ids": p + resp, "labels": [IGNORE_INDEX] * len(p) + resp}
+            for _, prompts in separate for p, resp in zip(prompts, responses, strict=True)]
+    if seqs:
+        out[[i for i, _ in separate]] = _sequence_loglik(model, seqs, tokenizer.pad_token_id, batch_size,
+                                                         device).reshape(len(separate), len(labels))
+    return out
+
+
+def _cache_name() -> str:
+    """What this transformers calls the KV cache, as a forward argument and an output (``cache`` since its 5.2x
+    rename; ``past_key_values`` before, still accepted with a warning)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _shared_prompt_loglik(model, prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int,
+                          device: torch.device) -> np.ndarray:
+    """(len(prompts), len(responses)): every response after every prompt, each prompt run once."""
+    n, k = len(prompts), len(responses)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    batch = collate([{"input_ids": p, "labels": p} for p in prompts], pad_id, device)
+    keep = torch.unique(lengths - 1)  # the lm head runs on each prompt's last position only
+    first = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=True,
+                  logits_to_keep=keep)
+    last = first.logits[torch.arange(n, device=device), torch.searchsorted(keep, lengths - 1)].float().log_softmax(-1)
+    out = last[:, [r[0] for r in responses]]
+    rest = max(len(r) for r in responses) - 1
+    if rest:
+        feed = torch.full((k, rest), pad_id, dtype=torch.long)
+        target = torch.full((k, rest), IGNORE_INDEX, dtype=torch.long)
+        for j, r in enumerate(responses):
+            feed[j, :len(r) - 1] = torch.tensor(r[:-1])
+            target[j, :len(r) - 1] = torch.tensor(r[1:])
+        feed, target = feed.to(device).repeat(n, 1), target.to(device).repeat(n, 1)  # row b*k + j: prompt b, label j
+        name = _cache_name()
+        cache = getattr(first, name)
+        cache.batch_repeat_interleave(k)
+        mask = torch.cat([batch["attention_mask"].repeat_interleave(k, 0), (target != IGNORE_INDEX).long()], 1)
+        positions = lengths.repeat_interleave(k)[:, None] + torch.arange(rest, device=device)
+        logits = model(input_ids=feed, attention_mask=mask, position_ids=positions, use_cache=True,
+                       **{name: cache}).logits.float()
+        picked = logits.log_softmax(-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out = out + (picked * (target != IGNORE_INDEX)).sum(-1).view(n, k)
+    return out.cpu().numpy()
+
+
+def _sequence_loglik(model, seqs: Sequence[Example], pad_id: int, batch_size: int, device: torch.device) -> np.ndarray:
+    """Summed log-probabilities of each sequence's labelled tokens, the sequences right-padded ``batch_size`` a pass."""
+    out = np.zeros(len(seqs))
     for i in range(0, len(seqs), batch_size):
-        batch = collate(seqs[i:i + batch_size], tokenizer.pad_token_id, device)
+        batch = collate(seqs[i:i + batch_size], pad_id, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         target = batch["labels"][:, 1:]
         picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         out[i:i + len(picked)] = (picked * (target != IGNORE_INDEX)).sum(-1).cpu().numpy()
-    return out.reshape(len(records), len(prompter.labels))
+    return out
 
 
 # ----------------------------------------------------------------------------- steps
