@@ -2,8 +2,10 @@
 
 A causal model is never asked to write free text for a class: each candidate label is scored by the
 log-likelihood of its tokens given the prompt (built by the same prompter as in training), and the
-best one wins. Number tasks are answered greedily and parsed strictly. Encoder adapters answer with
-their head. torch, transformers and peft load when a scorer is built, not when this module is imported.
+best one wins; each prompt runs once, its KV cache shared by the labels (``label_loglik``, which
+training's per-epoch selection scores with too). Number tasks are answered greedily and parsed
+strictly. Encoder adapters answer with their head. torch, transformers and peft load when a scorer is
+built, not when this module is imported.
 """
 
 from __future__ import annotations
