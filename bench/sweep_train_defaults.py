@@ -83,34 +83,51 @@ def run_one(kind: str, overrides: dict[str, Any], dataset: Path, work: Path) -> 
     scorer = load_scorer(out, base, cfg.cutoff_len, model_type=kind, kind="class")
     preds, _ = scorer.labels(val)
     shares = {lab: round(n / len(preds), 3) for lab, n in sorted(Counter(preds).items())}
-    return {**overrides, "steps": result.steps, "selected_step": result.selected_step,
+    resolved = {"learning_rate": cfg.learning_rate, "target_modules": list(cfg.target_modules), "lora_r": cfg.lora_r,
+                "epochs": cfg.epochs, "batch_size": cfg.batch_size, "early_stopping_patience": cfg.early_stopping_patience,
+                **({"encoder_pooling": cfg.encoder_pooling} if kind == "encoder" else {})}
+    return {**overrides, **resolved, "steps": result.steps, "selected_step": result.selected_step,
             "validation_macro_f1": round(macro_f1([r["output"] for r in val], preds), 4),
             "validation_shares": shares, "collapsed": max(shares.values()) >= 0.9, "train_seconds": round(seconds, 1),
             "rows_train": len(train), "rows_validation": len(val), "task": manifest.task, "dataset": manifest.fingerprint}
 
 
 def write_table(rows: list[dict[str, Any]], kind: str, out: Path, command: str) -> None:
+    from tasks.core.settings import TrainSettings
     ok = [r for r in rows if not r["collapsed"]]
     best = max(ok, key=lambda r: r["validation_macro_f1"]) if ok else None
     lines = [f"# Training defaults sweep: {kind} kind", "",
-             f"Command: `{command}`", "",
+             f"Commands (each row is one run of one of them): `{command}`", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}, "
              f"torch threads {_threads()}; measured {time.strftime('%Y-%m-%d')}.", "",
              f"Dataset: task `{rows[0]['task']}`, version `{rows[0]['dataset']}`, {rows[0]['rows_train']} training and "
              f"{rows[0]['rows_validation']} validation rows (the product's chronological split). Each run keeps its best "
              "validation evaluation (train.select_by) with early stopping (train.early_stopping_patience) and class "
              "balance; the figures are the saved adapter reloaded and scored by the product's scorer.", "",
-             "| learning rate | LoRA targets | r | max epochs | steps run | kept step | validation macro-F1 | "
-             "validation predicted shares | collapsed | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| learning rate | LoRA targets | r | batch | pooling | patience | max epochs | steps run | kept step | "
+             "validation macro-F1 | validation predicted shares | collapsed | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    current = TrainSettings(model_kind=kind)
+    keys = ("learning_rate", "lora_r", "epochs", "batch_size", "early_stopping_patience")
+
+    def is_default(r: dict[str, Any]) -> bool:
+        return (all(r.get(k) == getattr(current, k) for k in keys) and tuple(r.get("target_modules", ())) == current.target_modules
+                and r.get("encoder_pooling", "cls") == current.encoder_pooling)
+
     for r in rows:
-        mark = " **(default)**" if r is best else ""
-        lines.append(f"| {r['learning_rate']:g}{mark} | {','.join(r['target_modules'])} | {r['lora_r']} | {r['epochs']:g} | "
+        mark = " **(the defaults)**" if is_default(r) else ""
+        knobs = {k: r.get(k, TrainSettings.model_fields[k].default) for k in ("batch_size", "early_stopping_patience")}
+        pooling = r.get("encoder_pooling", "cls") if kind == "encoder" else "-"
+        lines.append(f"| {r['learning_rate']:g}{mark} | {','.join(r.get('target_modules', []))} | {r.get('lora_r', 8)} | "
+                     f"{knobs['batch_size']} | {pooling} | {knobs['early_stopping_patience']} | {r['epochs']:g} | "
                      f"{r['steps']} | {r['selected_step']} | {r['validation_macro_f1']:.3f} | "
                      f"{' '.join(f'{k[:3]} {v:.0%}' for k, v in r['validation_shares'].items())} | "
                      f"{'yes' if r['collapsed'] else 'no'} | {r['train_seconds']:.0f} |")
     if best:
         lines += ["", f"Best run that does not collapse: learning rate {best['learning_rate']:g}, targets "
-                  f"{','.join(best['target_modules'])}, validation macro-F1 {best['validation_macro_f1']:.3f}."]
+                  f"{','.join(best['target_modules'])}, r {best['lora_r']}, batch {best.get('batch_size', 16)}, "
+                  f"pooling {best.get('encoder_pooling', 'cls') if kind == 'encoder' else '-'}, patience "
+                  f"{best.get('early_stopping_patience', 3)}: validation macro-F1 {best['validation_macro_f1']:.3f}."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"command": command, "kind": kind, "rows": rows}, indent=2) + "\n")
 
@@ -127,6 +144,8 @@ def main() -> None:
     ap.add_argument("--kind", choices=sorted(GRIDS), default="encoder")
     ap.add_argument("--only", type=int, default=None, help="run the first N configurations of the grid")
     ap.add_argument("--out", type=Path, default=None, help="results stem (default bench/results/train_defaults_<kind>)")
+    ap.add_argument("--config", action="append", type=json.loads, default=[],
+                    help='run this configuration instead of the grid (JSON of train settings; repeat for several)')
     ap.add_argument("--part", default="0/1", help="k/n: run every n-th configuration from the k-th (n processes side by side)")
     ap.add_argument("--merge", type=Path, nargs="*", help="only merge these parts' json files into --out")
     ap.add_argument("--torch-threads", type=int, default=1,
@@ -137,12 +156,13 @@ def main() -> None:
     out = args.out or ROOT / "bench" / "results" / f"train_defaults_{args.kind}"
     command = "python bench/sweep_train_defaults.py " + " ".join(sys.argv[1:])
     if args.merge:
-        write_table(_merge(args.merge), args.kind, out, json.loads(args.merge[0].read_text())["command"])
+        commands = dict.fromkeys(json.loads(part.read_text())["command"] for part in args.merge)
+        write_table(_merge(args.merge), args.kind, out, "`, `".join(commands))
         return
     k, n = (int(x) for x in args.part.split("/"))
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        for overrides in _configs(args.kind, args.only)[k::n]:
+        for overrides in (args.config or _configs(args.kind, args.only))[k::n]:
             rows.append(run_one(args.kind, overrides, args.dataset, Path(work)))
             print(json.dumps(rows[-1]), flush=True)
             write_table(rows, args.kind, out, command)

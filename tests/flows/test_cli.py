@@ -77,7 +77,7 @@ def test_help_uses_real_placeholders_and_names_the_training_defaults():
         assert out.returncode == 0 and "<" not in out.stdout, (cmd, out.stdout)
     train = " ".join(run("train", "--help").stdout.split())
     assert "--start DATE" in " ".join(run("ingest", "--help").stdout.split())
-    assert "--lora-r INTEGER LoRA rank. [default: 8, from train.lora_r]" in train
+    assert "--lora-r INTEGER LoRA rank; per kind. [default: causal 8, encoder 16, from train.lora_r]" in train
     assert "[default: causal 0.003, encoder 0.002, from train.learning_rate]" in train
 
 

@@ -34,6 +34,20 @@ def test_unknown_encoder_path_is_a_clear_error(tmp_path):
         load_encoder(str(tmp_path / "nope"), 3, torch.device("cpu"))
 
 
+def test_mean_pooling_reads_the_real_tokens_only():
+    """The head's input is the mean over the real tokens: a text's logits do not change when it is padded in a
+    batch beside a longer one; [CLS] pooling is still there when asked for."""
+    tok, model = load_encoder(BUNDLED, 3, torch.device("cpu"), pooling="mean")
+    model.eval()
+    short, long = "eth up", "ethereum rallied strongly today after the long awaited network upgrade went live"
+    with torch.no_grad():
+        alone = model(**tok([short], return_tensors="pt")).logits
+        padded = model(**tok([short, long], padding=True, return_tensors="pt")).logits[:1]
+    assert torch.allclose(alone, padded, atol=1e-5)
+    _, cls_model = load_encoder(BUNDLED, 3, torch.device("cpu"), pooling="cls")
+    assert type(cls_model.base_model.pooler).__name__ != "MeanPooler"
+
+
 def test_encoder_kind_trains_logs_and_reloads(lake_copy, data_dir, tmp_path):
     build_dataset()
     result = train_lora(epochs=2, batch_size=16, model_kind="encoder")

@@ -136,7 +136,8 @@ def test_train_lora_with_an_fp8_base_learns_an_adapter_that_loads_on_the_plain_b
     p = Prompter.load()
     recs = [{"instruction": p.instruction, "input": f"day {i}", "output": "POSITIVE"} for i in range(24)]
     cfg = with_overrides(load_settings(), train={"epochs": 12, "batch_size": 8, "micro_batch_size": 4, "learning_rate": 5e-3,
-                                                 "cutoff_len": 96, "device": "cpu", "fp8_base": True}).train
+                                                 "cutoff_len": 96, "device": "cpu", "fp8_base": True,
+                                                 "select_by": "last"}).train
     seen = []
     result = train_lora_adapter(cfg, str(tiny_model), recs, recs[:6], tmp_path / "adapter", log_metrics=lambda m, s: seen.append(m))
     losses = [m["train_loss"] for m in seen if "train_loss" in m]
