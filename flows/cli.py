@@ -236,13 +236,15 @@ def walk_forward_cmd(
     first_test_day: Day = None,
     epochs: Annotated[float | None, _knob("epochs", "Passes over each fold's training days.")] = None,
     lora: Annotated[bool, typer.Option(help="Train LoRA per fold; --no-lora scores the baselines only (fast).")] = True,
+    concurrency: Annotated[int, typer.Option(
+        metavar="INTEGER", help="Folds at once (threads; the Dask cluster at services.dask_scheduler_address when set).")] = 1,
 ) -> None:
     """Walk-forward evaluation: retrain every N days on an expanding window, score the next N, pooled verdict.
     FIRST_TEST_DAY defaults to the dataset's validation start."""
     from flows.walk_forward import walk_forward
 
     _print(walk_forward(dataset=dataset, step_days=step_days, validation_days=validation_days,
-                        first_test_day=_day(first_test_day), epochs=epochs, lora=lora))
+                        first_test_day=_day(first_test_day), epochs=epochs, lora=lora, concurrency=concurrency))
 
 
 @app.command()
