@@ -19,7 +19,15 @@ import numpy as np
 
 from tasks.core.logs import quiet_peft_wrap
 from tasks.dataset.prompter import Prompter
-from tasks.training.data import label_loglik
+
+
+def label_loglik(model, tokenizer, prompter, records: Sequence[dict[str, Any]], cutoff_len: int,
+                 batch_size: int = 8) -> np.ndarray:
+    """(n_records, n_labels) log-likelihoods of each label given its prompt: :func:`tasks.training.data.label_loglik`,
+    the one training's validation selection uses, imported here when called (torch loads then, not on import)."""
+    from tasks.training.data import label_loglik as score_labels
+
+    return score_labels(model, tokenizer, prompter, records, cutoff_len, batch_size)
 
 
 def predict_labels(loglik: np.ndarray, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:

@@ -38,10 +38,11 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def cfg_for(**over):
     # 8 examples, global batch 4 (2 per process), 3 epochs = 6 steps; dropout off so that one process
-    # accumulating 2 micro-batches of 2 must give the same adapter as 2 processes with 2 each.
+    # accumulating 2 micro-batches of 2 must give the same adapter as 2 processes with 2 each; the last
+    # step kept (several processes keep the last step, so the one-process reference must too).
     return with_overrides(load_settings(), train={"epochs": 3, "batch_size": 4, "micro_batch_size": 2, "learning_rate": 5e-3,
                                                   "cutoff_len": 96, "device": "cpu", "lora_dropout": 0.0, "packing": True,
-                                                  "checkpoint_every_steps": 2, **over}).train
+                                                  "checkpoint_every_steps": 2, "select_by": "last", **over}).train
 
 
 def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
