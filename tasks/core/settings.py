@@ -355,7 +355,8 @@ TRAIN_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
 # Fields that mean something for the causal kind only: set for the encoder kind, they are refused.
 CAUSAL_ONLY = frozenset({"micro_batch_size", "train_on_inputs", "attention", "packing", "pack_tokens", "compile",
                          "gradient_checkpointing", "qlora", "fp8_base", "fp8_fast_accum", "nproc", "parallelism",
-                         "tiny_hidden_size", "tiny_layers", "tiny_heads", "tiny_vocab_size", "tiny_init_std"})
+                         "tiny_hidden_size", "tiny_layers", "tiny_heads", "tiny_vocab_size", "tiny_init_std",
+                         "label_prior_correction"})
 
 
 class TrainSettings(_Section):
@@ -385,6 +386,9 @@ class TrainSettings(_Section):
     select_by: Literal["validation_macro_f1", "last"] = "validation_macro_f1"
     eval_every_steps: int = Field(default=0, ge=0)  # optimizer steps between validation evaluations; 0 = once per epoch
     early_stopping_patience: int = Field(default=3, ge=0)  # stop after N evaluations without a better one; 0 = never stop early
+    # causal kind: move the model's average class shares on training inputs to the training labels' (prior shift), so a
+    # model that prefers one label for every input is scored by how it ranks the inputs (tasks/training/selection.py)
+    label_prior_correction: bool = True
     cutoff_len: int = Field(default=256, ge=16)  # tokens; longer prompts are truncated
     train_on_inputs: bool = False  # False: loss only on the response tokens
     log_every_steps: int = Field(default=1, ge=1)  # optimizer steps between two logged metrics (loss, tok/s)

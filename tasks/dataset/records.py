@@ -33,10 +33,11 @@ def _fmt(value: Any, kind: str = "num") -> str:
 
 def render_input(row: dict[str, Any], assets: list[str], chain_label: str) -> str:
     """The day's features as compact, readable text (missing values say n/a, never 0)."""
-    lines = [f"date: {row['date']} ({row['date'].strftime('%a')})"]
-    # Returns, volatilities and ratios only: a price level or a count never reaches the prompt (a level
-    # the model never saw in training would be out of distribution at test time); "vs 7d" is the log
-    # ratio of the day's value to its mean over the 7 days before, in percent.
+    lines = [f"weekday: {row['date'].strftime('%a')}"]
+    # Returns, volatilities and ratios only: a price level, a count or the calendar date never reaches the
+    # prompt (a level or a year the model never saw in training would be out of distribution at test time:
+    # on the shared split the tiny model put one label on every 2024 day); the weekday cycles, so it stays.
+    # "vs 7d" is the log ratio of the day's value to its mean over the 7 days before, in percent.
     def vs(name: str) -> str:
         return _fmt(row.get(f"{name}_vs_7d"), "pct")
 

@@ -10,6 +10,7 @@ built, not when this module is imported.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,10 +84,15 @@ class CausalScorer:
             self.model = PeftModel.from_pretrained(base, str(adapter_dir)).to(dev)
         self.prompter = Prompter.load()
         self.cutoff_len = cutoff_len
+        trained = Path(adapter_dir) / "chainsignal_train.json"
+        self.adjustment = json.loads(trained.read_text()).get("label_adjustment") if trained.is_file() else None
 
     def labels(self, records: Sequence[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
-        return predict_labels(label_loglik(self.model, self.tokenizer, self.prompter, records, self.cutoff_len),
-                              self.prompter.labels)
+        """Label and class probabilities by label likelihood, with the run's prior correction when it has one."""
+        from tasks.training.selection import corrected
+
+        loglik = label_loglik(self.model, self.tokenizer, self.prompter, records, self.cutoff_len)
+        return predict_labels(corrected(loglik, self.adjustment), self.prompter.labels)
 
     def answers(self, records: Sequence[dict[str, Any]]) -> list[str]:
         return generate_answers(self.model, self.tokenizer, self.prompter, records, self.cutoff_len)

@@ -44,6 +44,28 @@ def macro_f1(truth: Sequence[str], pred: Sequence[str]) -> float:
     return float(f1_score(list(truth), list(pred), labels=list(LABELS), average="macro", zero_division=0))
 
 
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    z = np.asarray(scores, dtype=float)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def prior_adjustment(loglik: np.ndarray, labels: Sequence[str]) -> list[float]:
+    """Per-label additive correction (LABELS order) of label log-likelihoods that moves the model's average
+    predicted class shares on these records to their label frequencies: ``log(prior) - log(mean share)``, the
+    prior-shift correction of Saerens et al. (2002). About 0 for a model whose shares already match; for a
+    model that prefers one label for every input it removes that preference and keeps how the inputs rank."""
+    q = np.exp(log_softmax(loglik)).mean(axis=0).clip(1e-6)
+    counts = np.array([sum(lab == c for lab in labels) for c in LABELS], dtype=float)
+    prior = (counts + 0.5) / (counts.sum() + 0.5 * len(LABELS))  # smoothed: a label absent from the records stays possible
+    return (np.log(prior) - np.log(q)).tolist()
+
+
+def corrected(loglik: np.ndarray, adjustment: Sequence[float] | None) -> np.ndarray:
+    """Label log-likelihoods with the run's prior adjustment applied (normalized first); unchanged without one."""
+    return loglik if adjustment is None else log_softmax(loglik) + np.asarray(adjustment)
+
+
 def predicted_labels(scores: np.ndarray) -> list[str]:
     """Argmax over the label columns (log-likelihoods or logits) as label names."""
     return [LABELS[i] for i in np.asarray(scores).argmax(axis=1)]
@@ -56,11 +78,12 @@ class Selection:
     cfg: TrainSettings
     steps_per_epoch: int
     total_steps: int
-    score: Callable[[], float]  # higher is better; the model is left in train mode by the caller
+    score: Callable[[], float | tuple[float, dict[str, Any]]]  # higher is better; (score, what goes with those weights)
     metric: str  # what ``score`` measures, for the log: "val_macro_f1" or "-val_loss"
     best: float = -math.inf
     best_step: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)
+    best_extra: dict[str, Any] = field(default_factory=dict)  # e.g. the label_adjustment the best weights were scored with
     _best_state: dict[str, Any] | None = None
     _since_best: int = 0
 
@@ -75,11 +98,12 @@ class Selection:
     def update(self, step: int, model, training=None) -> bool:
         """Score now; keep ``model``'s trainable weights when best so far; put ``training`` (the module the
         loop runs, e.g. a DDP wrapper; default ``model``) back in train mode. True when the run should stop."""
-        value = self.score()
+        out = self.score()
+        value, extra = out if isinstance(out, tuple) else (out, {})
         (training or model).train()
         self.history.append((step, value))
         if value > self.best:
-            self.best, self.best_step, self._since_best = value, step, 0
+            self.best, self.best_step, self._since_best, self.best_extra = value, step, 0, extra
             self._best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
         else:
             self._since_best += 1
@@ -105,16 +129,17 @@ class Selection:
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps, so a resumed run selects as the whole run would have."""
         return {"best": self.best, "best_step": self.best_step, "history": list(self.history),
-                "since_best": self._since_best, "best_state": self._best_state}
+                "since_best": self._since_best, "best_state": self._best_state, "best_extra": self.best_extra}
 
     def load_state(self, state: dict[str, Any] | None) -> None:
         if state:
             self.best, self.best_step, self.history = state["best"], state["best_step"], list(state["history"])
             self._since_best, self._best_state = state["since_best"], state["best_state"]
+            self.best_extra = state.get("best_extra", {})
 
     def summary(self) -> dict[str, Any]:
         """What the run's result records about the selection."""
         return {"selected_step": self.best_step if self._best_state is not None else None,
                 "selection_metric": self.metric if self.active else "last",
                 "selection_score": self.best if self._best_state is not None else None,
-                "evaluations": len(self.history)}
+                "evaluations": len(self.history), "label_adjustment": self.best_extra.get("label_adjustment")}

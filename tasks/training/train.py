@@ -63,7 +63,15 @@ from tasks.training.model import (
     use_fp8_base,
     wrap_lora,
 )
-from tasks.training.selection import Selection, class_weights, is_class_task, macro_f1, predicted_labels
+from tasks.training.selection import (
+    Selection,
+    class_weights,
+    corrected,
+    is_class_task,
+    macro_f1,
+    predicted_labels,
+    prior_adjustment,
+)
 
 MetricsFn = Callable[[dict[str, float], int], None]
 
@@ -91,6 +99,7 @@ class TrainResult:
     selection_metric: str = "last"  # val_macro_f1, -val_loss, or last
     selection_score: float | None = None  # the saved weights' validation score
     evaluations: int = 0  # validation evaluations during training
+    label_adjustment: list[float] | None = None  # causal kind: per-label prior correction the scorer applies (selection.py)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,7 +148,7 @@ def train_lora_adapter(
     m = _setup_model(cfg, base_model, procs)
     train_ex, val_ex, plan = _setup_data(cfg, m.tokenizer, train_records, val_records, procs.world)
     params, optimizer, scheduler = _setup_optimizer(cfg, m.peft, plan, procs)
-    selection = _selection(cfg, m, val_records, val_ex, plan, procs)
+    selection = _selection(cfg, m, train_records, val_records, val_ex, plan, procs)
     _log_plan(cfg, m, train_ex, plan, procs, selection)
     batches = MicroBatches(train_ex, plan, cfg.micro_batch_size, cfg.seed, weights=_example_weights(cfg, train_records))
     key = run_key(cfg, base_model, train_ex, procs.world)
@@ -291,16 +300,22 @@ def _example_weights(cfg: TrainSettings, records: Sequence[dict[str, Any]]) -> l
     return [w[r["output"]] for r in records]
 
 
-def _selection(cfg: TrainSettings, m: _Model, val_records: Sequence[dict[str, Any]], val_ex: Sequence[Example],
-               plan: StepPlan, procs: Processes) -> Selection:
+def _selection(cfg: TrainSettings, m: _Model, train_records: Sequence[dict[str, Any]], val_records: Sequence[dict[str, Any]],
+               val_ex: Sequence[Example], plan: StepPlan, procs: Processes) -> Selection:
     """Validation macro-F1 by label likelihood (class tasks) or minus the validation loss (number tasks). One
     process only: several processes keep the last step (their validation would need every rank to take part)."""
     if is_class_task(val_records):
         prompter = Prompter.load()
+        sample = random.Random(cfg.seed).sample(list(train_records), min(len(train_records), 256))
 
-        def score() -> float:
+        def score() -> tuple[float, dict[str, Any]]:
+            adjustment = None
+            if cfg.label_prior_correction:  # the shares the model gives training inputs, moved to the training labels'
+                ref = label_loglik(m.peft, m.tokenizer, prompter, sample, cfg.cutoff_len, cfg.micro_batch_size)
+                adjustment = prior_adjustment(ref, [r["output"] for r in sample])
             loglik = label_loglik(m.peft, m.tokenizer, prompter, val_records, cfg.cutoff_len, cfg.micro_batch_size)
-            return macro_f1([r["output"] for r in val_records], predicted_labels(loglik))
+            value = macro_f1([r["output"] for r in val_records], predicted_labels(corrected(loglik, adjustment)))
+            return value, {"label_adjustment": adjustment}
         metric = "val_macro_f1"
     else:
         def score() -> float:

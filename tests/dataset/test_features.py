@@ -1,4 +1,5 @@
 import math
+import re
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
@@ -122,6 +123,7 @@ def test_prices_ten_times_higher_from_the_test_period_on_change_no_model_input()
     assert len(after) > 90 and [base_prompts[i] for i in after] == [scaled_prompts[i] for i in after]
     assert not any(c.endswith("_close_usd") for c in base_numeric.columns)
     assert all("USD" not in p for p in base_prompts)
+    assert not any(re.search(r"\b(19|20)\d\d\b", p) for p in base_prompts)  # nor the year: the calendar trends too
     whole_numeric, whole_prompts = _model_inputs(_real_candles(scale_from=date(2021, 1, 1)))  # a change of unit
     assert_frame_equal(base_numeric, whole_numeric, check_exact=False, rel_tol=1e-9) and whole_prompts == base_prompts
 

@@ -60,7 +60,7 @@ def test_encoder_kind_trains_logs_and_reloads(lake_copy, data_dir, tmp_path):
     losses = tracker.client.get_metric_history(run.info.run_id, "train_loss")  # one point per step (log_every_steps=1)
     assert result["steps"] > 1 and sorted(m.step for m in losses) == list(range(1, result["steps"] + 1))
     adapter = tracker.download(run.info.run_id, "adapter", tmp_path / "dl")
-    texts = ["date: 2021-01-05 (Tue)\nETH: close 1,100.00 USD, 1d +3.2%"]
+    texts = ["weekday: Tue\nETH: 1d +3.2%, 3d -1.0%"]
     a = EncoderPredictor(adapter, BUNDLED, "class").outputs(texts)
     b = EncoderPredictor(data_dir / "runs" / run.info.run_id / "adapter", BUNDLED, "class").outputs(texts)
     assert np.allclose(a, b, atol=1e-5)  # the head travelled with the adapter (peft modules_to_save)

@@ -35,7 +35,8 @@ def test_the_best_evaluation_is_kept_not_the_last():
     model, sel, last = _run(TrainSettings(early_stopping_patience=0), [0.30, 0.55, 0.41, 0.20])
     assert last == 4 and sel.restore(model) == 2
     assert torch.all(model.weight == 2)  # the weights of step 2, not of step 4
-    assert sel.summary() == {"selected_step": 2, "selection_metric": "val_macro_f1", "selection_score": 0.55, "evaluations": 4}
+    assert sel.summary() == {"selected_step": 2, "selection_metric": "val_macro_f1", "selection_score": 0.55, "evaluations": 4,
+                             "label_adjustment": None}
 
 
 def test_patience_stops_the_run_after_that_many_evaluations_without_a_better_one():
@@ -83,3 +84,25 @@ def test_macro_f1_of_a_one_class_guess_is_low():
     truth = ["POSITIVE"] * 5 + ["NEUTRAL"] * 5 + ["NEGATIVE"] * 5
     assert macro_f1(truth, ["NEUTRAL"] * 15) == pytest.approx(1 / 6)
     assert macro_f1(truth, truth) == 1.0
+
+
+def test_the_prior_correction_undoes_a_preference_for_one_label_and_keeps_the_ranking():
+    """A model that puts POSITIVE first for every input (a collapsed one) but still ranks the inputs: after the
+    correction, learned on training inputs with balanced labels, its predicted shares follow the labels' and the
+    inputs it ranks highest for a class get that class. A model whose shares already match is left about alone."""
+    import numpy as np
+
+    from tasks.training.selection import corrected, predicted_labels, prior_adjustment
+
+    rng = np.random.default_rng(0)
+    truth = ["NEGATIVE", "NEUTRAL", "POSITIVE"] * 100
+    signal = np.array([[1.0 if lab == c else 0.0 for c in ("NEGATIVE", "NEUTRAL", "POSITIVE")] for lab in truth])
+    collapsed = signal * 0.8 + np.array([0.0, 0.5, 2.0]) + rng.normal(0, 0.3, signal.shape)
+    assert Counter(predicted_labels(collapsed))["POSITIVE"] > 0.9 * len(truth)
+    fixed = predicted_labels(corrected(collapsed, prior_adjustment(collapsed, truth)))
+    shares = Counter(fixed)
+    assert all(abs(shares[c] / len(truth) - 1 / 3) < 0.1 for c in ("NEGATIVE", "NEUTRAL", "POSITIVE")), shares
+    assert macro_f1(truth, fixed) > 0.6 > macro_f1(truth, predicted_labels(collapsed))
+    calibrated = signal * 3 + rng.normal(0, 0.3, signal.shape)
+    assert max(abs(a) for a in prior_adjustment(calibrated, truth)) < 0.1
+    assert corrected(collapsed, None) is collapsed  # no adjustment recorded: the scores as they are
