@@ -204,7 +204,9 @@ class Lake:
             if check:
                 check_bucket(self.fs, self.root, "storage.lake_uri")
         else:
-            self.root = Path(str(root).removeprefix("file://"))
+            # absolute: fsspec answers a batch read with absolute paths, so a relative root (the default data_dir
+            # "var") would find no manifest under the keys it asked for
+            self.root = Path(str(root).removeprefix("file://")).absolute()
             self.fs = fsspec.filesystem("file")
             self._root_key = str(self.root)
             self.polars_options = {}

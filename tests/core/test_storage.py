@@ -39,6 +39,16 @@ def test_partition_is_complete_only_after_commit(tmp_path):
     assert not list(part.dir.glob(".*tmp*"))  # no temporary files left behind
 
 
+def test_a_lake_under_a_relative_path_finds_its_committed_days(tmp_path, monkeypatch):
+    """The default data_dir is the relative "var" (the demo's): its committed days must read back."""
+    monkeypatch.chdir(tmp_path)
+    lake = Lake("var/lake")
+    part = lake.open_partition("prices", DAY)
+    part.write(prices(), "file__prices.parquet")
+    part.commit({"rows": 2})
+    assert lake.completed_days("prices") == [DAY] and lake.scan("prices").collect().height == 2
+
+
 def test_schema_drift_fails_loudly(tmp_path):
     part = Lake(tmp_path).open_partition("prices", DAY)
     with pytest.raises(SchemaError, match="missing columns"):
