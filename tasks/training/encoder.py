@@ -90,6 +90,13 @@ def _batches(tokenizer, texts: Sequence[str], size: int, max_len: int, device: t
         yield i, {k: v.to(device) for k, v in enc.items()}
 
 
+@torch.no_grad()
+def _logits(model, tokenizer, texts: Sequence[str], max_len: int, device: torch.device) -> np.ndarray:
+    """The head's outputs for ``texts`` in batches of 32 (training's validation and the predictor share it)."""
+    chunks = [model(**enc).logits.float().cpu().numpy() for _, enc in _batches(tokenizer, texts, 32, max_len, device)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 1))
+
+
 @sdpa_without_cudnn
 def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, Any]], val_records: Sequence[dict[str, Any]],
                           out_dir: Path, kind: str = "class", log_metrics: MetricsFn | None = None) -> TrainResult:
@@ -204,10 +211,8 @@ def _selection(cfg: TrainSettings, model, tokenizer, val_records: Sequence[dict[
     else:
         def score() -> float:
             model.eval()
-            with torch.no_grad():
-                logits = np.concatenate([model(**enc).logits.float().cpu().numpy()
-                                         for _, enc in _batches(tokenizer, texts, 32, cfg.cutoff_len, device)])
-            return macro_f1([r["output"] for r in val_records], predicted_labels(logits))
+            return macro_f1([r["output"] for r in val_records],
+                            predicted_labels(_logits(model, tokenizer, texts, cfg.cutoff_len, device)))
         metric = "val_macro_f1"
     active = cfg if val_records else cfg.model_copy(update={"select_by": "last"})
     return Selection(active, steps_per_epoch, total_steps, score, metric)
@@ -241,9 +246,7 @@ class EncoderPredictor:
 
     @torch.no_grad()
     def outputs(self, texts: Sequence[str]) -> np.ndarray:
-        chunks = [self.model(**enc).logits.float().cpu().numpy() for _, enc in
-                  _batches(self.tokenizer, texts, 32, self.max_len, self.device)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, 1))
+        return _logits(self.model, self.tokenizer, texts, self.max_len, self.device)
 
     def predict_labels(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
         logits = self.outputs(texts)
