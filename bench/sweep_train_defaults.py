@@ -54,14 +54,14 @@ def _merge(paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def run_one(kind: str, overrides: dict[str, Any], dataset: Path, work: Path) -> dict[str, Any]:
+    from tasks.core.manifests import DatasetManifest
     from tasks.core.settings import TrainSettings
-    from tasks.core.storage import DatasetVersion
     from tasks.evaluation.scoring import load_scorer
     from tasks.training.selection import macro_f1
 
-    version = DatasetVersion(dataset)
-    manifest = version.manifest
-    train, val = version.read_records("train"), version.read_records("validation")
+    # the version folder read without tasks.core.storage (polars): the GPU image has no polars
+    manifest = DatasetManifest.from_dict(json.loads((dataset / "manifest.json").read_text()))
+    train, val = (json.loads((dataset / f"{split}.json").read_text()) for split in ("train", "validation"))
     cfg = TrainSettings(model_kind=kind, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     out = work / f"adapter-{abs(hash(json.dumps(overrides, sort_keys=True)))}"
     t0 = time.perf_counter()
@@ -85,8 +85,10 @@ def run_one(kind: str, overrides: dict[str, Any], dataset: Path, work: Path) -> 
     shares = {lab: round(n / len(preds), 3) for lab, n in sorted(Counter(preds).items())}
     resolved = {"learning_rate": cfg.learning_rate, "target_modules": list(cfg.target_modules), "lora_r": cfg.lora_r,
                 "epochs": cfg.epochs, "batch_size": cfg.batch_size, "early_stopping_patience": cfg.early_stopping_patience,
+                "warmup_steps": cfg.warmup_steps, "seed": cfg.seed,
                 **({"encoder_pooling": cfg.encoder_pooling} if kind == "encoder" else {})}
     return {**overrides, **resolved, "steps": result.steps, "selected_step": result.selected_step,
+            "device": result.device,
             "validation_macro_f1": round(macro_f1([r["output"] for r in val], preds), 4),
             "validation_shares": shares, "collapsed": max(shares.values()) >= 0.9, "train_seconds": round(seconds, 1),
             "rows_train": len(train), "rows_validation": len(val), "task": manifest.task, "dataset": manifest.fingerprint}
@@ -94,42 +96,69 @@ def run_one(kind: str, overrides: dict[str, Any], dataset: Path, work: Path) -> 
 
 def write_table(rows: list[dict[str, Any]], kind: str, out: Path, command: str) -> None:
     from tasks.core.settings import TrainSettings
-    ok = [r for r in rows if not r["collapsed"]]
-    best = max(ok, key=lambda r: r["validation_macro_f1"]) if ok else None
-    lines = [f"# Training defaults sweep: {kind} kind", "",
+    lines = [f"# Training defaults sweep: {kind} kind, {rows[0]['task']} task", "",
              f"Commands (each row is one run of one of them): `{command}`", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}, "
-             f"torch threads {_threads()}; measured {time.strftime('%Y-%m-%d')}.", "",
+             f"Written on: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}, "
+             f"torch threads {_threads()}; {time.strftime('%Y-%m-%d')}. Each row's device column says where it ran.", "",
              f"Dataset: task `{rows[0]['task']}`, version `{rows[0]['dataset']}`, {rows[0]['rows_train']} training and "
              f"{rows[0]['rows_validation']} validation rows (the product's chronological split). Each run keeps its best "
              "validation evaluation (train.select_by) with early stopping (train.early_stopping_patience) and class "
              "balance; the figures are the saved adapter reloaded and scored by the product's scorer.", "",
-             "| learning rate | LoRA targets | r | batch | pooling | patience | max epochs | steps run | kept step | "
-             "validation macro-F1 | validation predicted shares | collapsed | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| learning rate | LoRA targets | r | batch | pooling | warm-up | patience | max epochs | seed | steps run | kept step | "
+             "validation macro-F1 | validation predicted shares | collapsed | device | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     current = TrainSettings(model_kind=kind)
     keys = ("learning_rate", "lora_r", "epochs", "batch_size", "early_stopping_patience")
 
     def is_default(r: dict[str, Any]) -> bool:
         return (all(r.get(k) == getattr(current, k) for k in keys) and tuple(r.get("target_modules", ())) == current.target_modules
-                and r.get("encoder_pooling", "cls") == current.encoder_pooling)
+                and r.get("encoder_pooling", "cls") == current.encoder_pooling and r.get("warmup_steps", 2) == current.warmup_steps
+                and r.get("seed", 42) == current.seed)
 
     for r in rows:
         mark = " **(the defaults)**" if is_default(r) else ""
         knobs = {k: r.get(k, TrainSettings.model_fields[k].default) for k in ("batch_size", "early_stopping_patience")}
         pooling = r.get("encoder_pooling", "cls") if kind == "encoder" else "-"
         lines.append(f"| {r['learning_rate']:g}{mark} | {','.join(r.get('target_modules', []))} | {r.get('lora_r', 8)} | "
-                     f"{knobs['batch_size']} | {pooling} | {knobs['early_stopping_patience']} | {r['epochs']:g} | "
+                     f"{knobs['batch_size']} | {pooling} | {r.get('warmup_steps', 2)} | {knobs['early_stopping_patience']} | "
+                     f"{r['epochs']:g} | {r.get('seed', 42)} | "
                      f"{r['steps']} | {r['selected_step']} | {r['validation_macro_f1']:.3f} | "
                      f"{' '.join(f'{k[:3]} {v:.0%}' for k, v in r['validation_shares'].items())} | "
-                     f"{'yes' if r['collapsed'] else 'no'} | {r['train_seconds']:.0f} |")
-    if best:
-        lines += ["", f"Best run that does not collapse: learning rate {best['learning_rate']:g}, targets "
-                  f"{','.join(best['target_modules'])}, r {best['lora_r']}, batch {best.get('batch_size', 16)}, "
-                  f"pooling {best.get('encoder_pooling', 'cls') if kind == 'encoder' else '-'}, patience "
-                  f"{best.get('early_stopping_patience', 3)}: validation macro-F1 {best['validation_macro_f1']:.3f}."]
+                     f"{'yes' if r['collapsed'] else 'no'} | {r.get('device', 'cpu')} | {r['train_seconds']:.0f} |")
+    lines += _by_configuration(rows, kind)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"command": command, "kind": kind, "rows": rows}, indent=2) + "\n")
+
+
+KNOBS = ("learning_rate", "target_modules", "lora_r", "batch_size", "encoder_pooling", "warmup_steps",
+         "early_stopping_patience", "epochs", "device")
+
+
+def _by_configuration(rows: list[dict[str, Any]], kind: str) -> list[str]:
+    """One line per configuration over its seeds (mean, lowest, runs that collapsed), and the best configuration
+    whose every seed learned (none collapsed): the one the defaults should come from."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        key = {k: r.get(k, {"batch_size": 16, "warmup_steps": 2, "early_stopping_patience": 3, "device": "cpu"}.get(k))
+               for k in KNOBS if kind == "encoder" or k != "encoder_pooling"}
+        groups.setdefault(json.dumps(key, sort_keys=True), []).append(r)
+    lines = ["", "Per configuration, over its seeds:", "",
+             "| configuration | seeds | mean validation macro-F1 | lowest | collapsed runs |", "|---|---:|---:|---:|---:|"]
+    summary = []
+    for key, runs in groups.items():
+        f1 = [r["validation_macro_f1"] for r in runs]
+        summary.append((sum(f1) / len(f1), min(f1), sum(r["collapsed"] for r in runs), len(runs), json.loads(key)))
+    varying = [k for k in KNOBS if len({json.dumps(t[4].get(k)) for t in summary}) > 1]  # the knobs the sweep moved
+    for mean, low, collapsed, n, key in sorted(summary, key=lambda t: -t[0]):
+        text = ", ".join(f"{k} {','.join(key[k]) if isinstance(key[k], list) else key[k]}" for k in varying if k in key) or "-"
+        lines.append(f"| {text} | {n} | {mean:.3f} | {low:.3f} | {collapsed} |")
+    most = max(t[3] for t in summary)  # configurations run with the most seeds first: one seed's figure is not a choice
+    learned = [t for t in summary if t[2] == 0 and t[3] == most] or [t for t in summary if t[2] == 0]
+    if learned:
+        mean, low, _, n, key = max(learned, key=lambda t: t[0])
+        lines += ["", f"Best configuration with no collapsed run: {key} ({n} seeds): mean validation macro-F1 {mean:.3f}, "
+                  f"lowest {low:.3f}."]
+    return lines
 
 
 def _threads() -> int:
@@ -140,7 +169,7 @@ def _threads() -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", type=Path, required=True, help="a built dataset version's folder")
+    ap.add_argument("--dataset", type=Path, help="a built dataset version's folder (not needed with --merge)")
     ap.add_argument("--kind", choices=sorted(GRIDS), default="encoder")
     ap.add_argument("--only", type=int, default=None, help="run the first N configurations of the grid")
     ap.add_argument("--out", type=Path, default=None, help="results stem (default bench/results/train_defaults_<kind>)")
@@ -155,6 +184,8 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # read when torch loads, below
     out = args.out or ROOT / "bench" / "results" / f"train_defaults_{args.kind}"
     command = "python bench/sweep_train_defaults.py " + " ".join(sys.argv[1:])
+    if not args.merge and args.dataset is None:
+        ap.error("--dataset is required (a built dataset version's folder)")
     if args.merge:
         commands = dict.fromkeys(json.loads(part.read_text())["command"] for part in args.merge)
         write_table(_merge(args.merge), args.kind, out, "`, `".join(commands))

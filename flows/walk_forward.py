@@ -118,8 +118,6 @@ def walk_forward(dataset: str | None = None, step_days: int = 10, validation_day
     manifest = version.manifest
     if manifest.task != "direction":
         raise InputError(f"walk-forward evaluates the direction task; dataset {manifest.fingerprint} is {manifest.task!r}")
-    if lora and settings.train.model_kind != "causal":
-        raise InputError("walk-forward trains the causal kind only: set train.model_kind=causal or pass --no-lora")
     runner = fold_task_runner(concurrency, settings.services)
     features = pl.read_parquet(version.features_path)
     days = features.filter(pl.col("next_day_return").is_not_null())["date"].to_list()

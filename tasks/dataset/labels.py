@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from tasks.core.schemas import LABELS
+from tasks.core.labelset import LABELS
 from tasks.dataset.split import SPLITS
 
 

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.core.schemas import LABELS
+from tasks.core.labelset import LABELS
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 

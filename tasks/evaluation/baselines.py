@@ -12,8 +12,8 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
+from tasks.core.labelset import LABELS
 from tasks.core.manifests import DatasetManifest
-from tasks.core.schemas import LABELS
 from tasks.social.sentiment import NEGATIVE_AT, POSITIVE_AT
 
 

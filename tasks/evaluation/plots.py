@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core.schemas import LABELS
+from tasks.core.labelset import LABELS
 from tasks.evaluation.metrics import confusion
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import polars as pl
 
 from tasks.core.errors import NotFoundError
-from tasks.core.schemas import LABELS, SIGNALS
+from tasks.core.labelset import LABELS
+from tasks.core.schemas import SIGNALS
 from tasks.core.storage import DatasetVersion
 from tasks.evaluation.scoring import load_scorer
 from tasks.training.fastpath.attention import sdpa_without_cudnn

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core.schemas import LABELS
+from tasks.core.labelset import LABELS
 from tasks.evaluation.metrics import paired_bootstrap
 
 

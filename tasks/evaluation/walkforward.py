@@ -96,16 +96,24 @@ def fold_records(frame: pl.DataFrame, prompter: Prompter, assets: list[str], cha
 
 def fold_lora(cfg: Any, records: dict[str, list[dict[str, Any]]], prompter: Prompter, model_dir_for: Callable[[str], Path],
               out_dir: Path, log_metrics: Callable[[dict[str, float], int], None] | None = None) -> tuple[dict[str, list[str]], Any]:
-    """Train a causal LoRA adapter on the fold's training records (its validation loss on the fold's validation
-    records) and score validation and test by label likelihood: (split -> labels, the training result)."""
+    """Train a LoRA adapter of ``cfg.model_kind`` on the fold's training records (selected on the fold's validation
+    records) and score validation and test (label likelihood for the causal kind, the head for the encoder):
+    (split -> labels, the training result)."""
     from tasks.evaluation.scoring import load_scorer
-    from tasks.training.tinymodel import resolve_base_model
-    from tasks.training.train import train_lora_adapter
 
-    corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in records["train"]] + list(prompter.labels)
-    base, _ = resolve_base_model(cfg, model_dir_for, corpus)  # the tiny model's vocabulary: this fold's training days only
-    result = train_lora_adapter(cfg, base, records["train"], records["validation"], out_dir, log_metrics)
-    scorer = load_scorer(out_dir, base, cfg.cutoff_len, model_type="causal", kind="class", device=cfg.device)
+    if cfg.model_kind == "encoder":
+        from tasks.training.encoder import train_encoder_adapter
+
+        base = cfg.base_model
+        result = train_encoder_adapter(cfg, records["train"], records["validation"], out_dir, "class", log_metrics)
+    else:
+        from tasks.training.tinymodel import resolve_base_model
+        from tasks.training.train import train_lora_adapter
+
+        corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in records["train"]] + list(prompter.labels)
+        base, _ = resolve_base_model(cfg, model_dir_for, corpus)  # the tiny model's vocabulary: this fold's training days only
+        result = train_lora_adapter(cfg, base, records["train"], records["validation"], out_dir, log_metrics)
+    scorer = load_scorer(out_dir, base, cfg.cutoff_len, model_type=cfg.model_kind, kind="class", device=cfg.device)
     return {s: scorer.labels(records[s])[0] for s in SCORED}, result
 
 

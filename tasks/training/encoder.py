@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks.core.labelset import LABELS
 from tasks.core.logs import get_logger, quiet_peft_wrap
 from tasks.core.progress import progress
-from tasks.core.schemas import LABELS
 from tasks.core.settings import TrainSettings
 from tasks.training.fastpath.attention import sdpa_without_cudnn
 from tasks.training.model import count_params, peak_memory_mb, pick_device

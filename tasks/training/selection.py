@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks.core.labelset import LABELS
 from tasks.core.logs import get_logger
-from tasks.core.schemas import LABELS
 from tasks.core.settings import TrainSettings
 
 

@@ -226,3 +226,11 @@ def test_a_causal_only_setting_given_to_the_encoder_kind_is_refused(field, value
     with pytest.raises(ValidationError, match=f"train.{field} applies to the causal kind only"):
         TrainSettings(model_kind="encoder", **{field: value})
     TrainSettings(model_kind="encoder", micro_batch_size=TrainSettings.model_fields["micro_batch_size"].default)  # the default is fine
+
+
+def test_an_encoder_only_setting_given_to_the_causal_kind_is_refused():
+    """The other way round: [CLS] pooling means nothing to a causal LM; its default value is fine."""
+    with pytest.raises(ValidationError, match="train.encoder_pooling applies to the encoder kind only, not to model_kind='causal'"):
+        TrainSettings(model_kind="causal", encoder_pooling="cls")
+    TrainSettings(model_kind="causal", encoder_pooling=TrainSettings.model_fields["encoder_pooling"].default)
+    assert TrainSettings(model_kind="encoder", encoder_pooling="cls").encoder_pooling == "cls"

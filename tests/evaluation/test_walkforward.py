@@ -87,3 +87,21 @@ def _client_artifacts(run_id):
 
     client = MlflowClient(load_settings().tracking_uri)
     return client.list_artifacts(run_id) + client.list_artifacts(run_id, "walk_forward")
+
+
+def test_walk_forward_trains_the_encoder_kind_when_it_is_the_configured_kind(built, data_dir, monkeypatch):
+    """train.model_kind = encoder: every fold trains and scores the MiniLM encoder (its head), not the causal model."""
+    import json
+
+    manifest, features = built
+    monkeypatch.setenv("CHAINSIGNAL_TRAIN__MODEL_KIND", "encoder")
+    first = date.fromisoformat(manifest["splits"]["validation"][0])
+    summary = walk_forward(step_days=10, validation_days=8, first_test_day=first, epochs=1, lora=True)
+    parent, children = _runs(summary)
+    assert len(children) == 2 == summary["folds"]
+    _check_folds(children, features, manifest, ("lora", *BASELINES))
+    assert parent.data.params["train.model_kind"] == "encoder" and parent.data.tags["verdict"].startswith("LoRA ")
+    ws = Workspace.from_settings(load_settings())
+    for child in children:
+        trained = json.loads(ws.run_dir(child.info.run_id).joinpath("adapter", "chainsignal_train.json").read_text())
+        assert trained["model_kind"] == "encoder" and trained["pooling"] == "mean"

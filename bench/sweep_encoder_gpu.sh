@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The encoder-kind sweep behind bench/results/train_defaults_encoder*.md, on one GPU of the device image
+# (torch, transformers, peft, scikit-learn; no polars, prefect or mlflow), 3 seeds per configuration.
+#
+# Prepare here (var/gpu is ignored by git and travels as a carried path, under the 64 MiB limit):
+#   var/gpu/wheels/        pydantic, pydantic-core (cp312), pydantic-settings, annotated-types, typing-inspection,
+#                          typing-extensions, python-dotenv wheels (pip download --no-deps ...)
+#   var/gpu/minilm-fp16/   the bundled all-MiniLM-L6-v2 saved in fp16 (45 MB; loaded back as fp32 below):
+#       python -c "import torch; from transformers import AutoModel, AutoTokenizer; from tasks.training.encoder import \
+#         resolve_encoder as r; p = r('minilm'); AutoModel.from_pretrained(p, dtype=torch.float16).save_pretrained('var/gpu/minilm-fp16'); \
+#         AutoTokenizer.from_pretrained(p).save_pretrained('var/gpu/minilm-fp16')"
+#   var/gpu/data/<task>/   manifest.json, train.json, validation.json of a built dataset version: the sentiment one
+#                          of bench/sweep_train_defaults.py's docstring, the direction one of bench/shared_split.py
+# then, on the device:  TASK=direction bash bench/sweep_encoder_gpu.sh   (and TASK=sentiment); the part files land
+# in $OUT; merge them with: python bench/sweep_train_defaults.py --kind encoder --dataset - --merge <parts> --out ...
+set -euo pipefail
+TASK=${TASK:?TASK=direction or TASK=sentiment}
+OUT=${OUT:-/tmp/sweep-out}
+python -m pip install --no-deps -q var/gpu/wheels/*.whl > /dev/null 2>&1 || true
+python -c "import torch; from transformers import AutoModel, AutoTokenizer as T; d = 'var/gpu/minilm-fp16'; \
+AutoModel.from_pretrained(d, dtype=torch.float32).save_pretrained('/tmp/m32'); T.from_pretrained(d).save_pretrained('/tmp/m32')" > /dev/null 2>&1
+export HF_HUB_OFFLINE=1
+CONFIGS=(
+  '"learning_rate": 2e-4, "encoder_pooling": "cls"' '"learning_rate": 5e-4, "encoder_pooling": "cls"'
+  '"learning_rate": 1e-3, "encoder_pooling": "cls"' '"learning_rate": 2e-3, "encoder_pooling": "cls"'
+  '"learning_rate": 1e-3, "encoder_pooling": "cls", "warmup_steps": 30' '"learning_rate": 1e-3, "encoder_pooling": "cls", "warmup_steps": 100'
+  '"learning_rate": 2e-3, "encoder_pooling": "cls", "warmup_steps": 30' '"learning_rate": 2e-3, "encoder_pooling": "cls", "warmup_steps": 100'
+  '"learning_rate": 5e-4, "encoder_pooling": "cls", "early_stopping_patience": 5' '"learning_rate": 7e-4, "encoder_pooling": "cls"'
+  '"learning_rate": 7e-4, "encoder_pooling": "cls", "early_stopping_patience": 5'
+  '"learning_rate": 3e-4, "encoder_pooling": "mean"' '"learning_rate": 5e-4, "encoder_pooling": "mean"'
+  '"learning_rate": 7e-4, "encoder_pooling": "mean"' '"learning_rate": 1e-3, "encoder_pooling": "mean"'
+)
+args=()
+for c in "${CONFIGS[@]}"; do for seed in 42 1 2; do
+  args+=(--config "{\"base_model\": \"/tmp/m32\", $c, \"seed\": $seed}")
+done; done
+mkdir -p "$OUT"
+for part in 0 1 2 3; do  # four processes share the GPU
+  python bench/sweep_train_defaults.py --kind encoder --torch-threads 4 --dataset "var/gpu/data/$TASK" \
+    --out "$OUT/$TASK-$part" --part "$part/4" "${args[@]}" > "$OUT/$TASK-$part.log" 2>&1 &
+done
+wait
