@@ -16,7 +16,7 @@ shared/data/real/prices/). In a scratch data dir it runs, in one process:
 It reads the parent MLflow run back (per-fold table, pooled metrics, verdict, the plot) and writes
 <out>.md (the command and the machine first), <out>.json and <out>.png.
 
-Usage:  .venv/bin/python bench/walk_forward_shared.py [--epochs 1] [--no-lora] [--concurrency 1]
+Usage:  .venv/bin/python bench/walk_forward_shared.py [--epochs 3] [--no-lora] [--concurrency 1]
             [--out bench/results/walk_forward_shared]
 """
 
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--first-test-day", type=date.fromisoformat, default=date(2019, 1, 1))
     p.add_argument("--step-days", type=int, default=90)
     p.add_argument("--validation-days", type=int, default=90)
-    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--no-lora", dest="lora", action="store_false")
     p.add_argument("--lora-folds", type=int, default=None,
                    help="LoRA on the last N folds only (default: every fold); the baselines always cover every fold")

@@ -10,7 +10,6 @@ built, not when this module is imported.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,6 +75,7 @@ class CausalScorer:
     def __init__(self, adapter_dir: Path, base_model: str, cutoff_len: int, device: str = "auto"):
         from peft import PeftModel
 
+        from tasks.training.checkpoints import read_train_record
         from tasks.training.model import load_base_model, pick_device
 
         dev = pick_device(device)
@@ -84,8 +84,7 @@ class CausalScorer:
             self.model = PeftModel.from_pretrained(base, str(adapter_dir)).to(dev)
         self.prompter = Prompter.load()
         self.cutoff_len = cutoff_len
-        trained = Path(adapter_dir) / "chainsignal_train.json"
-        self.adjustment = json.loads(trained.read_text()).get("label_adjustment") if trained.is_file() else None
+        self.adjustment = read_train_record(adapter_dir).get("label_adjustment")
 
     def labels(self, records: Sequence[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
         """Label and class probabilities by label likelihood, with the run's prior correction when it has one."""

@@ -44,14 +44,17 @@ def _bin(name: str) -> str:
     return str(here) if here.exists() else (shutil.which(name) or name)
 
 
+# `prefect deployment run ... --watch` shows the run's logs (loss per step, the verdict) next to its events only
+# when the server streams them out (both off by default in Prefect 3.9); docker/compose.yaml's server sets them too
+LOG_STREAMING = {"PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true", "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true"}
+
+
 def prefect_server(port: int, home: Path, database_url: str | None = None) -> Service:
     # the UI asks the API at PREFECT_UI_API_URL, by default built from PREFECT_SERVER_API_PORT (4200),
     # not from --port: both follow services.prefect_port
     env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": "",
            "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
-           # `prefect deployment run ... --watch` shows the run's logs (loss per step, the verdict) next to its
-           # events only when the server streams them out (both off by default in Prefect 3.9)
-           "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true", "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true"}
+           **LOG_STREAMING}
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     return Service("prefect-server", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -20,6 +20,18 @@ from tasks.core.settings import TrainSettings
 from tasks.training.distributed import Processes
 
 CHECKPOINT_FILE = "checkpoint.pt"
+TRAIN_RECORD = "chainsignal_train.json"  # beside the adapter: what the run was, and what its scorer must apply
+
+
+def write_train_record(out_dir: Path, record: dict[str, Any]) -> None:
+    """``chainsignal_train.json`` into an adapter's folder (both kinds write it; their scorers read it back)."""
+    (out_dir / TRAIN_RECORD).write_text(json.dumps(record, indent=2))
+
+
+def read_train_record(adapter_dir: Path) -> dict[str, Any]:
+    """An adapter's ``chainsignal_train.json``; {} for an adapter saved without one."""
+    path = Path(adapter_dir) / TRAIN_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def run_key(cfg: TrainSettings, base_model: str, examples: Sequence[dict[str, list[int]]], world: int) -> str:
@@ -93,7 +105,7 @@ def save_adapter(out_dir: Path, peft_model, tokenizer, summary: dict[str, Any], 
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(out_dir, state_dict=adapter_state)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "chainsignal_train.json").write_text(json.dumps(summary, indent=2))
+    write_train_record(out_dir, summary)
     if checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_FILE).is_file():
         (checkpoint_dir / CHECKPOINT_FILE).unlink()  # finished: the next run starts fresh
 

@@ -8,7 +8,6 @@ offline. A hub id or local path works the same way. Like tasks/training/train.py
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -23,6 +22,7 @@ from tasks.core.labelset import LABELS
 from tasks.core.logs import get_logger, quiet_peft_wrap
 from tasks.core.progress import progress
 from tasks.core.settings import TrainSettings
+from tasks.training.checkpoints import read_train_record, write_train_record
 from tasks.training.fastpath.attention import sdpa_without_cudnn
 from tasks.training.model import count_params, peak_memory_mb, pick_device
 from tasks.training.selection import Selection, class_weights, macro_f1, predicted_labels
@@ -183,7 +183,7 @@ def _save(model, tokenizer, out_dir: Path, record: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "chainsignal_train.json").write_text(json.dumps(record, indent=2))
+    write_train_record(out_dir, record)
 
 
 def _loss_weights(cfg: TrainSettings, records: Sequence[dict[str, Any]], kind: str, device: torch.device) -> torch.Tensor | None:
@@ -237,9 +237,7 @@ class EncoderPredictor:
 
         dev = pick_device(device)
         self.kind, self.max_len, self.device = kind, max_len, dev
-        trained = json.loads((Path(adapter_dir) / "chainsignal_train.json").read_text()) \
-            if (Path(adapter_dir) / "chainsignal_train.json").is_file() else {}
-        pooling = trained.get("pooling", "cls")  # adapters saved before the setting pooled [CLS]
+        pooling = read_train_record(adapter_dir).get("pooling", "cls")  # adapters saved before the setting pooled [CLS]
         self.tokenizer, base_model = load_encoder(base, 1 if kind == "number" else len(LABELS), dev, pooling)
         with quiet_peft_wrap():
             self.model = PeftModel.from_pretrained(base_model, str(adapter_dir)).to(dev).eval()

@@ -47,6 +47,14 @@ def test_docker_files_copy_only_what_exists():
             assert (ROOT / "docker" / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
 
 
+def test_the_compose_prefect_server_streams_logs_as_make_ups_does():
+    """`--watch` against the compose server prints the run's logs too: the same settings as `make up`'s server."""
+    from tasks.ops.services import LOG_STREAMING
+
+    env = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["prefect"]["environment"]
+    assert {k: env.get(k) for k in LOG_STREAMING} == LOG_STREAMING
+
+
 def test_compose_file_matches_the_compose_specification():
     import subprocess
     import sys
