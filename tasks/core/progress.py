@@ -9,7 +9,7 @@ logger, MLflow's, ours) write above it: the bar is cleared, the line written, th
 no log line breaks it and it is drawn once. The INFO lines of the work the bar counts (the thread
 that opened it: a training step's loss, a chunk's blocks) are left off the console, where the bar
 shows the same; they still reach every other handler (the Prefect run's logs, a file). Warnings and
-errors, and other threads' lines, are written above the bar.
+errors, other threads' lines and Python ``warnings`` are written above the bar.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def _bar_opened(thread: int) -> None:
         if first:
             for lg in _loggers():
                 lg.handlers = [_AboveTheBar(h) if _console_handler(h) else h for h in lg.handlers]
+            _warnings_above_the_bar(True)
 
 
 def _bar_closed(thread: int) -> None:
@@ -109,3 +110,26 @@ def _bar_closed(thread: int) -> None:
             for lg in _loggers():
                 if any(isinstance(h, _AboveTheBar) for h in lg.handlers):
                     lg.handlers = [h.inner if isinstance(h, _AboveTheBar) else h for h in lg.handlers]
+            _warnings_above_the_bar(False)
+
+
+_shown_before: Any = None  # warnings.showwarning while no bar is live
+
+
+def _warnings_above_the_bar(on: bool) -> None:
+    """Python ``warnings`` (written straight to stderr, not through logging) are written above a live bar too."""
+    import warnings
+
+    global _shown_before
+    if on and _shown_before is None:
+        _shown_before = warnings.showwarning
+
+        def above(*args: Any, **kwargs: Any) -> None:
+            from tqdm import tqdm
+
+            with tqdm.external_write_mode(file=sys.stderr):
+                _shown_before(*args, **kwargs)
+
+        warnings.showwarning = above
+    elif not on and _shown_before is not None:
+        warnings.showwarning, _shown_before = _shown_before, None

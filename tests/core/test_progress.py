@@ -70,7 +70,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 BAR_AND_LOGS = """
-    import logging, threading
+    import logging, threading, warnings
     from prefect.logging.configuration import setup_logging
     setup_logging()  # Prefect's console handler on the root logger, as the chainsignal command does
     from tasks.core.progress import progress
@@ -85,6 +85,8 @@ BAR_AND_LOGS = """
             log.warning("a warning during the bar")
             t = threading.Thread(target=lambda: log.info("another thread's line"))
             t.start(); t.join()
+        if step == 4:
+            warnings.warn("a python warning during the bar")
     bar.close()
     log.info("after the bar")
     handlers = logging.getLogger().handlers
@@ -104,6 +106,9 @@ def test_log_lines_do_not_break_the_bar_and_it_is_drawn_once():
     where = [next(i for i, line in enumerate(shown) if text in line) for text in
              ("before the bar", "a warning during the bar", "another thread's line", "work:", "after the bar")]
     assert where == sorted(where)
+    # a Python warning (written to stderr, not logged) lands on a line of its own above the bar too
+    warned = [line for line in shown if "UserWarning: a python warning during the bar" in line]
+    assert len(warned) == 1 and not warned[0].startswith("work:") and shown.index(warned[0]) < where[3], shown
     assert shown[-1] == "root handlers: PrefectConsoleHandler"  # the console handler is given back
 
 
