@@ -78,7 +78,10 @@ def test_help_uses_real_placeholders_and_names_the_training_defaults():
     train = " ".join(run("train", "--help").stdout.split())
     assert "--start DATE" in " ".join(run("ingest", "--help").stdout.split())
     assert "--lora-r INTEGER LoRA rank; per kind. [default: causal 8, encoder 16, from train.lora_r]" in train
-    assert "[default: causal 0.003, encoder 0.002, from train.learning_rate]" in train
+    from tasks.core.settings import TRAIN_KIND_DEFAULTS
+
+    rates = {kind: TRAIN_KIND_DEFAULTS[kind]["learning_rate"] for kind in ("causal", "encoder")}
+    assert f"[default: causal {rates['causal']}, encoder {rates['encoder']}, from train.learning_rate]" in train
 
 
 def test_a_causal_only_flag_given_to_the_encoder_kind_is_refused_in_one_line(tmp_path):
