@@ -8,9 +8,9 @@ three steps, because the GPU image has torch, transformers and peft but no polar
      per fold ``tasks.evaluation.walkforward``'s fold_frame (labels from the fold's own training days),
      fold_baselines and fold_records; one JSON per fold under --work (the records, the truth, the baselines'
      predictions).
-  2. ``train`` (on the device, --part k/n per process): per fold, ``train_encoder_adapter`` on the fold's training
-     records (selected on its validation records) and the product's scorer on validation and test: what
-     ``walkforward.fold_lora`` does for the encoder kind, without the polars import; one JSON of predictions a fold.
+  2. ``train`` (on the device, --part k/n per process): per fold, the walk-forward flow's own ``fold_lora``
+     (tasks/evaluation/foldmodel.py, no polars): the encoder trained on the fold's training records, selected on
+     its validation records, scored on validation and test; one JSON of predictions a fold.
   3. ``report`` (here): the folds back into ``FoldResult``s; ``pooled_metrics``, ``pooled_verdict`` (the product's
      one rule) and ``plot_fold_f1``; writes <out>.md, <out>.json and <out>.png.
 
@@ -78,19 +78,18 @@ def prepare(args: argparse.Namespace) -> None:
 def train(args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tasks.core.settings import TrainSettings
-    from tasks.evaluation.scoring import load_scorer
-    from tasks.training.encoder import train_encoder_adapter
+    from tasks.dataset.prompter import Prompter
+    from tasks.evaluation.foldmodel import fold_lora
 
     k, n = (int(x) for x in args.part.split("/"))
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    prompter = Prompter.load()
     for path in sorted(args.work.glob("fold-*.json"))[k::n]:
         fold = json.loads(path.read_text())
         cfg = TrainSettings(model_kind="encoder", **({"base_model": args.base_model} if args.base_model else {}))
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            result = train_encoder_adapter(cfg, fold["records"]["train"], fold["records"]["validation"], Path(tmp), "class")
-            scorer = load_scorer(Path(tmp), cfg.base_model, cfg.cutoff_len, model_type="encoder", kind="class", device=cfg.device)
-            preds = {s: scorer.labels(fold["records"][s])[0] for s in ("validation", "test")}
+            preds, result = fold_lora(cfg, fold["records"], prompter, lambda name: Path(tmp) / name, Path(tmp) / "adapter")
             seconds = time.perf_counter() - t0
         out = {"fold": fold["fold"]["fold"], "lora": preds, "seconds": round(seconds, 1), "device": result.device,
                "steps": result.steps, "selected_step": result.selected_step, "selection_score": result.selection_score,

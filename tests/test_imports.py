@@ -19,7 +19,8 @@ def test_flow_modules_import_without_torch_transformers_peft_or_web3():
 def test_training_and_scoring_import_without_polars_prefect_or_mlflow():
     """The GPU image has torch, transformers and peft but no polars, prefect or mlflow: the training core,
     the encoder kind and the scorers run there from a dataset version's JSON records (bench/sweep_train_defaults.py)."""
-    mods = ["tasks.training.train", "tasks.training.encoder", "tasks.evaluation.scoring", "tasks.core.manifests"]
+    mods = ["tasks.training.train", "tasks.training.encoder", "tasks.evaluation.scoring", "tasks.evaluation.foldmodel",
+            "tasks.core.manifests"]
     code = ("import sys\n" + "".join(f"import {m}\n" for m in mods)
             + "print(sorted(m for m in ('polars', 'prefect', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

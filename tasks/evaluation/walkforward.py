@@ -8,7 +8,7 @@ adapter and (for the tiny model) its tokenizer all come from its training days o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,11 @@ from tasks.dataset.labels import add_persistence, label_from_return, label_thres
 from tasks.dataset.prompter import Prompter
 from tasks.dataset.records import build_records
 from tasks.evaluation.baselines import baseline_predictions
+from tasks.evaluation.foldmodel import SCORED, fold_lora  # noqa: F401  (fold_lora: the flow imports it from here)
 from tasks.evaluation.folds import Fold
 from tasks.evaluation.metrics import bootstrap_f1_difference, bootstrap_mcc, score, true_share
 from tasks.evaluation.verdict import Comparison, Verdict, decide
 
-SCORED = ("validation", "test")  # the splits a fold predicts
 BASELINES = ("majority", "persistence", "logistic")
 
 
@@ -92,29 +92,6 @@ def fold_records(frame: pl.DataFrame, prompter: Prompter, assets: list[str], cha
     for r in records:
         out[r["split"]].append({**r, "instruction": instruction})
     return out
-
-
-def fold_lora(cfg: Any, records: dict[str, list[dict[str, Any]]], prompter: Prompter, model_dir_for: Callable[[str], Path],
-              out_dir: Path, log_metrics: Callable[[dict[str, float], int], None] | None = None) -> tuple[dict[str, list[str]], Any]:
-    """Train a LoRA adapter of ``cfg.model_kind`` on the fold's training records (selected on the fold's validation
-    records) and score validation and test (label likelihood for the causal kind, the head for the encoder):
-    (split -> labels, the training result)."""
-    from tasks.evaluation.scoring import load_scorer
-
-    if cfg.model_kind == "encoder":
-        from tasks.training.encoder import train_encoder_adapter
-
-        base = cfg.base_model
-        result = train_encoder_adapter(cfg, records["train"], records["validation"], out_dir, "class", log_metrics)
-    else:
-        from tasks.training.tinymodel import resolve_base_model
-        from tasks.training.train import train_lora_adapter
-
-        corpus = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in records["train"]] + list(prompter.labels)
-        base, _ = resolve_base_model(cfg, model_dir_for, corpus)  # the tiny model's vocabulary: this fold's training days only
-        result = train_lora_adapter(cfg, base, records["train"], records["validation"], out_dir, log_metrics)
-    scorer = load_scorer(out_dir, base, cfg.cutoff_len, model_type=cfg.model_kind, kind="class", device=cfg.device)
-    return {s: scorer.labels(records[s])[0] for s in SCORED}, result
 
 
 def pooled(results: Sequence[FoldResult], model: str, split: str) -> tuple[list[str], list[str]]:
