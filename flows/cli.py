@@ -236,6 +236,7 @@ def walk_forward_cmd(
     first_test_day: Day = None,
     epochs: Annotated[float | None, _knob("epochs", "Passes over each fold's training days.")] = None,
     lora: Annotated[bool, typer.Option(help="Train LoRA per fold; --no-lora scores the baselines only (fast).")] = True,
+    model_kind: Annotated[str | None, _knob("model_kind", "causal (LM + LoRA) or encoder (MiniLM + LoRA + head).")] = None,
     concurrency: Annotated[int, typer.Option(
         metavar="INTEGER", help="Folds at once (threads; the Dask cluster at services.dask_scheduler_address when set).")] = 1,
 ) -> None:
@@ -244,7 +245,8 @@ def walk_forward_cmd(
     from flows.walk_forward import walk_forward
 
     _print(walk_forward(dataset=dataset, step_days=step_days, validation_days=validation_days,
-                        first_test_day=_day(first_test_day), epochs=epochs, lora=lora, concurrency=concurrency))
+                        first_test_day=_day(first_test_day), epochs=epochs, lora=lora, model_kind=model_kind,
+                        concurrency=concurrency))
 
 
 @app.command()
