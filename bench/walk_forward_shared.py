@@ -168,27 +168,13 @@ def merge(runs: dict) -> tuple[list[dict], list[str]]:
 
 
 def plot(rows: list[dict], models: list[str], path: Path) -> None:
-    """Test macro-F1 per fold (x: the fold's first test day) for every model."""
-    import matplotlib
+    """Test macro-F1 per fold (x: the fold's first test day) for every model, from the saved per-fold rows."""
+    from tasks.evaluation.walkforward import plot_per_fold
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
-    for m in models:
-        pts = [(date.fromisoformat(r["test_start"]), r[f"{m}_test_macro_f1"]) for r in rows if f"{m}_test_macro_f1" in r]
-        ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, linewidth=2.2 if m == "lora" else 1.2, label=m)
-    ax.set_ylabel("test macro-F1")
-    ax.set_xlabel("fold (first test day)")
-    ax.set_ylim(0, 0.7)
-    ax.grid(alpha=0.3)
-    ax.set_title("Walk-forward on real ETH/BTC daily prices: test macro-F1 per fold (ETH next-day direction, 3 classes)", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    series = {m: [(date.fromisoformat(r["test_start"]), r[f"{m}_test_macro_f1"]) for r in rows if f"{m}_test_macro_f1" in r]
+              for m in models}
+    plot_per_fold(series, path, "Walk-forward on real ETH/BTC daily prices: test macro-F1 per fold "
+                  "(ETH next-day direction, 3 classes)")
 
 
 def fold_stats(rows: list[dict], models: list[str]) -> dict:
