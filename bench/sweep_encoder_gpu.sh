@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The encoder-kind sweep behind bench/results/train_defaults_encoder*.md, on one GPU of the device image
-# (torch, transformers, peft, scikit-learn; no polars, prefect or mlflow), 3 seeds per configuration.
+# (torch, transformers, peft, scikit-learn; no polars, prefect or mlflow): 19 configurations x 3 seeds.
 #
 # Prepare here (var/gpu is ignored by git and travels as a carried path, under the 64 MiB limit):
 #   var/gpu/wheels/        pydantic, pydantic-core (cp312), pydantic-settings, annotated-types, typing-inspection,
@@ -29,6 +29,10 @@ CONFIGS=(
   '"learning_rate": 7e-4, "encoder_pooling": "cls", "early_stopping_patience": 5'
   '"learning_rate": 3e-4, "encoder_pooling": "mean"' '"learning_rate": 5e-4, "encoder_pooling": "mean"'
   '"learning_rate": 7e-4, "encoder_pooling": "mean"' '"learning_rate": 1e-3, "encoder_pooling": "mean"'
+  '"learning_rate": 5e-4, "encoder_pooling": "mean", "target_modules": ["query", "key", "value", "dense"]'
+  '"learning_rate": 5e-4, "encoder_pooling": "mean", "lora_r": 32, "lora_alpha": 64'
+  '"learning_rate": 5e-4, "encoder_pooling": "mean", "batch_size": 8'
+  '"learning_rate": 5e-4, "encoder_pooling": "mean", "early_stopping_patience": 5'
 )
 args=()
 for c in "${CONFIGS[@]}"; do for seed in 42 1 2; do
