@@ -32,12 +32,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import settings_for, workspace
 from tasks.core.errors import InputError
 from tasks.dataset.prompter import Prompter
+from tasks.evaluation.foldmodel import fold_lora
 from tasks.evaluation.folds import Fold, walk_forward_folds
 from tasks.evaluation.walkforward import (
     FoldResult,
     fold_baselines,
     fold_frame,
-    fold_lora,
     fold_records,
     new_fold_result,
     plot_fold_f1,

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.core.labelset import LABELS
 from tasks.core.logs import quiet_peft_wrap
 from tasks.dataset.prompter import Prompter
 
@@ -106,7 +107,7 @@ class EncoderScorer:
         self.predictor = EncoderPredictor(adapter_dir, base_model, kind, device, max_len=cutoff_len)
 
     def labels(self, records: Sequence[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
-        return self.predictor.predict_labels([r["input"] for r in records])
+        return predict_labels(self.predictor.outputs([r["input"] for r in records]), LABELS)
 
     def answers(self, records: Sequence[dict[str, Any]]) -> list[str]:
         return [f"{x:.4f}" for x in self.predictor.predict_numbers([r["input"] for r in records])]

@@ -20,7 +20,7 @@ from tasks.dataset.labels import add_persistence, label_from_return, label_thres
 from tasks.dataset.prompter import Prompter
 from tasks.dataset.records import build_records
 from tasks.evaluation.baselines import baseline_predictions
-from tasks.evaluation.foldmodel import SCORED, fold_lora  # noqa: F401  (fold_lora: the flow imports it from here)
+from tasks.evaluation.foldmodel import SCORED
 from tasks.evaluation.folds import Fold
 from tasks.evaluation.metrics import bootstrap_f1_difference, bootstrap_mcc, score, true_share
 from tasks.evaluation.verdict import Comparison, Verdict, decide

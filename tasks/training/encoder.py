@@ -246,11 +246,5 @@ class EncoderPredictor:
     def outputs(self, texts: Sequence[str]) -> np.ndarray:
         return _logits(self.model, self.tokenizer, texts, self.max_len, self.device)
 
-    def predict_labels(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
-        logits = self.outputs(texts)
-        z = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-        return [LABELS[i] for i in logits.argmax(axis=1)], probs
-
     def predict_numbers(self, texts: Sequence[str]) -> list[float]:
         return self.outputs(texts)[:, 0].tolist()
