@@ -13,11 +13,15 @@
 #                          of bench/sweep_train_defaults.py's docstring, the direction one of bench/shared_split.py
 # then, on the device:  TASK=direction bash bench/sweep_encoder_gpu.sh   (and TASK=sentiment); the part files land
 # in $OUT; merge them with: python bench/sweep_train_defaults.py --kind encoder --dataset - --merge <parts> --out ...
+# SET=layers runs the second sweep instead (LoRA on the top layers with the lower ones cached, train.encoder_lora_layers,
+# against batch size): 10 configurations x 5 seeds, PARTS processes side by side.
 set -euo pipefail
 TASK=${TASK:?TASK=direction or TASK=sentiment}
 OUT=${OUT:-/tmp/sweep-out}
-python -m pip install --no-deps -q var/gpu/wheels/*.whl > /dev/null 2>&1 || true
-python -c "import torch; from transformers import AutoModel, AutoTokenizer as T; d = 'var/gpu/minilm-fp16'; \
+SET=${SET:-pooling}
+PARTS=${PARTS:-4}
+python -c "import pydantic_settings" 2> /dev/null || python -m pip install --no-deps -q var/gpu/wheels/*.whl > /dev/null 2>&1 || true
+[ -f /tmp/m32/config.json ] || python -c "import torch; from transformers import AutoModel, AutoTokenizer as T; d = 'var/gpu/minilm-fp16'; \
 AutoModel.from_pretrained(d, dtype=torch.float32).save_pretrained('/tmp/m32'); T.from_pretrained(d).save_pretrained('/tmp/m32')" > /dev/null 2>&1
 export HF_HUB_OFFLINE=1
 CONFIGS=(
@@ -34,13 +38,26 @@ CONFIGS=(
   '"learning_rate": 5e-4, "encoder_pooling": "mean", "batch_size": 8'
   '"learning_rate": 5e-4, "encoder_pooling": "mean", "early_stopping_patience": 5'
 )
+SEEDS=(42 1 2)
+if [ "$SET" = layers ]; then
+  M='"encoder_pooling": "mean"'
+  CONFIGS=(
+    "$M, \"learning_rate\": 5e-4" "$M, \"learning_rate\": 5e-4, \"batch_size\": 8"
+    "$M, \"learning_rate\": 5e-4, \"encoder_lora_layers\": 3" "$M, \"learning_rate\": 5e-4, \"encoder_lora_layers\": 2"
+    "$M, \"learning_rate\": 5e-4, \"encoder_lora_layers\": 1" "$M, \"learning_rate\": 5e-4, \"encoder_lora_layers\": 3, \"batch_size\": 8"
+    "$M, \"learning_rate\": 5e-4, \"encoder_lora_layers\": 2, \"batch_size\": 8"
+    "$M, \"learning_rate\": 1e-3, \"encoder_lora_layers\": 2" "$M, \"learning_rate\": 1e-3, \"encoder_lora_layers\": 2, \"batch_size\": 8"
+    "$M, \"learning_rate\": 1e-3, \"encoder_lora_layers\": 1"
+  )
+  SEEDS=(42 1 2 3 4)
+fi
 args=()
-for c in "${CONFIGS[@]}"; do for seed in 42 1 2; do
+for c in "${CONFIGS[@]}"; do for seed in "${SEEDS[@]}"; do
   args+=(--config "{\"base_model\": \"/tmp/m32\", $c, \"seed\": $seed}")
 done; done
 mkdir -p "$OUT"
-for part in 0 1 2 3; do  # four processes share the GPU
-  python bench/sweep_train_defaults.py --kind encoder --torch-threads 4 --dataset "var/gpu/data/$TASK" \
-    --out "$OUT/$TASK-$part" --part "$part/4" "${args[@]}" > "$OUT/$TASK-$part.log" 2>&1 &
+for ((part = 0; part < PARTS; part++)); do  # PARTS processes share the GPU
+  python bench/sweep_train_defaults.py --kind encoder --torch-threads $((16 / PARTS > 0 ? 16 / PARTS : 1)) \
+    --dataset "var/gpu/data/$TASK" --out "$OUT/$TASK-$part" --part "$part/$PARTS" "${args[@]}" > "$OUT/$TASK-$part.log" 2>&1 &
 done
 wait

@@ -50,7 +50,15 @@ def _configs(kind: str, only: int | None) -> list[dict[str, Any]]:
 
 
 def _merge(paths: list[Path]) -> list[dict[str, Any]]:
-    return [row for p in paths for row in json.loads(p.read_text())["rows"]]
+    """The parts' rows in order; a configuration run again with the same seed on the same device keeps its last row
+    (a rerun is one more look at one run, not another seed)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for p in paths:
+        for row in json.loads(p.read_text())["rows"]:
+            key = json.dumps({**_knobs(row, "encoder"), "seed": row.get("seed", 42), "task": row.get("task")}, sort_keys=True)
+            rows.pop(key, None)
+            rows[key] = row
+    return list(rows.values())
 
 
 def run_one(kind: str, overrides: dict[str, Any], dataset: Path, work: Path) -> dict[str, Any]:
@@ -86,7 +94,8 @@ def run_one(kind: str, overrides: dict[str, Any], dataset: Path, work: Path) -> 
     resolved = {"learning_rate": cfg.learning_rate, "target_modules": list(cfg.target_modules), "lora_r": cfg.lora_r,
                 "epochs": cfg.epochs, "batch_size": cfg.batch_size, "early_stopping_patience": cfg.early_stopping_patience,
                 "warmup_steps": cfg.warmup_steps, "seed": cfg.seed,
-                **({"encoder_pooling": cfg.encoder_pooling} if kind == "encoder" else {})}
+                **({"encoder_pooling": cfg.encoder_pooling, "encoder_lora_layers": cfg.encoder_lora_layers}
+                   if kind == "encoder" else {})}
     return {**overrides, **resolved, "steps": result.steps, "selected_step": result.selected_step,
             "device": result.device,
             "validation_macro_f1": round(macro_f1([r["output"] for r in val], preds), 4),
@@ -104,22 +113,24 @@ def write_table(rows: list[dict[str, Any]], kind: str, out: Path, command: str) 
              f"{rows[0]['rows_validation']} validation rows (the product's chronological split). Each run keeps its best "
              "validation evaluation (train.select_by) with early stopping (train.early_stopping_patience) and class "
              "balance; the figures are the saved adapter reloaded and scored by the product's scorer.", "",
-             "| learning rate | LoRA targets | r | batch | pooling | warm-up | patience | max epochs | seed | steps run | kept step | "
-             "validation macro-F1 | validation predicted shares | collapsed | device | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| learning rate | LoRA targets | LoRA layers | r | batch | pooling | warm-up | patience | max epochs | seed | steps run | "
+             "kept step | validation macro-F1 | validation predicted shares | collapsed | device | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     current = TrainSettings(model_kind=kind)
     keys = ("learning_rate", "lora_r", "epochs", "batch_size", "early_stopping_patience")
 
     def is_default(r: dict[str, Any]) -> bool:
         return (all(r.get(k) == getattr(current, k) for k in keys) and tuple(r.get("target_modules", ())) == current.target_modules
                 and r.get("encoder_pooling", "cls") == current.encoder_pooling and r.get("warmup_steps", 2) == current.warmup_steps
+                and r.get("encoder_lora_layers", 0) == getattr(current, "encoder_lora_layers", 0)
                 and r.get("seed", 42) == current.seed)
 
     for r in rows:
         mark = " **(the defaults)**" if is_default(r) else ""
         knobs = {k: r.get(k, TrainSettings.model_fields[k].default) for k in ("batch_size", "early_stopping_patience")}
         pooling = r.get("encoder_pooling", "cls") if kind == "encoder" else "-"
-        lines.append(f"| {r['learning_rate']:g}{mark} | {','.join(r.get('target_modules', []))} | {r.get('lora_r', 8)} | "
+        layers = f"top {r['encoder_lora_layers']}" if r.get("encoder_lora_layers") else "all"
+        lines.append(f"| {r['learning_rate']:g}{mark} | {','.join(r.get('target_modules', []))} | {layers} | {r.get('lora_r', 8)} | "
                      f"{knobs['batch_size']} | {pooling} | {r.get('warmup_steps', 2)} | {knobs['early_stopping_patience']} | "
                      f"{r['epochs']:g} | {r.get('seed', 42)} | "
                      f"{r['steps']} | {r['selected_step']} | {r['validation_macro_f1']:.3f} | "
@@ -130,8 +141,15 @@ def write_table(rows: list[dict[str, Any]], kind: str, out: Path, command: str) 
     out.with_suffix(".json").write_text(json.dumps({"command": command, "kind": kind, "rows": rows}, indent=2) + "\n")
 
 
-KNOBS = ("learning_rate", "target_modules", "lora_r", "batch_size", "encoder_pooling", "warmup_steps",
+KNOBS = ("learning_rate", "target_modules", "lora_r", "batch_size", "encoder_pooling", "encoder_lora_layers", "warmup_steps",
          "early_stopping_patience", "epochs", "device")
+ENCODER_KNOBS = ("encoder_pooling", "encoder_lora_layers")
+UNSET = {"batch_size": 16, "warmup_steps": 2, "early_stopping_patience": 3, "device": "cpu", "encoder_lora_layers": 0}  # rows before
+
+
+def _knobs(row: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A row's configuration (the knobs, those it lacks at the value they had before they were recorded), seed aside."""
+    return {k: row.get(k, UNSET.get(k)) for k in KNOBS if kind == "encoder" or k not in ENCODER_KNOBS}
 
 
 def _by_configuration(rows: list[dict[str, Any]], kind: str) -> list[str]:
@@ -139,8 +157,7 @@ def _by_configuration(rows: list[dict[str, Any]], kind: str) -> list[str]:
     whose every seed learned (none collapsed): the one the defaults should come from."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        key = {k: r.get(k, {"batch_size": 16, "warmup_steps": 2, "early_stopping_patience": 3, "device": "cpu"}.get(k))
-               for k in KNOBS if kind == "encoder" or k != "encoder_pooling"}
+        key = _knobs(r, kind)
         groups.setdefault(json.dumps(key, sort_keys=True), []).append(r)
     lines = ["", "Per configuration, over its seeds:", "",
              "| configuration | seeds | mean validation macro-F1 | lowest | collapsed runs |", "|---|---:|---:|---:|---:|"]

@@ -86,7 +86,7 @@ def train(args: argparse.Namespace) -> None:
     prompter = Prompter.load()
     for path in sorted(args.work.glob("fold-*.json"))[k::n]:
         fold = json.loads(path.read_text())
-        cfg = TrainSettings(model_kind="encoder", **({"base_model": args.base_model} if args.base_model else {}))
+        cfg = TrainSettings(model_kind="encoder", **args.config, **({"base_model": args.base_model} if args.base_model else {}))
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             preds, result = fold_lora(cfg, fold["records"], prompter, lambda name: Path(tmp) / name, Path(tmp) / "adapter")
@@ -94,9 +94,13 @@ def train(args: argparse.Namespace) -> None:
         out = {"fold": fold["fold"]["fold"], "lora": preds, "seconds": round(seconds, 1), "device": result.device,
                "steps": result.steps, "selected_step": result.selected_step, "selection_score": result.selection_score,
                "train_rows": len(fold["records"]["train"]), "learning_rate": cfg.learning_rate,
-               "pooling": cfg.encoder_pooling, "epochs": cfg.epochs, "seed": cfg.seed}
+               "pooling": cfg.encoder_pooling, "epochs": cfg.epochs, "seed": cfg.seed, "batch_size": cfg.batch_size,
+               "encoder_lora_layers": cfg.encoder_lora_layers}
         (args.out_dir / f"preds-{path.stem}.json").write_text(json.dumps(out))
         print(json.dumps({k: v for k, v in out.items() if k != "lora"}), flush=True)
+
+
+SETTINGS = ("learning_rate", "pooling", "epochs", "seed", "batch_size", "encoder_lora_layers")  # recorded per fold
 
 
 def report(args: argparse.Namespace) -> None:
@@ -129,22 +133,23 @@ def report(args: argparse.Namespace) -> None:
                  "lora_test_top_share": round(max(score(r.truth["test"], r.preds["lora"]["test"]).predicted_share.values()), 3)}
                 for r, t in zip(results, trained, strict=True)]
     out = {"command": "python bench/walk_forward_encoder_gpu.py prepare / train / report", "dataset": meta["fingerprint"],
-           "device": trained[0]["device"], "settings": {k: trained[0][k] for k in ("learning_rate", "pooling", "epochs", "seed")},
+           "device": trained[0]["device"], "settings": {k: trained[0][k] for k in SETTINGS if k in trained[0]},
            "pooled": {k: round(v, 4) for k, v in metrics.items()}, "lora_test_mcc_ci95": [round(mcc_lo, 4), round(mcc_hi, 4)],
-           "verdict": verdict, "processes": args.processes, "folds": per_fold}
+           "verdict": verdict, "processes": args.processes, "config": args.config, "folds": per_fold}
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(out, models))
+    args.out.with_suffix(".md").write_text(markdown(out, models, args.out.with_suffix(".png").name))
     print(verdict)
 
 
-def markdown(out: dict[str, Any], models: list[str]) -> str:
+def markdown(out: dict[str, Any], models: list[str], plot: str) -> str:
     p = out["pooled"]
+    config = f" --config '{json.dumps(out['config'])}'" if out.get("config") else ""
     secs = [f["lora_seconds"] for f in out["folds"]]
     lines = ["# Walk-forward of the encoder kind on the shared prices (2019-01 .. 2024-06 test days)", "",
              f"Commands: `.venv/bin/python bench/walk_forward_encoder_gpu.py prepare --work var/gpu/wf` here; on the device "
              f"(`{out['device']}`, one H200), {out['processes']} processes side by side: `python bench/walk_forward_encoder_gpu.py "
-             f"train --work var/gpu/wf --base-model /tmp/m32 --part k/{out['processes']}`; then `report` here. Dataset "
-             f"`{out['dataset']}`; encoder defaults {out['settings']}.", "",
+             f"train --work var/gpu/wf --base-model /tmp/m32 --part k/{out['processes']}{config}`; then `report` here. Dataset "
+             f"`{out['dataset']}`; encoder settings {out['settings']}.", "",
              f"**Verdict (the product's rule, pooled test days):** {out['verdict']}", "",
              "| model | pooled test macro-F1 | pooled test MCC |", "|---|---:|---:|"]
     lines += [f"| {m} | {p[f'pooled_{m}_test_macro_f1']:.3f} | {p[f'pooled_{m}_test_mcc']:+.3f} |" for m in models]
@@ -160,7 +165,7 @@ def markdown(out: dict[str, Any], models: list[str]) -> str:
         lines.append(f"| {f['fold']} | {f['test_start']} | {f['train_rows']} | {f['lora_steps']} | {f['lora_selected_step']} | "
                      f"{f['lora_seconds']:.0f} | " + " | ".join(f"{f[f'{m}_test_macro_f1']:.3f}" for m in models)
                      + f" | {f['lora_test_top_share']:.0%} |")
-    lines += ["", "![test macro-F1 per fold](walk_forward_encoder.png)", ""]
+    lines += ["", f"![test macro-F1 per fold]({plot})", ""]
     return "\n".join(lines)
 
 
@@ -175,11 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--base-model", default=None, help="a local copy of the encoder (default: the kind's, minilm)")
     t.add_argument("--part", default="0/1", help="k/n: every n-th fold from the k-th")
     t.add_argument("--out-dir", type=Path, required=True)
+    t.add_argument("--config", type=json.loads, default={}, help="train settings over the kind's defaults (JSON)")
     r = sub.add_parser("report", help="pool the folds, the verdict, the table and the plot (here)")
     r.add_argument("--work", type=Path, default=ROOT / "var" / "gpu" / "wf")
     r.add_argument("--preds", type=Path, nargs="+", required=True)
     r.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "walk_forward_encoder")
     r.add_argument("--processes", type=int, default=8, help="how many train processes shared the GPU (for the report)")
+    r.add_argument("--config", type=json.loads, default={}, help="the train settings the device was given (JSON; for the report)")
     args = ap.parse_args(argv)
     {"prepare": prepare, "train": train, "report": report}[args.step](args)
 

@@ -11,13 +11,15 @@ shared/data/real/prices/). In a scratch data dir it runs, in one process:
      and the baselines' matrix holds those columns as constants; the models see price features only;
   3. walk-forward   every --step-days labelled days from --first-test-day on an expanding window, each fold
      relabelled with its own training days' thresholds, majority / persistence / logistic and (unless
-     --no-lora) the tiny causal LoRA (--epochs) per fold, the folds fanned out --concurrency at a time.
+     --no-lora) LoRA per fold: the tiny causal model (--epochs), or with --model-kind encoder the MiniLM encoder
+     (its defaults; --encoder-lora-layers N trains LoRA on its top N layers over cached lower ones, the CPU
+     option), the folds fanned out --concurrency at a time.
 
 It reads the parent MLflow run back (per-fold table, pooled metrics, verdict, the plot) and writes
 <out>.md (the command and the machine first), <out>.json and <out>.png.
 
 Usage:  .venv/bin/python bench/walk_forward_shared.py [--epochs 3] [--no-lora] [--concurrency 1]
-            [--out bench/results/walk_forward_shared]
+            [--model-kind encoder [--encoder-lora-layers 2]] [--lora-folds N] [--out bench/results/walk_forward_shared]
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--first-test-day", type=date.fromisoformat, default=date(2019, 1, 1))
     p.add_argument("--step-days", type=int, default=90)
     p.add_argument("--validation-days", type=int, default=90)
-    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--epochs", type=float, default=None, help="passes per fold (default: the kind's, causal 3, encoder 20 "
+                   "with early stopping)")
+    p.add_argument("--model-kind", choices=("causal", "encoder"), default="causal")
+    p.add_argument("--encoder-lora-layers", type=int, default=None, help="encoder kind: LoRA on the top N layers only")
     p.add_argument("--no-lora", dest="lora", action="store_false")
     p.add_argument("--lora-folds", type=int, default=None,
                    help="LoRA on the last N folds only (default: every fold); the baselines always cover every fold")
@@ -82,9 +87,12 @@ def configure(args: argparse.Namespace) -> None:
         "CHAINSIGNAL_PRICES__FILE_DIR": str(args.prices_dir.resolve()),
         "CHAINSIGNAL_PRICES__ASSETS": '["ETH", "BTC"]',
         "CHAINSIGNAL_DATASET__NAME": "direction",
-        "CHAINSIGNAL_TRAIN__MODEL_KIND": "causal",
-        "CHAINSIGNAL_TRAIN__BASE_MODEL": "tiny-llama",
+        "CHAINSIGNAL_TRAIN__MODEL_KIND": args.model_kind,
     })
+    if args.model_kind == "causal":
+        os.environ["CHAINSIGNAL_TRAIN__BASE_MODEL"] = "tiny-llama"
+    if args.encoder_lora_layers is not None:
+        os.environ["CHAINSIGNAL_TRAIN__ENCODER_LORA_LAYERS"] = str(args.encoder_lora_layers)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # read when torch loads, below
@@ -220,8 +228,14 @@ def _what_ran(report: dict) -> list[str]:
     scope = ("no LoRA in this run" if not a["lora"] else "LoRA on every fold" if "baselines" not in runs
              else f"LoRA on the last {len(runs['lora']['folds'])} of {len(report['folds'])} folds only (CPU time on a shared "
              "2-core machine; `--lora-folds` chose it), the baselines on every fold")
-    lora = (f", and the tiny causal LoRA (the tiny-llama built per fold from its training text, {a['epochs']:g} epoch, every "
-            "other training setting at its default)") if a["lora"] else ""
+    from tasks.core.settings import TRAIN_KIND_DEFAULTS
+
+    kind = a.get("model_kind", "causal")
+    epochs = a["epochs"] if a["epochs"] is not None else TRAIN_KIND_DEFAULTS[kind]["epochs"]
+    layers = f", LoRA on its top {a['encoder_lora_layers']} layers" if a.get("encoder_lora_layers") else ""
+    model = ("the tiny causal LoRA (the tiny-llama built per fold from its training text" if kind == "causal"
+             else f"the encoder LoRA (MiniLM{layers}")
+    lora = f", and {model}, at most {epochs:g} epochs, every other training setting at its default)" if a["lora"] else ""
     return [
         "## What ran", "",
         f"- Data: ETH and BTC daily candles {a['start']} .. {a['end']} (Binance spot; origin and license in "

@@ -207,6 +207,8 @@ def train(
     cutoff_len: Annotated[int | None, _knob("cutoff_len", "Tokens per example; longer prompts are cut.")] = None,
     seed: Annotated[int | None, _knob("seed", "Seed of every random choice.")] = None,
     model_kind: Annotated[str | None, _knob("model_kind", "causal (LM + LoRA) or encoder (MiniLM + LoRA + head).")] = None,
+    encoder_lora_layers: Annotated[int | None, _knob("encoder_lora_layers", "Encoder kind: LoRA on the top N layers, "
+                                                     "the layers below run once per text (faster on CPU); 0 = all.")] = None,
     evaluate: Annotated[bool, typer.Option(help="Run the evaluate flow on the new run.")] = True,
 ) -> None:
     """Train LoRA adapters (train-lora flow), log them to MLflow, then evaluate."""
@@ -216,7 +218,7 @@ def train(
                       lora_dropout=lora_dropout, batch_size=batch_size, micro_batch_size=micro_batch_size,
                       epochs=epochs, learning_rate=learning_rate, cutoff_len=cutoff_len, seed=seed,
                       model_kind=model_kind, run_evaluation=evaluate, target_modules=target_module,
-                      train_on_inputs=train_on_inputs))
+                      train_on_inputs=train_on_inputs, encoder_lora_layers=encoder_lora_layers))
 
 
 @app.command("evaluate")
@@ -237,6 +239,8 @@ def walk_forward_cmd(
     epochs: Annotated[float | None, _knob("epochs", "Passes over each fold's training days.")] = None,
     lora: Annotated[bool, typer.Option(help="Train LoRA per fold; --no-lora scores the baselines only (fast).")] = True,
     model_kind: Annotated[str | None, _knob("model_kind", "causal (LM + LoRA) or encoder (MiniLM + LoRA + head).")] = None,
+    encoder_lora_layers: Annotated[int | None, _knob("encoder_lora_layers", "Encoder kind: LoRA on the top N layers, "
+                                                     "the layers below run once per text (faster on CPU); 0 = all.")] = None,
     concurrency: Annotated[int, typer.Option(
         metavar="INTEGER", help="Folds at once (threads; the Dask cluster at services.dask_scheduler_address when set).")] = 1,
 ) -> None:
@@ -246,7 +250,7 @@ def walk_forward_cmd(
 
     _print(walk_forward(dataset=dataset, step_days=step_days, validation_days=validation_days,
                         first_test_day=_day(first_test_day), epochs=epochs, lora=lora, model_kind=model_kind,
-                        concurrency=concurrency))
+                        encoder_lora_layers=encoder_lora_layers, concurrency=concurrency))
 
 
 @app.command()

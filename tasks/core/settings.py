@@ -345,12 +345,12 @@ class DatasetSettings(_Section):
 
 # ----------------------------------------------------------------------------- training
 # The values a TrainSettings field left unset takes for each model kind. Measured by
-# bench/sweep_train_defaults.py on the shared data (table: bench/results/train_defaults.md).
+# bench/sweep_train_defaults.py on the shared data (tables: bench/results/train_defaults*.md).
 TRAIN_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "causal": {"base_model": "tiny-llama", "target_modules": ("q_proj", "v_proj"), "learning_rate": 3e-3, "epochs": 3.0,
-               "lora_r": 8, "lora_alpha": 16},
+               "lora_r": 8, "lora_alpha": 16, "batch_size": 16},
     "encoder": {"base_model": "minilm", "target_modules": ("query", "value"), "learning_rate": 5e-4, "epochs": 20.0,
-                "lora_r": 16, "lora_alpha": 32},
+                "lora_r": 16, "lora_alpha": 32, "batch_size": 8},
 }
 # Fields that mean something for the causal kind only: set for the encoder kind, they are refused.
 CAUSAL_ONLY = frozenset({"micro_batch_size", "train_on_inputs", "attention", "packing", "pack_tokens", "compile",
@@ -358,7 +358,7 @@ CAUSAL_ONLY = frozenset({"micro_batch_size", "train_on_inputs", "attention", "pa
                          "tiny_hidden_size", "tiny_layers", "tiny_heads", "tiny_vocab_size", "tiny_init_std",
                          "label_prior_correction"})
 # Fields that mean something for the encoder kind only: set for the causal kind, they are refused.
-ENCODER_ONLY = frozenset({"encoder_pooling"})
+ENCODER_ONLY = frozenset({"encoder_pooling", "encoder_lora_layers"})
 
 
 class TrainSettings(_Section):
@@ -370,6 +370,9 @@ class TrainSettings(_Section):
     # encoder kind: what its head reads: the mean over the real tokens (as sentence encoders embed), or [CLS] through BERT's
     # pooler (bench/results/train_defaults_encoder*.md: [CLS] collapsed on direction at 1e-3 and above, learned sentiment less below)
     encoder_pooling: Literal["mean", "cls"] = "mean"
+    # encoder kind: LoRA on the top N transformer layers; the embeddings and the layers below run once per text and
+    # are replayed from a cache on every step (tasks/training/encoder.py FrozenPrefix); 0 = every layer
+    encoder_lora_layers: int = Field(default=0, ge=0)
     # LoRA
     lora_r: int | None = Field(default=None, ge=1)  # LoRA rank; per kind
     lora_alpha: int | None = Field(default=None, ge=1)  # LoRA scaling: the update is multiplied by alpha / r; per kind
@@ -377,7 +380,8 @@ class TrainSettings(_Section):
     # modules LoRA adapts; per kind: causal q_proj,v_proj (alpaca-lora's), encoder query,value
     target_modules: tuple[str, ...] | None = None
     # batch and schedule
-    batch_size: int = Field(default=16, ge=1)  # examples per optimizer step
+    # examples per optimizer step; per kind: causal 16, encoder 8 (bench/results/train_defaults_encoder*.md)
+    batch_size: int | None = Field(default=None, ge=1)
     micro_batch_size: int = Field(default=8, ge=1)  # examples per forward pass (causal kind; the encoder takes batch_size at once)
     epochs: float | None = Field(default=None, gt=0)  # most passes over the training split (fractions allowed); per kind
     learning_rate: float | None = Field(default=None, gt=0)  # AdamW peak learning rate; per kind (bench/results/train_defaults.md)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,98 @@ def load_encoder(name_or_path: str, n_outputs: int, device: torch.device, poolin
     return tokenizer, model.to(device)
 
 
+class _Replay(torch.nn.Module):
+    """Stands in for the embeddings while :class:`FrozenPrefix` replays the frozen layers' outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: torch.Tensor | None = None
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.hidden
+
+
+class _Skip(torch.nn.Module):
+    """Stands in for one transformer layer: passes the hidden states through."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states
+
+
+def _bert_body(model):
+    """The module holding ``embeddings`` and ``encoder.layer`` inside a (peft-wrapped) BERT-style classifier."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = base.base_model
+    if not (hasattr(body, "embeddings") and isinstance(getattr(getattr(body, "encoder", None), "layer", None), torch.nn.ModuleList)):
+        raise ValueError(f"train.encoder_lora_layers needs a BERT-style encoder (embeddings + encoder.layer); "
+                         f"{type(base).__name__} is not one (set train.encoder_lora_layers = 0)")
+    return body
+
+
+class FrozenPrefix:
+    """LoRA on the top layers only (``train.encoder_lora_layers``): the embeddings and the layers below them
+    do not change while training, so their output is computed once per text (no dropout) and replayed on
+    every step and evaluation, which then runs the top layers alone. Inside :meth:`replaying` the
+    embeddings and the lower layers are swapped for stand-ins; outside it the model is whole, as it is saved."""
+
+    def __init__(self, model, n_frozen: int, tokenizer, max_len: int, device: torch.device):
+        self.body, self.n_frozen = _bert_body(model), n_frozen
+        self.tokenizer, self.max_len, self.device = tokenizer, max_len, device
+        self.replay, self.store = _Replay(), {}
+
+    @contextmanager
+    def _swapped(self, first: int, last: int, embeddings) -> Iterator[None]:
+        layers = self.body.encoder.layer
+        kept = {i: layers[i] for i in range(len(layers)) if not first <= i < last}
+        saved = self.body.embeddings
+        try:
+            for i in kept:
+                layers[i] = _Skip()
+            self.body.embeddings = embeddings
+            yield
+        finally:
+            for i, layer in kept.items():
+                layers[i] = layer
+            self.body.embeddings = saved
+
+    @torch.no_grad()
+    def add(self, texts: Sequence[str]) -> None:
+        """Run the embeddings and the frozen layers over the texts not yet cached."""
+        new = [t for t in dict.fromkeys(texts) if t not in self.store]
+        if not new:
+            return
+        was_training = self.body.training
+        self.body.eval()
+        with self._swapped(0, self.n_frozen, self.body.embeddings):
+            for i, enc in _batches(self.tokenizer, new, 32, self.max_len, self.device):
+                hidden = self.body(**enc).last_hidden_state
+                for j, n in enumerate(enc["attention_mask"].sum(dim=1).tolist()):
+                    self.store[new[i + j]] = hidden[j, :n].clone()  # right padding: the real tokens come first
+        self.body.train(was_training)
+
+    def nbytes(self) -> int:
+        return sum(h.numel() * h.element_size() for h in self.store.values())
+
+    def inputs(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The model's keyword arguments for ``texts`` (each cached by :meth:`add` before); the replayed states
+        wait in the stand-in."""
+        states = [self.store[t] for t in texts]
+        width = max(len(h) for h in states)
+        hidden = states[0].new_zeros(len(states), width, states[0].shape[-1])
+        mask = torch.zeros(len(states), width, dtype=torch.long, device=hidden.device)
+        for j, h in enumerate(states):
+            hidden[j, :len(h)], mask[j, :len(h)] = h, 1
+        self.replay.hidden = hidden
+        return {"input_ids": torch.zeros_like(mask), "attention_mask": mask}
+
+    @contextmanager
+    def replaying(self) -> Iterator[None]:
+        """Forward passes inside run the top layers on the replayed states."""
+        with self._swapped(self.n_frozen, len(self.body.encoder.layer), self.replay):
+            yield
+        self.replay.hidden = None
+
+
 def _targets(records: Sequence[dict[str, Any]], kind: str) -> torch.Tensor:
     if kind == "number":
         return torch.tensor([float(r["output"]) for r in records], dtype=torch.float32)
@@ -91,10 +184,24 @@ def _batches(tokenizer, texts: Sequence[str], size: int, max_len: int, device: t
 
 
 @torch.no_grad()
-def _logits(model, tokenizer, texts: Sequence[str], max_len: int, device: torch.device) -> np.ndarray:
-    """The head's outputs for ``texts`` in batches of 32 (training's validation and the predictor share it)."""
-    chunks = [model(**enc).logits.float().cpu().numpy() for _, enc in _batches(tokenizer, texts, 32, max_len, device)]
+def _logits(model, tokenizer, texts: Sequence[str], max_len: int, device: torch.device,
+            prefix: FrozenPrefix | None = None) -> np.ndarray:
+    """The head's outputs for ``texts`` in batches of 32 (training's validation and the predictor share it);
+    with ``prefix`` the frozen layers' outputs are replayed from its cache."""
+    if prefix is None:
+        chunks = [model(**enc).logits.float().cpu().numpy() for _, enc in _batches(tokenizer, texts, 32, max_len, device)]
+    else:
+        with prefix.replaying():
+            chunks = [model(**prefix.inputs(texts[i:i + 32])).logits.float().cpu().numpy() for i in range(0, len(texts), 32)]
     return np.concatenate(chunks) if chunks else np.zeros((0, 1))
+
+
+def lora_layers(cfg: TrainSettings, model) -> list[int] | None:
+    """The layer indices LoRA adapts: the top ``train.encoder_lora_layers`` (None: every layer)."""
+    n_layers = model.config.num_hidden_layers
+    if not cfg.encoder_lora_layers or cfg.encoder_lora_layers >= n_layers:
+        return None
+    return list(range(n_layers - cfg.encoder_lora_layers, n_layers))
 
 
 @sdpa_without_cudnn
@@ -112,17 +219,25 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     tokenizer, model = load_encoder(cfg.base_model, 1 if kind == "number" else len(LABELS), device, cfg.encoder_pooling)
+    layers = lora_layers(cfg, model)
     with quiet_peft_wrap():
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules)))
+                                                 lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules),
+                                                 layers_to_transform=layers))
     trainable, total = count_params(model)
     texts, y = [r["input"] for r in train_records], _targets(train_records, kind)
+    prefix = None if layers is None else FrozenPrefix(model, layers[0], tokenizer, cfg.cutoff_len, device)
+    if prefix is not None:
+        t_cache = time.perf_counter()
+        prefix.add(texts + [r["input"] for r in val_records])
+        log.info("encoder train: LoRA on layers %s; embeddings and layers 0-%d ran once per text (%d texts, %.1fs, "
+                 "%.0f MB kept)", layers, layers[0] - 1, len(prefix.store), time.perf_counter() - t_cache, prefix.nbytes() / 1e6)
     weight = _loss_weights(cfg, train_records, kind, device)
     steps_per_epoch = max(1, math.ceil(len(texts) / cfg.batch_size))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     sched = get_linear_schedule_with_warmup(opt, min(cfg.warmup_steps, total_steps - 1), total_steps)
-    selection = _selection(cfg, model, tokenizer, val_records, kind, device, steps_per_epoch, total_steps)
+    selection = _selection(cfg, model, tokenizer, val_records, kind, device, steps_per_epoch, total_steps, prefix)
     log.info("encoder train: %d examples, up to %d steps of %d, device %s, trainable %d / %d params (%.2f%%), "
              "lr %.1e, selection %s", len(texts), total_steps, cfg.batch_size, device, trainable, total,
              100 * trainable / total, cfg.learning_rate, selection.metric if selection.active else "last step")
@@ -139,9 +254,15 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
                 break
             idx = order[start:start + cfg.batch_size]
             t_step = time.perf_counter()
-            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=cfg.cutoff_len, padding=True, return_tensors="pt")
-            enc = {k: v.to(device) for k, v in enc.items()}
-            loss = _loss(model(**enc).logits, y[idx].to(device), kind, weight)
+            batch = [texts[i] for i in idx]
+            if prefix is None:
+                enc = tokenizer(batch, truncation=True, max_length=cfg.cutoff_len, padding=True, return_tensors="pt")
+                enc = {k: v.to(device) for k, v in enc.items()}
+                loss = _loss(model(**enc).logits, y[idx].to(device), kind, weight)
+            else:
+                with prefix.replaying():
+                    enc = prefix.inputs(batch)
+                    loss = _loss(model(**enc).logits, y[idx].to(device), kind, weight)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -201,7 +322,7 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, kind: str, weight: torch.T
 
 
 def _selection(cfg: TrainSettings, model, tokenizer, val_records: Sequence[dict[str, Any]], kind: str, device: torch.device,
-               steps_per_epoch: int, total_steps: int) -> Selection:
+               steps_per_epoch: int, total_steps: int, prefix: FrozenPrefix | None = None) -> Selection:
     """Validation macro-F1 of the head's argmax (classes) or minus the validation loss (numbers)."""
     texts = [r["input"] for r in val_records]
     if kind == "number":
@@ -212,7 +333,7 @@ def _selection(cfg: TrainSettings, model, tokenizer, val_records: Sequence[dict[
         def score() -> float:
             model.eval()
             return macro_f1([r["output"] for r in val_records],
-                            predicted_labels(_logits(model, tokenizer, texts, cfg.cutoff_len, device)))
+                            predicted_labels(_logits(model, tokenizer, texts, cfg.cutoff_len, device, prefix)))
         metric = "val_macro_f1"
     active = cfg if val_records else cfg.model_copy(update={"select_by": "last"})
     return Selection(active, steps_per_epoch, total_steps, score, metric)

@@ -228,9 +228,20 @@ def test_a_causal_only_setting_given_to_the_encoder_kind_is_refused(field, value
     TrainSettings(model_kind="encoder", micro_batch_size=TrainSettings.model_fields["micro_batch_size"].default)  # the default is fine
 
 
-def test_an_encoder_only_setting_given_to_the_causal_kind_is_refused():
-    """The other way round: [CLS] pooling means nothing to a causal LM; its default value is fine."""
-    with pytest.raises(ValidationError, match="train.encoder_pooling applies to the encoder kind only, not to model_kind='causal'"):
-        TrainSettings(model_kind="causal", encoder_pooling="cls")
-    TrainSettings(model_kind="causal", encoder_pooling=TrainSettings.model_fields["encoder_pooling"].default)
-    assert TrainSettings(model_kind="encoder", encoder_pooling="cls").encoder_pooling == "cls"
+@pytest.mark.parametrize("field, value", [("encoder_pooling", "cls"), ("encoder_lora_layers", 2)])
+def test_an_encoder_only_setting_given_to_the_causal_kind_is_refused(field, value):
+    """The other way round: [CLS] pooling or top-layer LoRA over a cached encoder mean nothing to the causal kind;
+    their default values are fine."""
+    with pytest.raises(ValidationError, match=f"train.{field} applies to the encoder kind only, not to model_kind='causal'"):
+        TrainSettings(model_kind="causal", **{field: value})
+    TrainSettings(model_kind="causal", **{field: TrainSettings.model_fields[field].default})
+    assert getattr(TrainSettings(model_kind="encoder", **{field: value}), field) == value
+
+
+def test_batch_size_is_per_kind_and_a_given_one_wins():
+    """The encoder's batch of 8 comes from its sweep (bench/results/train_defaults_encoder.md), the causal kind keeps 16;
+    a batch size the user gives is kept for either kind."""
+    assert TrainSettings(model_kind="causal").batch_size == TRAIN_KIND_DEFAULTS["causal"]["batch_size"] == 16
+    assert TrainSettings(model_kind="encoder").batch_size == TRAIN_KIND_DEFAULTS["encoder"]["batch_size"] == 8
+    assert TrainSettings(model_kind="encoder", batch_size=32).batch_size == 32
+    assert TrainSettings(model_kind="causal", batch_size=32).batch_size == 32

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from flows.build_dataset import build_dataset
+from flows.common import workspace
 from flows.train_lora import train_lora
-from tasks.core.settings import load_settings
+from tasks.core.settings import TrainSettings, load_settings
 from tasks.tracking.tracker import MlflowTracker
-from tasks.training.encoder import BUNDLED, EncoderPredictor, load_encoder, resolve_encoder
+from tasks.training.encoder import BUNDLED, EncoderPredictor, FrozenPrefix, _logits, load_encoder, lora_layers, resolve_encoder
+from tasks.training.selection import macro_f1, predicted_labels
 
 
 def test_bundled_encoder_is_really_pretrained():
@@ -76,3 +78,52 @@ def test_encoder_regression_head_on_the_number_task(lake_copy, monkeypatch):
     assert "test_mae" in ev and ev["test_mae"] >= 0
     head = json.loads((load_settings().storage.data_dir / "runs" / result["run_id"] / "adapter" / "chainsignal_train.json").read_text())
     assert head["head"] == "number"
+
+
+def test_top_layer_lora_replays_the_frozen_layers_exactly():
+    """train.encoder_lora_layers = 2: LoRA on layers 4 and 5 of the six; the outputs of the embeddings and layers 0-3,
+    computed once and replayed, give the whole model's logits for texts of different lengths in one batch, and the
+    lower layers do not run again; outside the replay the model is whole (same parameter names, as it is saved)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    cpu = torch.device("cpu")
+    cfg = TrainSettings(model_kind="encoder", encoder_lora_layers=2)
+    tok, model = load_encoder(BUNDLED, 3, cpu, pooling=cfg.encoder_pooling)
+    layers = lora_layers(cfg, model)
+    assert layers == [4, 5] and lora_layers(TrainSettings(model_kind="encoder"), model) is None
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["query", "value"],
+                                             layers_to_transform=layers))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.2)  # an update that changes the outputs (peft starts B at zero)
+    model.eval()
+    names = [n for n, _ in model.named_parameters()]
+    assert {n.split(".layer.")[1].split(".")[0] for n in names if "lora_A" in n} == {"4", "5"}
+    texts = ["eth up", "weekday: Tue\nETH: 1d +3.2%, 3d -1.0%, 7d +4.4%, vol7d 2.1%",
+             "ethereum rallied strongly today after the long awaited network upgrade went live", "x"]
+    whole = _logits(model, tok, texts, 256, cpu)
+    prefix = FrozenPrefix(model, layers[0], tok, 256, cpu)
+    prefix.add(texts)
+    lower_ran = []
+    hook = model.get_base_model().base_model.encoder.layer[0].register_forward_hook(lambda *a: lower_ran.append(1))
+    replayed = _logits(model, tok, texts, 256, cpu, prefix)
+    hook.remove()
+    assert not lower_ran
+    np.testing.assert_allclose(replayed, whole, atol=1e-5)
+    assert [n for n, _ in model.named_parameters()] == names
+
+
+def test_top_layer_encoder_trains_through_the_flow_and_reloads_as_selected(lake_copy, data_dir):
+    """The flow parameter reaches the run (MLflow param, the adapter's LoRA on the top layers only), and the saved
+    adapter, reloaded whole, scores validation exactly as the cached evaluation that selected it did."""
+    build_dataset()
+    result = train_lora(epochs=2, model_kind="encoder", encoder_lora_layers=2, run_evaluation=False)
+    adapter = data_dir / "runs" / result["run_id"] / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["layers_to_transform"] == [4, 5]
+    settings = load_settings()
+    run = MlflowTracker.from_settings(settings, data_dir / "mlartifacts").client.get_run(result["run_id"])
+    assert run.data.params["train.encoder_lora_layers"] == "2" and run.data.params["train.batch_size"] == "8"
+    val = workspace(settings).dataset_version(settings.dataset.name, None).read_records("validation")
+    preds = predicted_labels(EncoderPredictor(adapter, BUNDLED, "class").outputs([r["input"] for r in val]))
+    assert result["selected_step"] and macro_f1([r["output"] for r in val], preds) == pytest.approx(result["selection_score"])
