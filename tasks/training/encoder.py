@@ -139,7 +139,7 @@ class FrozenPrefix:
         new = [t for t in dict.fromkeys(texts) if t not in self.store]
         if not new:
             return
-        was_training = self.body.training
+        was_training, t0 = self.body.training, time.perf_counter()
         self.body.eval()
         with self._swapped(0, self.n_frozen, self.body.embeddings):
             for i, enc in _batches(self.tokenizer, new, 32, self.max_len, self.device):
@@ -147,6 +147,9 @@ class FrozenPrefix:
                 for j, n in enumerate(enc["attention_mask"].sum(dim=1).tolist()):
                     self.store[new[i + j]] = hidden[j, :n].clone()  # right padding: the real tokens come first
         self.body.train(was_training)
+        get_logger().info("encoder: embeddings and layers 0-%d ran once for %d texts (%.1fs; %d cached, %.0f MB); "
+                          "LoRA trains the layers above", self.n_frozen - 1, len(new), time.perf_counter() - t0,
+                          len(self.store), self.nbytes() / 1e6)
 
     def nbytes(self) -> int:
         return sum(h.numel() * h.element_size() for h in self.store.values())
@@ -183,16 +186,25 @@ def _batches(tokenizer, texts: Sequence[str], size: int, max_len: int, device: t
         yield i, {k: v.to(device) for k, v in enc.items()}
 
 
+def _forward(model, tokenizer, texts: Sequence[str], max_len: int, device: torch.device,
+             prefix: FrozenPrefix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's outputs and the attention mask for one batch of ``texts``: the whole model, or with ``prefix``
+    the top layers on the frozen layers' outputs replayed from its cache."""
+    if prefix is None:
+        enc = tokenizer(list(texts), truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        return model(**enc).logits, enc["attention_mask"]
+    with prefix.replaying():
+        enc = prefix.inputs(texts)
+        return model(**enc).logits, enc["attention_mask"]
+
+
 @torch.no_grad()
 def _logits(model, tokenizer, texts: Sequence[str], max_len: int, device: torch.device,
             prefix: FrozenPrefix | None = None) -> np.ndarray:
-    """The head's outputs for ``texts`` in batches of 32 (training's validation and the predictor share it);
-    with ``prefix`` the frozen layers' outputs are replayed from its cache."""
-    if prefix is None:
-        chunks = [model(**enc).logits.float().cpu().numpy() for _, enc in _batches(tokenizer, texts, 32, max_len, device)]
-    else:
-        with prefix.replaying():
-            chunks = [model(**prefix.inputs(texts[i:i + 32])).logits.float().cpu().numpy() for i in range(0, len(texts), 32)]
+    """The head's outputs for ``texts`` in batches of 32 (training's validation and the predictor share it)."""
+    chunks = [_forward(model, tokenizer, texts[i:i + 32], max_len, device, prefix)[0].float().cpu().numpy()
+              for i in range(0, len(texts), 32)]
     return np.concatenate(chunks) if chunks else np.zeros((0, 1))
 
 
@@ -211,27 +223,17 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
 
     Classes weigh ``n / (k * count)`` in the loss (``train.class_balance``); the weights kept are those of
     the best validation evaluation (``train.select_by``, tasks/training/selection.py), with early stopping."""
-    from peft import LoraConfig, TaskType, get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
     log, log_metrics, t0 = get_logger(), log_metrics or (lambda m, s: None), time.perf_counter()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    tokenizer, model = load_encoder(cfg.base_model, 1 if kind == "number" else len(LABELS), device, cfg.encoder_pooling)
-    layers = lora_layers(cfg, model)
-    with quiet_peft_wrap():
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules),
-                                                 layers_to_transform=layers))
+    tokenizer, model, prefix = _peft_encoder(cfg, kind, device)
     trainable, total = count_params(model)
     texts, y = [r["input"] for r in train_records], _targets(train_records, kind)
-    prefix = None if layers is None else FrozenPrefix(model, layers[0], tokenizer, cfg.cutoff_len, device)
     if prefix is not None:
-        t_cache = time.perf_counter()
         prefix.add(texts + [r["input"] for r in val_records])
-        log.info("encoder train: LoRA on layers %s; embeddings and layers 0-%d ran once per text (%d texts, %.1fs, "
-                 "%.0f MB kept)", layers, layers[0] - 1, len(prefix.store), time.perf_counter() - t_cache, prefix.nbytes() / 1e6)
     weight = _loss_weights(cfg, train_records, kind, device)
     steps_per_epoch = max(1, math.ceil(len(texts) / cfg.batch_size))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
@@ -254,22 +256,15 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
                 break
             idx = order[start:start + cfg.batch_size]
             t_step = time.perf_counter()
-            batch = [texts[i] for i in idx]
-            if prefix is None:
-                enc = tokenizer(batch, truncation=True, max_length=cfg.cutoff_len, padding=True, return_tensors="pt")
-                enc = {k: v.to(device) for k, v in enc.items()}
-                loss = _loss(model(**enc).logits, y[idx].to(device), kind, weight)
-            else:
-                with prefix.replaying():
-                    enc = prefix.inputs(batch)
-                    loss = _loss(model(**enc).logits, y[idx].to(device), kind, weight)
+            logits, mask = _forward(model, tokenizer, [texts[i] for i in idx], cfg.cutoff_len, device, prefix)
+            loss = _loss(logits, y[idx].to(device), kind, weight)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             step, last = step + 1, loss.item()
-            n_tok = int(enc["attention_mask"].sum())
+            n_tok = int(mask.sum())
             tokens += n_tok
             dt = time.perf_counter() - t_step
             if not math.isfinite(last):
@@ -297,6 +292,20 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
     _save(model, tokenizer, out_dir, {"base_model": cfg.base_model, "model_kind": "encoder", "head": kind,
                                       "pooling": cfg.encoder_pooling, **result.as_dict()})
     return result
+
+
+def _peft_encoder(cfg: TrainSettings, kind: str, device: torch.device):
+    """Tokenizer, the encoder + head with LoRA on ``train.target_modules`` of the layers :func:`lora_layers` picks,
+    and (LoRA on the top layers only) the :class:`FrozenPrefix` that caches the layers below; None otherwise."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    tokenizer, model = load_encoder(cfg.base_model, 1 if kind == "number" else len(LABELS), device, cfg.encoder_pooling)
+    layers = lora_layers(cfg, model)
+    with quiet_peft_wrap():
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules),
+                                                 layers_to_transform=layers))
+    return tokenizer, model, None if layers is None else FrozenPrefix(model, layers[0], tokenizer, cfg.cutoff_len, device)
 
 
 def _save(model, tokenizer, out_dir: Path, record: dict[str, Any]) -> None:
