@@ -1,0 +1,107 @@
+"""Encoder training step on CPU: LoRA on every layer (the peer) against LoRA on the top N layers over cached lower
+ones (``train.encoder_lora_layers``, tasks/training/encoder.py FrozenPrefix).
+
+Not a test. Real records: the direction task's day texts of a built dataset version (~122 MiniLM tokens each).
+Per configuration it builds the product's model (load_encoder + peft with the product's ``lora_layers``), caches
+the lower layers' outputs for the texts it will step on (timed apart: paid once per text), then times optimizer
+steps (forward, loss, backward, AdamW) at --batch-size and prints each one's seconds a step and its speed-up
+against every layer measured in the same run. Writes <out>.md and <out>.json.
+
+    .venv/bin/python bench/bench_encoder_layers.py --dataset var/dir/datasets/direction/<fingerprint>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def measure(texts: list[str], n_top: int, batch: int, steps: int) -> dict:
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from tasks.core.settings import TrainSettings
+    from tasks.training.encoder import FrozenPrefix, load_encoder, lora_layers
+
+    cfg = TrainSettings(model_kind="encoder", encoder_lora_layers=n_top, batch_size=batch)
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    tok, model = load_encoder(cfg.base_model, 3, cpu, cfg.encoder_pooling)
+    layers = lora_layers(cfg, model)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                             target_modules=list(cfg.target_modules), layers_to_transform=layers))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    batches = [texts[i * batch:(i + 1) * batch] for i in range(steps + 1)]
+    prefix, cache_s = None, 0.0
+    if layers:
+        prefix = FrozenPrefix(model, layers[0], tok, cfg.cutoff_len, cpu)
+        t = time.perf_counter()
+        prefix.add([x for b in batches for x in b])
+        cache_s = (time.perf_counter() - t) / sum(len(b) for b in batches)
+    y = torch.arange(batch) % 3
+    model.train()
+
+    def step(b: list[str]) -> None:
+        if prefix is None:
+            logits = model(**tok(b, truncation=True, max_length=cfg.cutoff_len, padding=True, return_tensors="pt")).logits
+        else:
+            with prefix.replaying():
+                logits = model(**prefix.inputs(b)).logits
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(batches[0])  # warm-up
+    t = time.perf_counter()
+    for b in batches[1:]:
+        step(b)
+    return {"lora_layers": layers or "all", "encoder_lora_layers": n_top, "step_s": (time.perf_counter() - t) / steps,
+            "cache_s_per_text": cache_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", type=Path, required=True, help="a built direction dataset version's folder")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--top", type=int, nargs="+", default=[3, 2, 1], help="the N of train.encoder_lora_layers to time")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "encoder_layers_cpu")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    records = json.loads((args.dataset / "train.json").read_text())
+    texts = [r["input"] for r in records[-(args.steps + 1) * args.batch_size:]]
+    rows = [measure(texts, n, args.batch_size, args.steps) for n in [0, *args.top]]
+    peer = rows[0]["step_s"]
+    command = "python bench/bench_encoder_layers.py " + " ".join(sys.argv[1:])
+    lines = ["# Encoder training step on CPU: LoRA on every layer against the top N over cached lower layers", "",
+             f"`{command}`", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} on {args.threads} thread(s), "
+             f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d')}. all-MiniLM-L6-v2 (6 layers), batch "
+             f"{args.batch_size}, {args.steps} timed steps after one warm-up, on the last day texts of dataset "
+             f"`{args.dataset.name}` (direction task).", "",
+             "| LoRA on | s a step | speed-up vs every layer | caching, ms a text (once) |", "|---|---:|---:|---:|"]
+    for r in rows:
+        what = "every layer (the peer)" if r["encoder_lora_layers"] == 0 else f"top {r['encoder_lora_layers']} ({r['lora_layers']})"
+        lines.append(f"| {what} | {r['step_s']:.3f} | {peer / r['step_s']:.2f}x | "
+                     f"{r['cache_s_per_text'] * 1000:.1f} |" if r["encoder_lora_layers"] else
+                     f"| {what} | {r['step_s']:.3f} | 1.00x | - |")
+        print(f"{what}: {r['step_s']:.3f} s a step, {peer / r['step_s']:.2f}x vs every layer", flush=True)
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "threads": args.threads,
+                                                         "batch_size": args.batch_size, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
