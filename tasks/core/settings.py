@@ -352,11 +352,13 @@ TRAIN_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "encoder": {"base_model": "minilm", "target_modules": ("query", "value"), "learning_rate": 5e-4, "epochs": 20.0,
                 "lora_r": 16, "lora_alpha": 32, "batch_size": 8},
 }
-# Fields that mean something for the causal kind only: set for the encoder kind, they are refused.
+# Fields that mean something for the causal kind only: set for the encoder kind, they are refused. (The encoder
+# trains in fp32 in one process and does not write resumable checkpoints, hence precision, distributed and
+# checkpoint_every_steps; tests/core/test_settings.py checks that every other field is read on the encoder's path.)
 CAUSAL_ONLY = frozenset({"micro_batch_size", "train_on_inputs", "attention", "packing", "pack_tokens", "compile",
                          "gradient_checkpointing", "qlora", "fp8_base", "fp8_fast_accum", "nproc", "parallelism",
                          "tiny_hidden_size", "tiny_layers", "tiny_heads", "tiny_vocab_size", "tiny_init_std",
-                         "label_prior_correction"})
+                         "label_prior_correction", "precision", "distributed", "checkpoint_every_steps"})
 # Fields that mean something for the encoder kind only: set for the causal kind, they are refused.
 ENCODER_ONLY = frozenset({"encoder_pooling", "encoder_lora_layers"})
 
@@ -407,16 +409,16 @@ class TrainSettings(_Section):
     # with packing: rows of up to N tokens, best-fit packed (micro_batch_size unused); 0 = micro_batch_size examples a row
     pack_tokens: int = Field(default=0, ge=0)
     compile: bool = False  # torch.compile each decoder layer (GPU; first steps pay the compile)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the device supports it
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the device supports it (causal kind; the encoder trains in fp32)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     qlora: bool = False  # 4-bit NF4 frozen base through bitsandbytes (CUDA only)
     # frozen base's linear layers as fp8 GEMMs (tasks/training/fastpath/fp8.py; CUDA 8.9+, e.g. H100): ~1.35x, another numeric recipe
     fp8_base: bool = False
     fp8_fast_accum: bool = False  # with fp8_base: the tensor cores' fast accumulation (~1.06x more, fewer accumulator bits)
-    distributed: bool = False  # join the torchrun/accelerate process group, DDP-wrap, log on rank 0
+    distributed: bool = False  # join the torchrun/accelerate process group, DDP-wrap, log on rank 0 (causal kind)
     nproc: int = Field(default=1, ge=1, le=64)  # train-lora: > 1 launches that many processes (GPUs) on this host through torchrun
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # several processes: a replica each (ddp) or base + LoRA sharded (fsdp, FSDP2)
-    # optimizer steps between resumable checkpoints (alpaca-lora's save_steps); 0 = off
+    # optimizer steps between resumable checkpoints (alpaca-lora's save_steps; causal kind); 0 = off
     checkpoint_every_steps: int = Field(default=200, ge=0)
     # tiny offline model (used when base_model == "tiny-llama")
     tiny_hidden_size: int = 64

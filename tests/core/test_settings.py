@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -221,11 +222,23 @@ def test_a_training_field_left_unset_takes_its_kinds_default_and_follows_a_new_k
 
 
 @pytest.mark.parametrize("field, value", [("micro_batch_size", 4), ("train_on_inputs", True), ("packing", True),
-                                          ("nproc", 2), ("fp8_base", True)])
+                                          ("nproc", 2), ("fp8_base", True), ("precision", "bf16"), ("distributed", True),
+                                          ("checkpoint_every_steps", 50)])
 def test_a_causal_only_setting_given_to_the_encoder_kind_is_refused(field, value):
     with pytest.raises(ValidationError, match=f"train.{field} applies to the causal kind only"):
         TrainSettings(model_kind="encoder", **{field: value})
     TrainSettings(model_kind="encoder", micro_batch_size=TrainSettings.model_fields["micro_batch_size"].default)  # the default is fine
+
+
+def test_every_training_setting_is_read_by_the_encoder_kind_or_refused_for_it():
+    """A setting the encoder's training neither reads nor refuses would be silently ignored (as `--learning-rate`
+    once was for the encoder): every TrainSettings field is read as cfg.<name> on the encoder's path (its trainer,
+    the selection, the walk-forward fold model, the train-lora flow), or it is in CAUSAL_ONLY and refused."""
+    from tasks.core.settings import CAUSAL_ONLY, REPO_ROOT
+
+    paths = ("tasks/training/encoder.py", "tasks/training/selection.py", "tasks/evaluation/foldmodel.py", "flows/train_lora.py")
+    read = set(re.findall(r"\bcfg\.(\w+)", "".join((REPO_ROOT / p).read_text() for p in paths)))
+    assert sorted(set(TrainSettings.model_fields) - CAUSAL_ONLY - read) == []
 
 
 @pytest.mark.parametrize("field, value", [("encoder_pooling", "cls"), ("encoder_lora_layers", 2)])
