@@ -96,6 +96,20 @@ def test_a_causal_only_flag_given_to_the_encoder_kind_is_refused_in_one_line(tmp
     assert lr.returncode == 0 and '"learning_rate": 0.0007' in lr.stdout and '"base_model": "minilm"' in lr.stdout
 
 
+def test_encoder_lora_layers_on_the_cli_is_shown_and_refused_for_the_causal_kind(tmp_path):
+    """--encoder-lora-layers (train and walk-forward) names its default; given to the causal kind it is one line, exit 2,
+    for either command, before anything is read or trained; the batch size help names both kinds' defaults."""
+    env = {"CHAINSIGNAL_STORAGE__DATA_DIR": str(tmp_path / "d")}
+    for command in ("train", "walk-forward"):
+        helptext = " ".join(run(command, "--help").stdout.split())
+        assert "--encoder-lora-layers INTEGER" in helptext and "[default: 0, from train.encoder_lora_layers]" in helptext
+        out = run(command, "--model-kind", "causal", "--encoder-lora-layers", "2", env=env)
+        errors = [line for line in out.stderr.splitlines() if line.startswith("chainsignal: error:")]
+        assert out.returncode == 2 and len(errors) == 1, out.stderr[-2000:]
+        assert "train.encoder_lora_layers applies to the encoder kind only" in errors[0] and "Traceback" not in out.stderr
+    assert "[default: causal 16, encoder 8, from train.batch_size]" in " ".join(run("train", "--help").stdout.split())
+
+
 def test_the_cli_turns_third_party_progress_bars_off():
     """Only our bars on the terminal: transformers' weight loading, datasets' saving, MLflow's transfers are off."""
     code = ("import os\nfrom flows.cli import _third_party_bars_off\n_third_party_bars_off()\n"
