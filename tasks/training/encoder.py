@@ -121,15 +121,15 @@ class FrozenPrefix:
     @contextmanager
     def _swapped(self, first: int, last: int, embeddings) -> Iterator[None]:
         layers = self.body.encoder.layer
-        kept = {i: layers[i] for i in range(len(layers)) if not first <= i < last}
+        set_aside = {i: layers[i] for i in range(len(layers)) if not first <= i < last}  # skipped while inside
         saved = self.body.embeddings
         try:
-            for i in kept:
+            for i in set_aside:
                 layers[i] = _Skip()
             self.body.embeddings = embeddings
             yield
         finally:
-            for i, layer in kept.items():
+            for i, layer in set_aside.items():
                 layers[i] = layer
             self.body.embeddings = saved
 
@@ -142,7 +142,8 @@ class FrozenPrefix:
         was_training, t0 = self.body.training, time.perf_counter()
         self.body.eval()
         with self._swapped(0, self.n_frozen, self.body.embeddings):
-            for i, enc in _batches(self.tokenizer, new, 32, self.max_len, self.device):
+            for i in range(0, len(new), 32):
+                enc = _encode(self.tokenizer, new[i:i + 32], self.max_len, self.device)
                 hidden = self.body(**enc).last_hidden_state
                 for j, n in enumerate(enc["attention_mask"].sum(dim=1).tolist()):
                     self.store[new[i + j]] = hidden[j, :n].clone()  # right padding: the real tokens come first
@@ -180,10 +181,10 @@ def _targets(records: Sequence[dict[str, Any]], kind: str) -> torch.Tensor:
     return torch.tensor([LABELS.index(r["output"]) for r in records])
 
 
-def _batches(tokenizer, texts: Sequence[str], size: int, max_len: int, device: torch.device):
-    for i in range(0, len(texts), size):
-        enc = tokenizer(list(texts[i:i + size]), truncation=True, max_length=max_len, padding=True, return_tensors="pt")
-        yield i, {k: v.to(device) for k, v in enc.items()}
+def _encode(tokenizer, texts: Sequence[str], max_len: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """One batch of texts as the model's inputs: truncated to ``max_len`` tokens, right-padded, on ``device``."""
+    enc = tokenizer(list(texts), truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+    return {k: v.to(device) for k, v in enc.items()}
 
 
 def _forward(model, tokenizer, texts: Sequence[str], max_len: int, device: torch.device,
@@ -191,8 +192,7 @@ def _forward(model, tokenizer, texts: Sequence[str], max_len: int, device: torch
     """The head's outputs and the attention mask for one batch of ``texts``: the whole model, or with ``prefix``
     the top layers on the frozen layers' outputs replayed from its cache."""
     if prefix is None:
-        enc = tokenizer(list(texts), truncation=True, max_length=max_len, padding=True, return_tensors="pt")
-        enc = {k: v.to(device) for k, v in enc.items()}
+        enc = _encode(tokenizer, texts, max_len, device)
         return model(**enc).logits, enc["attention_mask"]
     with prefix.replaying():
         enc = prefix.inputs(texts)
@@ -281,7 +281,7 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
     bar.close()
     seconds = time.perf_counter() - t_train
     selection.restore(model)
-    val_loss = _validation_loss(model, tokenizer, val_records, kind, cfg.cutoff_len, device) if val_records else None
+    val_loss = _validation_loss(model, tokenizer, val_records, kind, cfg.cutoff_len, device, prefix) if val_records else None
     if val_loss is not None:
         log_metrics({"val_loss": val_loss}, step)
     result = TrainResult(adapter_dir=str(out_dir), steps=step, epochs=step / steps_per_epoch, examples=len(texts),
@@ -336,7 +336,7 @@ def _selection(cfg: TrainSettings, model, tokenizer, val_records: Sequence[dict[
     texts = [r["input"] for r in val_records]
     if kind == "number":
         def score() -> float:
-            return -_validation_loss(model, tokenizer, val_records, kind, cfg.cutoff_len, device)
+            return -_validation_loss(model, tokenizer, val_records, kind, cfg.cutoff_len, device, prefix)
         metric = "-val_loss"
     else:
         def score() -> float:
@@ -350,12 +350,13 @@ def _selection(cfg: TrainSettings, model, tokenizer, val_records: Sequence[dict[
 
 @torch.no_grad()
 def _validation_loss(model, tokenizer, val_records: Sequence[dict[str, Any]], kind: str, cutoff_len: int,
-                     device: torch.device) -> float:
-    """Mean (unweighted) loss per validation record (batches of 32); leaves the model in eval mode, as it is saved."""
+                     device: torch.device, prefix: FrozenPrefix | None = None) -> float:
+    """Mean (unweighted) loss per validation record (batches of 32; with ``prefix`` on the replayed lower layers);
+    leaves the model in eval mode, as it is saved."""
     model.eval()
-    yv = _targets(val_records, kind)
-    losses = [float(model(**enc, labels=yv[i:i + len(enc["input_ids"])].to(device)).loss) * len(enc["input_ids"])
-              for i, enc in _batches(tokenizer, [r["input"] for r in val_records], 32, cutoff_len, device)]
+    texts, yv = [r["input"] for r in val_records], _targets(val_records, kind)
+    losses = [float(_loss(_forward(model, tokenizer, texts[i:i + 32], cutoff_len, device, prefix)[0],
+                          yv[i:i + 32].to(device), kind, None)) * len(texts[i:i + 32]) for i in range(0, len(texts), 32)]
     return sum(losses) / len(val_records)
 
 
