@@ -2,7 +2,7 @@
 ones (``train.encoder_lora_layers``, tasks/training/encoder.py FrozenPrefix).
 
 Not a test. Real records: the direction task's day texts of a built dataset version (~122 MiniLM tokens each).
-Per configuration it builds the product's model (load_encoder + peft with the product's ``lora_layers``), caches
+Per configuration it builds the product's model (``_peft_encoder``: LoRA on the layers ``lora_layers`` picks), caches
 the lower layers' outputs for the texts it will step on (timed apart: paid once per text), then times optimizer
 steps (forward, loss, backward, AdamW) at --batch-size and prints each one's seconds a step and its speed-up
 against every layer measured in the same run. Writes <out>.md and <out>.json.
@@ -26,35 +26,26 @@ sys.path.insert(0, str(ROOT))
 
 def measure(texts: list[str], n_top: int, batch: int, steps: int) -> dict:
     import torch
-    from peft import LoraConfig, TaskType, get_peft_model
 
     from tasks.core.settings import TrainSettings
-    from tasks.training.encoder import FrozenPrefix, load_encoder, lora_layers
+    from tasks.training.encoder import _forward, _peft_encoder
 
     cfg = TrainSettings(model_kind="encoder", encoder_lora_layers=n_top, batch_size=batch)
     cpu = torch.device("cpu")
     torch.manual_seed(0)
-    tok, model = load_encoder(cfg.base_model, 3, cpu, cfg.encoder_pooling)
-    layers = lora_layers(cfg, model)
-    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                             target_modules=list(cfg.target_modules), layers_to_transform=layers))
+    tok, model, prefix = _peft_encoder(cfg, "class", cpu)  # the product's model, LoRA layers and prefix cache
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     batches = [texts[i * batch:(i + 1) * batch] for i in range(steps + 1)]
-    prefix, cache_s = None, 0.0
-    if layers:
-        prefix = FrozenPrefix(model, layers[0], tok, cfg.cutoff_len, cpu)
+    cache_s = 0.0
+    if prefix is not None:
         t = time.perf_counter()
         prefix.add([x for b in batches for x in b])
         cache_s = (time.perf_counter() - t) / sum(len(b) for b in batches)
     y = torch.arange(batch) % 3
     model.train()
 
-    def step(b: list[str]) -> None:
-        if prefix is None:
-            logits = model(**tok(b, truncation=True, max_length=cfg.cutoff_len, padding=True, return_tensors="pt")).logits
-        else:
-            with prefix.replaying():
-                logits = model(**prefix.inputs(b)).logits
+    def step(b: list[str]) -> None:  # the product's training step: _forward, the loss, AdamW
+        logits, _ = _forward(model, tok, b, cfg.cutoff_len, cpu, prefix)
         torch.nn.functional.cross_entropy(logits, y).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -63,6 +54,7 @@ def measure(texts: list[str], n_top: int, batch: int, steps: int) -> dict:
     t = time.perf_counter()
     for b in batches[1:]:
         step(b)
+    layers = list(range(prefix.n_frozen, model.config.num_hidden_layers)) if prefix is not None else None
     return {"lora_layers": layers or "all", "encoder_lora_layers": n_top, "step_s": (time.perf_counter() - t) / steps,
             "cache_s_per_text": cache_s}
 
