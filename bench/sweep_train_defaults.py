@@ -94,8 +94,8 @@ def run_one(kind: str, overrides: dict[str, Any], dataset: Path, work: Path) -> 
     resolved = {"learning_rate": cfg.learning_rate, "target_modules": list(cfg.target_modules), "lora_r": cfg.lora_r,
                 "epochs": cfg.epochs, "batch_size": cfg.batch_size, "early_stopping_patience": cfg.early_stopping_patience,
                 "warmup_steps": cfg.warmup_steps, "seed": cfg.seed,
-                **({"encoder_pooling": cfg.encoder_pooling, "encoder_lora_layers": cfg.encoder_lora_layers}
-                   if kind == "encoder" else {})}
+                **({"encoder_pooling": cfg.encoder_pooling, "encoder_lora_layers": cfg.encoder_lora_layers,
+                    "precision": "bf16" if cfg.precision == "bf16" else "fp32"} if kind == "encoder" else {})}
     return {**overrides, **resolved, "steps": result.steps, "selected_step": result.selected_step,
             "device": result.device,
             "validation_macro_f1": round(macro_f1([r["output"] for r in val], preds), 4),
@@ -130,6 +130,8 @@ def write_table(rows: list[dict[str, Any]], kind: str, out: Path, command: str) 
         knobs = {k: r.get(k, TrainSettings.model_fields[k].default) for k in ("batch_size", "early_stopping_patience")}
         pooling = r.get("encoder_pooling", "cls") if kind == "encoder" else "-"
         layers = f"top {r['encoder_lora_layers']}" if r.get("encoder_lora_layers") else "all"
+        if r.get("precision", "fp32") != "fp32":
+            layers += f", {r['precision']}"
         lines.append(f"| {r['learning_rate']:g}{mark} | {','.join(r.get('target_modules', []))} | {layers} | {r.get('lora_r', 8)} | "
                      f"{knobs['batch_size']} | {pooling} | {r.get('warmup_steps', 2)} | {knobs['early_stopping_patience']} | "
                      f"{r['epochs']:g} | {r.get('seed', 42)} | "
@@ -141,10 +143,11 @@ def write_table(rows: list[dict[str, Any]], kind: str, out: Path, command: str) 
     out.with_suffix(".json").write_text(json.dumps({"command": command, "kind": kind, "rows": rows}, indent=2) + "\n")
 
 
-KNOBS = ("learning_rate", "target_modules", "lora_r", "batch_size", "encoder_pooling", "encoder_lora_layers", "warmup_steps",
-         "early_stopping_patience", "epochs", "device")
-ENCODER_KNOBS = ("encoder_pooling", "encoder_lora_layers")
-UNSET = {"batch_size": 16, "warmup_steps": 2, "early_stopping_patience": 3, "device": "cpu", "encoder_lora_layers": 0}  # rows before
+KNOBS = ("learning_rate", "target_modules", "lora_r", "batch_size", "encoder_pooling", "encoder_lora_layers", "precision",
+         "warmup_steps", "early_stopping_patience", "epochs", "device")
+ENCODER_KNOBS = ("encoder_pooling", "encoder_lora_layers", "precision")  # the encoder trained in fp32 before the setting reached it
+UNSET = {"batch_size": 16, "warmup_steps": 2, "early_stopping_patience": 3, "device": "cpu", "encoder_lora_layers": 0,
+         "precision": "fp32"}  # rows written before these were recorded
 
 
 def _knobs(row: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -209,6 +209,8 @@ def train(
     model_kind: Annotated[str | None, _knob("model_kind", "causal (LM + LoRA) or encoder (MiniLM + LoRA + head).")] = None,
     encoder_lora_layers: Annotated[int | None, _knob("encoder_lora_layers", "Encoder kind: LoRA on the top N layers, "
                                                      "the layers below run once per text (faster on CPU); 0 = all.")] = None,
+    precision: Annotated[str | None, _knob("precision", "auto (causal bf16 where supported, encoder fp32), bf16 "
+                                           "(the encoder: bfloat16 autocast, faster on a CPU with AVX512-BF16) or fp32.")] = None,
     evaluate: Annotated[bool, typer.Option(help="Run the evaluate flow on the new run.")] = True,
 ) -> None:
     """Train LoRA adapters (train-lora flow), log them to MLflow, then evaluate."""
@@ -218,7 +220,7 @@ def train(
                       lora_dropout=lora_dropout, batch_size=batch_size, micro_batch_size=micro_batch_size,
                       epochs=epochs, learning_rate=learning_rate, cutoff_len=cutoff_len, seed=seed,
                       model_kind=model_kind, run_evaluation=evaluate, target_modules=target_module,
-                      train_on_inputs=train_on_inputs, encoder_lora_layers=encoder_lora_layers))
+                      train_on_inputs=train_on_inputs, encoder_lora_layers=encoder_lora_layers, precision=precision))
 
 
 @app.command("evaluate")
@@ -241,6 +243,8 @@ def walk_forward_cmd(
     model_kind: Annotated[str | None, _knob("model_kind", "causal (LM + LoRA) or encoder (MiniLM + LoRA + head).")] = None,
     encoder_lora_layers: Annotated[int | None, _knob("encoder_lora_layers", "Encoder kind: LoRA on the top N layers, "
                                                      "the layers below run once per text (faster on CPU); 0 = all.")] = None,
+    precision: Annotated[str | None, _knob("precision", "auto (causal bf16 where supported, encoder fp32), bf16 "
+                                           "(the encoder: bfloat16 autocast, faster on a CPU with AVX512-BF16) or fp32.")] = None,
     concurrency: Annotated[int, typer.Option(
         metavar="INTEGER", help="Folds at once (threads; the Dask cluster at services.dask_scheduler_address when set).")] = 1,
 ) -> None:
@@ -250,7 +254,7 @@ def walk_forward_cmd(
 
     _print(walk_forward(dataset=dataset, step_days=step_days, validation_days=validation_days,
                         first_test_day=_day(first_test_day), epochs=epochs, lora=lora, model_kind=model_kind,
-                        encoder_lora_layers=encoder_lora_layers, concurrency=concurrency))
+                        encoder_lora_layers=encoder_lora_layers, precision=precision, concurrency=concurrency))
 
 
 @app.command()

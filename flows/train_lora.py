@@ -50,6 +50,7 @@ def train_lora(
     target_modules: list[str] | None = None,
     train_on_inputs: bool | None = None,
     encoder_lora_layers: int | None = None,
+    precision: str | None = None,
 ) -> dict:
     from tasks.training.train import train_lora_adapter  # torch loads here, not when the module is imported
 
@@ -59,7 +60,7 @@ def train_lora(
         micro_batch_size=micro_batch_size, epochs=epochs, learning_rate=learning_rate, cutoff_len=cutoff_len, seed=seed,
         model_kind=model_kind, nproc=nproc, parallelism=parallelism,
         target_modules=tuple(target_modules) if target_modules else None, train_on_inputs=train_on_inputs,
-        encoder_lora_layers=encoder_lora_layers,
+        encoder_lora_layers=encoder_lora_layers, precision=precision,
     ))
     cfg = settings.train
     ws = workspace(settings)

@@ -87,10 +87,12 @@ def _fold_work(fold, features, settings, manifest, ws, tracker, child: str, lora
 
 @task(name="walk-forward-fold", cache_policy=NO_CACHE)
 def walk_forward_fold(fold: Fold, dataset: str, parent_id: str, lora: bool, epochs: float | None,
-                      model_kind: str | None = None, encoder_lora_layers: int | None = None) -> tuple[FoldResult, str]:
+                      model_kind: str | None = None, encoder_lora_layers: int | None = None,
+                      precision: str | None = None) -> tuple[FoldResult, str]:
     """One fold where the task runner runs it (a thread here or a Dask worker): settings, the dataset version and
     the tracker are resolved there, so only plain values cross; it logs to its own child run by id."""
-    settings = settings_for(train=dict(epochs=epochs, model_kind=model_kind, encoder_lora_layers=encoder_lora_layers))
+    settings = settings_for(train=dict(epochs=epochs, model_kind=model_kind, encoder_lora_layers=encoder_lora_layers,
+                                       precision=precision))
     ws = workspace(settings)
     version = ws.dataset_version(settings.dataset.name, dataset)
     tracker = MlflowTracker.from_settings(settings, ws.mlflow_artifacts_dir())
@@ -111,10 +113,11 @@ def fold_task_runner(concurrency: int, services) -> Any:
 @flow(name="walk-forward", log_prints=True, on_failure=[notify_failure])
 def walk_forward(dataset: str | None = None, step_days: int = 10, validation_days: int = 10,
                  first_test_day: date | None = None, epochs: float | None = None, lora: bool = True,
-                 model_kind: str | None = None, encoder_lora_layers: int | None = None,
+                 model_kind: str | None = None, encoder_lora_layers: int | None = None, precision: str | None = None,
                  concurrency: int = 1) -> dict[str, Any]:
     t0 = started()
-    settings = settings_for(train=dict(epochs=epochs, model_kind=model_kind, encoder_lora_layers=encoder_lora_layers))
+    settings = settings_for(train=dict(epochs=epochs, model_kind=model_kind, encoder_lora_layers=encoder_lora_layers,
+                                       precision=precision))
     ws = workspace(settings)
     version = ws.dataset_version(settings.dataset.name, dataset)
     manifest = version.manifest
@@ -142,7 +145,8 @@ def walk_forward(dataset: str | None = None, step_days: int = 10, validation_day
         with runner:  # every fold submitted at once; results read back in fold order
             futures = [runner.submit(walk_forward_fold, {"fold": f, "dataset": manifest.fingerprint, "parent_id": parent_id,
                                                          "lora": lora, "epochs": epochs, "model_kind": model_kind,
-                                                         "encoder_lora_layers": encoder_lora_layers})
+                                                         "encoder_lora_layers": encoder_lora_layers,
+                                                         "precision": precision})
                        for f in folds]
             runs = [fut.result() for fut in futures]
         results = [r for r, _ in runs]

@@ -353,12 +353,12 @@ TRAIN_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
                 "lora_r": 16, "lora_alpha": 32, "batch_size": 8},
 }
 # Fields that mean something for the causal kind only: set for the encoder kind, they are refused. (The encoder
-# trains in fp32 in one process and does not write resumable checkpoints, hence precision, distributed and
-# checkpoint_every_steps; tests/core/test_settings.py checks that every other field is read on the encoder's path.)
+# trains in one process and does not write resumable checkpoints, hence distributed and checkpoint_every_steps;
+# tests/core/test_settings.py checks that every other field is read on the encoder's path.)
 CAUSAL_ONLY = frozenset({"micro_batch_size", "train_on_inputs", "attention", "packing", "pack_tokens", "compile",
                          "gradient_checkpointing", "qlora", "fp8_base", "fp8_fast_accum", "nproc", "parallelism",
                          "tiny_hidden_size", "tiny_layers", "tiny_heads", "tiny_vocab_size", "tiny_init_std",
-                         "label_prior_correction", "precision", "distributed", "checkpoint_every_steps"})
+                         "label_prior_correction", "distributed", "checkpoint_every_steps"})
 # Fields that mean something for the encoder kind only: set for the causal kind, they are refused.
 ENCODER_ONLY = frozenset({"encoder_pooling", "encoder_lora_layers"})
 
@@ -373,7 +373,7 @@ class TrainSettings(_Section):
     # pooler (bench/results/train_defaults_encoder*.md: [CLS] collapsed on direction at 1e-3 and above, learned sentiment less below)
     encoder_pooling: Literal["mean", "cls"] = "mean"
     # encoder kind: LoRA on the top N transformer layers; the embeddings and the layers below run once per text and
-    # are replayed from a cache on every step (tasks/training/encoder.py FrozenPrefix); 0 = every layer
+    # are replayed from a cache on every step (tasks/training/encoder_cache.py FrozenPrefix); 0 = every layer
     encoder_lora_layers: int = Field(default=0, ge=0)
     # LoRA
     lora_r: int | None = Field(default=None, ge=1)  # LoRA rank; per kind
@@ -409,7 +409,9 @@ class TrainSettings(_Section):
     # with packing: rows of up to N tokens, best-fit packed (micro_batch_size unused); 0 = micro_batch_size examples a row
     pack_tokens: int = Field(default=0, ge=0)
     compile: bool = False  # torch.compile each decoder layer (GPU; first steps pay the compile)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the device supports it (causal kind; the encoder trains in fp32)
+    # auto: the causal kind in bf16 where the device supports it; the encoder kind in fp32 (its defaults were measured so).
+    # bf16 for the encoder: bfloat16 autocast on CPU or GPU, weights fp32 (bench/results/encoder_bf16_cpu.md)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     qlora: bool = False  # 4-bit NF4 frozen base through bitsandbytes (CUDA only)
     # frozen base's linear layers as fp8 GEMMs (tasks/training/fastpath/fp8.py; CUDA 8.9+, e.g. H100): ~1.35x, another numeric recipe

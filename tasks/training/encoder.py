@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from tasks.core.logs import get_logger, quiet_peft_wrap
 from tasks.core.progress import progress
 from tasks.core.settings import TrainSettings
 from tasks.training.checkpoints import read_train_record, write_train_record
+from tasks.training.encoder_cache import FrozenPrefix, autocast, encode
 from tasks.training.fastpath.attention import sdpa_without_cudnn
-from tasks.training.model import count_params, peak_memory_mb, pick_device
+from tasks.training.model import count_params, peak_memory_mb, pick_device, pick_train_dtype
 from tasks.training.selection import Selection, class_weights, macro_f1, predicted_labels
 from tasks.training.train import MetricsFn, TrainResult
 
@@ -79,133 +80,54 @@ def load_encoder(name_or_path: str, n_outputs: int, device: torch.device, poolin
     return tokenizer, model.to(device)
 
 
-class _Replay(torch.nn.Module):
-    """Stands in for the embeddings while :class:`FrozenPrefix` replays the frozen layers' outputs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hidden: torch.Tensor | None = None
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self.hidden
-
-
-class _Skip(torch.nn.Module):
-    """Stands in for one transformer layer: passes the hidden states through."""
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return hidden_states
-
-
-def _bert_body(model):
-    """The module holding ``embeddings`` and ``encoder.layer`` inside a (peft-wrapped) BERT-style classifier."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = base.base_model
-    if not (hasattr(body, "embeddings") and isinstance(getattr(getattr(body, "encoder", None), "layer", None), torch.nn.ModuleList)):
-        raise ValueError(f"train.encoder_lora_layers needs a BERT-style encoder (embeddings + encoder.layer); "
-                         f"{type(base).__name__} is not one (set train.encoder_lora_layers = 0)")
-    return body
-
-
-class FrozenPrefix:
-    """LoRA on the top layers only (``train.encoder_lora_layers``): the embeddings and the layers below them
-    do not change while training, so their output is computed once per text (no dropout) and replayed on
-    every step and evaluation, which then runs the top layers alone. Inside :meth:`replaying` the
-    embeddings and the lower layers are swapped for stand-ins; outside it the model is whole, as it is saved."""
-
-    def __init__(self, model, n_frozen: int, tokenizer, max_len: int, device: torch.device):
-        self.body, self.n_frozen = _bert_body(model), n_frozen
-        self.tokenizer, self.max_len, self.device = tokenizer, max_len, device
-        self.replay, self.store = _Replay(), {}
-
-    @contextmanager
-    def _swapped(self, first: int, last: int, embeddings) -> Iterator[None]:
-        layers = self.body.encoder.layer
-        set_aside = {i: layers[i] for i in range(len(layers)) if not first <= i < last}  # skipped while inside
-        saved = self.body.embeddings
-        try:
-            for i in set_aside:
-                layers[i] = _Skip()
-            self.body.embeddings = embeddings
-            yield
-        finally:
-            for i, layer in set_aside.items():
-                layers[i] = layer
-            self.body.embeddings = saved
-
-    @torch.no_grad()
-    def add(self, texts: Sequence[str]) -> None:
-        """Run the embeddings and the frozen layers over the texts not yet cached."""
-        new = [t for t in dict.fromkeys(texts) if t not in self.store]
-        if not new:
-            return
-        was_training, t0 = self.body.training, time.perf_counter()
-        self.body.eval()
-        with self._swapped(0, self.n_frozen, self.body.embeddings):
-            for i in range(0, len(new), 32):
-                enc = _encode(self.tokenizer, new[i:i + 32], self.max_len, self.device)
-                hidden = self.body(**enc).last_hidden_state
-                for j, n in enumerate(enc["attention_mask"].sum(dim=1).tolist()):
-                    self.store[new[i + j]] = hidden[j, :n].clone()  # right padding: the real tokens come first
-        self.body.train(was_training)
-        get_logger().info("encoder: embeddings and layers 0-%d ran once for %d texts (%.1fs; %d cached, %.0f MB); "
-                          "LoRA trains the layers above", self.n_frozen - 1, len(new), time.perf_counter() - t0,
-                          len(self.store), self.nbytes() / 1e6)
-
-    def nbytes(self) -> int:
-        return sum(h.numel() * h.element_size() for h in self.store.values())
-
-    def inputs(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The model's keyword arguments for ``texts`` (each cached by :meth:`add` before); the replayed states
-        wait in the stand-in."""
-        states = [self.store[t] for t in texts]
-        width = max(len(h) for h in states)
-        hidden = states[0].new_zeros(len(states), width, states[0].shape[-1])
-        mask = torch.zeros(len(states), width, dtype=torch.long, device=hidden.device)
-        for j, h in enumerate(states):
-            hidden[j, :len(h)], mask[j, :len(h)] = h, 1
-        self.replay.hidden = hidden
-        return {"input_ids": torch.zeros_like(mask), "attention_mask": mask}
-
-    @contextmanager
-    def replaying(self) -> Iterator[None]:
-        """Forward passes inside run the top layers on the replayed states."""
-        with self._swapped(self.n_frozen, len(self.body.encoder.layer), self.replay):
-            yield
-        self.replay.hidden = None
-
-
 def _targets(records: Sequence[dict[str, Any]], kind: str) -> torch.Tensor:
     if kind == "number":
         return torch.tensor([float(r["output"]) for r in records], dtype=torch.float32)
     return torch.tensor([LABELS.index(r["output"]) for r in records])
 
 
-def _encode(tokenizer, texts: Sequence[str], max_len: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """One batch of texts as the model's inputs: truncated to ``max_len`` tokens, right-padded, on ``device``."""
-    enc = tokenizer(list(texts), truncation=True, max_length=max_len, padding=True, return_tensors="pt")
-    return {k: v.to(device) for k, v in enc.items()}
+def encoder_bf16(cfg: TrainSettings, device: torch.device) -> bool:
+    """Whether the encoder kind computes in bfloat16: only when ``train.precision = "bf16"`` (its defaults were measured
+    in fp32, so "auto" is fp32 for it); a GPU without bfloat16 is refused as for the causal kind."""
+    return cfg.precision == "bf16" and pick_train_dtype("bf16", device) == torch.bfloat16
 
 
-def _forward(model, tokenizer, texts: Sequence[str], max_len: int, device: torch.device,
-             prefix: FrozenPrefix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The head's outputs and the attention mask for one batch of ``texts``: the whole model, or with ``prefix``
-    the top layers on the frozen layers' outputs replayed from its cache."""
-    if prefix is None:
-        enc = _encode(tokenizer, texts, max_len, device)
-        return model(**enc).logits, enc["attention_mask"]
-    with prefix.replaying():
-        enc = prefix.inputs(texts)
-        return model(**enc).logits, enc["attention_mask"]
+@dataclass
+class Runner:
+    """The encoder as training, selection and the predictor call it: on batches of texts, truncated to ``max_len``
+    tokens, on ``device``; with ``prefix`` the top layers on the frozen layers' outputs replayed from its cache (else
+    the whole model); with ``bf16`` under bfloat16 autocast."""
+    model: Any
+    tokenizer: Any
+    max_len: int
+    device: torch.device
+    prefix: FrozenPrefix | None = None
+    bf16: bool = False
 
+    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's outputs and the attention mask for one batch of ``texts``."""
+        with autocast(self.device, self.bf16):
+            if self.prefix is None:
+                enc = encode(self.tokenizer, texts, self.max_len, self.device)
+                return self.model(**enc).logits, enc["attention_mask"]
+            with self.prefix.replaying():
+                enc = self.prefix.inputs(texts)
+                return self.model(**enc).logits, enc["attention_mask"]
 
-@torch.no_grad()
-def _logits(model, tokenizer, texts: Sequence[str], max_len: int, device: torch.device,
-            prefix: FrozenPrefix | None = None) -> np.ndarray:
-    """The head's outputs for ``texts`` in batches of 32 (training's validation and the predictor share it)."""
-    chunks = [_forward(model, tokenizer, texts[i:i + 32], max_len, device, prefix)[0].float().cpu().numpy()
-              for i in range(0, len(texts), 32)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, 1))
+    @torch.no_grad()
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """The head's outputs for ``texts`` in batches of 32, as fp32 numpy."""
+        chunks = [self.forward(texts[i:i + 32])[0].float().cpu().numpy() for i in range(0, len(texts), 32)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, 1))
+
+    @torch.no_grad()
+    def validation_loss(self, records: Sequence[dict[str, Any]], kind: str) -> float:
+        """Mean (unweighted) loss per record (batches of 32); leaves the model in eval mode, as it is saved."""
+        self.model.eval()
+        texts, yv = [r["input"] for r in records], _targets(records, kind)
+        losses = [float(_loss(self.forward(texts[i:i + 32])[0], yv[i:i + 32].to(self.device), kind, None))
+                  * len(texts[i:i + 32]) for i in range(0, len(texts), 32)]
+        return sum(losses) / len(records)
 
 
 def lora_layers(cfg: TrainSettings, model) -> list[int] | None:
@@ -229,20 +151,21 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    tokenizer, model, prefix = _peft_encoder(cfg, kind, device)
+    run = _peft_encoder(cfg, kind, device)
+    model = run.model
     trainable, total = count_params(model)
     texts, y = [r["input"] for r in train_records], _targets(train_records, kind)
-    if prefix is not None:
-        prefix.add(texts + [r["input"] for r in val_records])
+    if run.prefix is not None:
+        run.prefix.add(texts + [r["input"] for r in val_records])
     weight = _loss_weights(cfg, train_records, kind, device)
     steps_per_epoch = max(1, math.ceil(len(texts) / cfg.batch_size))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     sched = get_linear_schedule_with_warmup(opt, min(cfg.warmup_steps, total_steps - 1), total_steps)
-    selection = _selection(cfg, model, tokenizer, val_records, kind, device, steps_per_epoch, total_steps, prefix)
-    log.info("encoder train: %d examples, up to %d steps of %d, device %s, trainable %d / %d params (%.2f%%), "
-             "lr %.1e, selection %s", len(texts), total_steps, cfg.batch_size, device, trainable, total,
-             100 * trainable / total, cfg.learning_rate, selection.metric if selection.active else "last step")
+    selection = _selection(cfg, run, val_records, kind, steps_per_epoch, total_steps)
+    log.info("encoder train: %d examples, up to %d steps of %d, device %s (%s), trainable %d / %d params (%.2f%%), "
+             "lr %.1e, selection %s", len(texts), total_steps, cfg.batch_size, device, "bf16" if run.bf16 else "fp32",
+             trainable, total, 100 * trainable / total, cfg.learning_rate, selection.metric if selection.active else "last step")
     gen = random.Random(cfg.seed)
     model.train()
     step, tokens, last, stop = 0, 0, float("nan"), False
@@ -256,7 +179,7 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
                 break
             idx = order[start:start + cfg.batch_size]
             t_step = time.perf_counter()
-            logits, mask = _forward(model, tokenizer, [texts[i] for i in idx], cfg.cutoff_len, device, prefix)
+            logits, mask = run.forward([texts[i] for i in idx])
             loss = _loss(logits, y[idx].to(device), kind, weight)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -281,7 +204,7 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
     bar.close()
     seconds = time.perf_counter() - t_train
     selection.restore(model)
-    val_loss = _validation_loss(model, tokenizer, val_records, kind, cfg.cutoff_len, device, prefix) if val_records else None
+    val_loss = run.validation_loss(val_records, kind) if val_records else None
     if val_loss is not None:
         log_metrics({"val_loss": val_loss}, step)
     result = TrainResult(adapter_dir=str(out_dir), steps=step, epochs=step / steps_per_epoch, examples=len(texts),
@@ -289,14 +212,15 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
                          trainable_params=trainable, total_params=total, trainable_share=trainable / total,
                          peak_memory_mb=peak_memory_mb(device), seconds=time.perf_counter() - t0, device=str(device),
                          **selection.summary())
-    _save(model, tokenizer, out_dir, {"base_model": cfg.base_model, "model_kind": "encoder", "head": kind,
-                                      "pooling": cfg.encoder_pooling, **result.as_dict()})
+    _save(model, run.tokenizer, out_dir, {"base_model": cfg.base_model, "model_kind": "encoder", "head": kind,
+                                          "pooling": cfg.encoder_pooling, "precision": "bf16" if run.bf16 else "fp32",
+                                          **result.as_dict()})
     return result
 
 
-def _peft_encoder(cfg: TrainSettings, kind: str, device: torch.device):
-    """Tokenizer, the encoder + head with LoRA on ``train.target_modules`` of the layers :func:`lora_layers` picks,
-    and (LoRA on the top layers only) the :class:`FrozenPrefix` that caches the layers below; None otherwise."""
+def _peft_encoder(cfg: TrainSettings, kind: str, device: torch.device) -> Runner:
+    """The encoder + head with LoRA on ``train.target_modules`` of the layers :func:`lora_layers` picks, as a
+    :class:`Runner` (with LoRA on the top layers only, its :class:`FrozenPrefix` caches the layers below)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     tokenizer, model = load_encoder(cfg.base_model, 1 if kind == "number" else len(LABELS), device, cfg.encoder_pooling)
@@ -305,7 +229,9 @@ def _peft_encoder(cfg: TrainSettings, kind: str, device: torch.device):
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                  lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules),
                                                  layers_to_transform=layers))
-    return tokenizer, model, None if layers is None else FrozenPrefix(model, layers[0], tokenizer, cfg.cutoff_len, device)
+    bf16 = encoder_bf16(cfg, device)
+    prefix = None if layers is None else FrozenPrefix(model, layers[0], tokenizer, cfg.cutoff_len, device, bf16)
+    return Runner(model, tokenizer, cfg.cutoff_len, device, prefix, bf16)
 
 
 def _save(model, tokenizer, out_dir: Path, record: dict[str, Any]) -> None:
@@ -330,34 +256,21 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, kind: str, weight: torch.T
     return torch.nn.functional.cross_entropy(logits.float(), target, weight=weight)
 
 
-def _selection(cfg: TrainSettings, model, tokenizer, val_records: Sequence[dict[str, Any]], kind: str, device: torch.device,
-               steps_per_epoch: int, total_steps: int, prefix: FrozenPrefix | None = None) -> Selection:
+def _selection(cfg: TrainSettings, run: Runner, val_records: Sequence[dict[str, Any]], kind: str,
+               steps_per_epoch: int, total_steps: int) -> Selection:
     """Validation macro-F1 of the head's argmax (classes) or minus the validation loss (numbers)."""
     texts = [r["input"] for r in val_records]
     if kind == "number":
         def score() -> float:
-            return -_validation_loss(model, tokenizer, val_records, kind, cfg.cutoff_len, device, prefix)
+            return -run.validation_loss(val_records, kind)
         metric = "-val_loss"
     else:
         def score() -> float:
-            model.eval()
-            return macro_f1([r["output"] for r in val_records],
-                            predicted_labels(_logits(model, tokenizer, texts, cfg.cutoff_len, device, prefix)))
+            run.model.eval()
+            return macro_f1([r["output"] for r in val_records], predicted_labels(run.logits(texts)))
         metric = "val_macro_f1"
     active = cfg if val_records else cfg.model_copy(update={"select_by": "last"})
     return Selection(active, steps_per_epoch, total_steps, score, metric)
-
-
-@torch.no_grad()
-def _validation_loss(model, tokenizer, val_records: Sequence[dict[str, Any]], kind: str, cutoff_len: int,
-                     device: torch.device, prefix: FrozenPrefix | None = None) -> float:
-    """Mean (unweighted) loss per validation record (batches of 32; with ``prefix`` on the replayed lower layers);
-    leaves the model in eval mode, as it is saved."""
-    model.eval()
-    texts, yv = [r["input"] for r in val_records], _targets(val_records, kind)
-    losses = [float(_loss(_forward(model, tokenizer, texts[i:i + 32], cutoff_len, device, prefix)[0],
-                          yv[i:i + 32].to(device), kind, None)) * len(texts[i:i + 32]) for i in range(0, len(texts), 32)]
-    return sum(losses) / len(val_records)
 
 
 class EncoderPredictor:
@@ -368,14 +281,17 @@ class EncoderPredictor:
 
         dev = pick_device(device)
         self.kind, self.max_len, self.device = kind, max_len, dev
-        pooling = read_train_record(adapter_dir).get("pooling", "cls")  # adapters saved before the setting pooled [CLS]
+        record = read_train_record(adapter_dir)
+        pooling = record.get("pooling", "cls")  # adapters saved before the setting pooled [CLS]
         self.tokenizer, base_model = load_encoder(base, 1 if kind == "number" else len(LABELS), dev, pooling)
         with quiet_peft_wrap():
             self.model = PeftModel.from_pretrained(base_model, str(adapter_dir)).to(dev).eval()
+        # scored as it was selected: an adapter trained under bf16 autocast is scored under it
+        self.runner = Runner(self.model, self.tokenizer, max_len, dev, bf16=record.get("precision") == "bf16")
 
     @torch.no_grad()
     def outputs(self, texts: Sequence[str]) -> np.ndarray:
-        return _logits(self.model, self.tokenizer, texts, self.max_len, self.device)
+        return self.runner.logits(texts)
 
     def predict_numbers(self, texts: Sequence[str]) -> list[float]:
         return self.outputs(texts)[:, 0].tolist()

@@ -222,7 +222,7 @@ def test_a_training_field_left_unset_takes_its_kinds_default_and_follows_a_new_k
 
 
 @pytest.mark.parametrize("field, value", [("micro_batch_size", 4), ("train_on_inputs", True), ("packing", True),
-                                          ("nproc", 2), ("fp8_base", True), ("precision", "bf16"), ("distributed", True),
+                                          ("nproc", 2), ("fp8_base", True), ("distributed", True),
                                           ("checkpoint_every_steps", 50)])
 def test_a_causal_only_setting_given_to_the_encoder_kind_is_refused(field, value):
     with pytest.raises(ValidationError, match=f"train.{field} applies to the causal kind only"):

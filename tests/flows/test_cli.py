@@ -110,6 +110,17 @@ def test_encoder_lora_layers_on_the_cli_is_shown_and_refused_for_the_causal_kind
     assert "[default: causal 16, encoder 8, from train.batch_size]" in " ".join(run("train", "--help").stdout.split())
 
 
+def test_precision_on_the_cli_is_shown_and_a_wrong_value_is_one_line(tmp_path):
+    """--precision (train and walk-forward) names its default; a value outside auto/bf16/fp32 is one line, exit 2."""
+    env = {"CHAINSIGNAL_STORAGE__DATA_DIR": str(tmp_path / "d")}
+    for command in ("train", "walk-forward"):
+        helptext = " ".join(run(command, "--help").stdout.split())
+        assert "--precision TEXT" in helptext and "[default: auto, from train.precision]" in helptext
+        out = run(command, "--model-kind", "encoder", "--precision", "fp16", env=env)
+        errors = [line for line in out.stderr.splitlines() if line.startswith("chainsignal: error:")]
+        assert out.returncode == 2 and len(errors) == 1 and "precision" in errors[0], out.stderr[-2000:]
+
+
 def test_the_cli_turns_third_party_progress_bars_off():
     """Only our bars on the terminal: transformers' weight loading, datasets' saving, MLflow's transfers are off."""
     code = ("import os\nfrom flows.cli import _third_party_bars_off\n_third_party_bars_off()\n"

@@ -11,7 +11,9 @@ from flows.common import workspace
 from flows.train_lora import train_lora
 from tasks.core.settings import TrainSettings, load_settings
 from tasks.tracking.tracker import MlflowTracker
-from tasks.training.encoder import BUNDLED, EncoderPredictor, FrozenPrefix, _logits, load_encoder, lora_layers, resolve_encoder
+from tasks.training.checkpoints import read_train_record
+from tasks.training.encoder import BUNDLED, EncoderPredictor, Runner, encoder_bf16, load_encoder, lora_layers, resolve_encoder
+from tasks.training.encoder_cache import FrozenPrefix
 from tasks.training.selection import macro_f1, predicted_labels
 
 
@@ -102,28 +104,59 @@ def test_top_layer_lora_replays_the_frozen_layers_exactly():
     assert {n.split(".layer.")[1].split(".")[0] for n in names if "lora_A" in n} == {"4", "5"}
     texts = ["eth up", "weekday: Tue\nETH: 1d +3.2%, 3d -1.0%, 7d +4.4%, vol7d 2.1%",
              "ethereum rallied strongly today after the long awaited network upgrade went live", "x"]
-    whole = _logits(model, tok, texts, 256, cpu)
+    whole = Runner(model, tok, 256, cpu).logits(texts)
     prefix = FrozenPrefix(model, layers[0], tok, 256, cpu)
     prefix.add(texts)
     lower_ran = []
     hook = model.get_base_model().base_model.encoder.layer[0].register_forward_hook(lambda *a: lower_ran.append(1))
-    replayed = _logits(model, tok, texts, 256, cpu, prefix)
+    replayed = Runner(model, tok, 256, cpu, prefix).logits(texts)
     hook.remove()
     assert not lower_ran
     np.testing.assert_allclose(replayed, whole, atol=1e-5)
     assert [n for n, _ in model.named_parameters()] == names
 
 
-def test_top_layer_encoder_trains_through_the_flow_and_reloads_as_selected(lake_copy, data_dir):
-    """The flow parameter reaches the run (MLflow param, the adapter's LoRA on the top layers only), and the saved
-    adapter, reloaded whole, scores validation exactly as the cached evaluation that selected it did."""
+def test_bf16_precision_autocasts_the_encoder_and_its_cache_and_auto_stays_fp32():
+    """train.precision = bf16 runs the encoder's matmuls in bfloat16 (outputs near fp32's, not equal), its prefix cache
+    holds bf16 states (half the bytes) whose replay gives the whole bf16 model's outputs; auto and fp32 stay fp32 (the
+    encoder's defaults were measured so); the weights stay fp32 either way."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    cpu = torch.device("cpu")
+    assert not encoder_bf16(TrainSettings(model_kind="encoder"), cpu)
+    assert not encoder_bf16(TrainSettings(model_kind="encoder", precision="fp32"), cpu)
+    assert encoder_bf16(TrainSettings(model_kind="encoder", precision="bf16"), cpu)
+    tok, model = load_encoder(BUNDLED, 3, cpu, pooling="mean")
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["query", "value"],
+                                             layers_to_transform=[4, 5])).eval()
+    texts = ["weekday: Tue\nETH: 1d +3.2%, 3d -1.0%, 7d +4.4%, vol7d 2.1%", "eth up", "gas fees fell to a two-year low"]
+    fp32, bf16 = Runner(model, tok, 256, cpu).logits(texts), Runner(model, tok, 256, cpu, bf16=True).logits(texts)
+    assert not np.array_equal(fp32, bf16)
+    np.testing.assert_allclose(bf16, fp32, atol=5e-3)  # measured 1.1e-3 on logits of ~0.2
+    caches = {}
+    for half in (False, True):
+        caches[half] = FrozenPrefix(model, 4, tok, 256, cpu, bf16=half)
+        caches[half].add(texts)
+    assert {h.dtype for h in caches[True].store.values()} == {torch.bfloat16}
+    assert caches[True].nbytes() * 2 == caches[False].nbytes()
+    np.testing.assert_allclose(Runner(model, tok, 256, cpu, caches[True], bf16=True).logits(texts), bf16, atol=5e-3)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_top_layer_encoder_trains_through_the_flow_and_reloads_as_selected(lake_copy, data_dir, precision):
+    """The flow parameters reach the run (MLflow params, the adapter's LoRA on the top layers only, the precision it
+    trained in), and the saved adapter, reloaded whole, scores validation exactly as the cached evaluation that selected
+    it did: in fp32, and under bf16 autocast (the CPU's fast path: its cache holds bf16 states, the reload recomputes)."""
     build_dataset()
-    result = train_lora(epochs=2, model_kind="encoder", encoder_lora_layers=2, run_evaluation=False)
+    result = train_lora(epochs=2, model_kind="encoder", encoder_lora_layers=2, precision=precision, run_evaluation=False)
     adapter = data_dir / "runs" / result["run_id"] / "adapter"
     assert json.loads((adapter / "adapter_config.json").read_text())["layers_to_transform"] == [4, 5]
+    assert read_train_record(adapter)["precision"] == {"auto": "fp32", "bf16": "bf16"}[precision]
     settings = load_settings()
     run = MlflowTracker.from_settings(settings, data_dir / "mlartifacts").client.get_run(result["run_id"])
     assert run.data.params["train.encoder_lora_layers"] == "2" and run.data.params["train.batch_size"] == "8"
+    assert run.data.params["train.precision"] == precision
     val = workspace(settings).dataset_version(settings.dataset.name, None).read_records("validation")
     preds = predicted_labels(EncoderPredictor(adapter, BUNDLED, "class").outputs([r["input"] for r in val]))
     assert result["selected_step"] and macro_f1([r["output"] for r in val], preds) == pytest.approx(result["selection_score"])
