@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "with early stopping)")
     p.add_argument("--model-kind", choices=("causal", "encoder"), default="causal")
     p.add_argument("--encoder-lora-layers", type=int, default=None, help="encoder kind: LoRA on the top N layers only")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None, help="train.precision (default: auto)")
     p.add_argument("--no-lora", dest="lora", action="store_false")
     p.add_argument("--lora-folds", type=int, default=None,
                    help="LoRA on the last N folds only (default: every fold); the baselines always cover every fold")
@@ -93,6 +94,8 @@ def configure(args: argparse.Namespace) -> None:
         os.environ["CHAINSIGNAL_TRAIN__BASE_MODEL"] = "tiny-llama"
     if args.encoder_lora_layers is not None:
         os.environ["CHAINSIGNAL_TRAIN__ENCODER_LORA_LAYERS"] = str(args.encoder_lora_layers)
+    if args.precision is not None:
+        os.environ["CHAINSIGNAL_TRAIN__PRECISION"] = args.precision
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # read when torch loads, below
@@ -233,6 +236,8 @@ def _what_ran(report: dict) -> list[str]:
     kind = a.get("model_kind", "causal")
     epochs = a["epochs"] if a["epochs"] is not None else TRAIN_KIND_DEFAULTS[kind]["epochs"]
     layers = f", LoRA on its top {a['encoder_lora_layers']} layers" if a.get("encoder_lora_layers") else ""
+    if a.get("precision") == "bf16":
+        layers += ", in bfloat16 autocast"
     model = ("the tiny causal LoRA (the tiny-llama built per fold from its training text" if kind == "causal"
              else f"the encoder LoRA (MiniLM{layers}")
     lora = f", and {model}, at most {epochs:g} epochs, every other training setting at its default)" if a["lora"] else ""

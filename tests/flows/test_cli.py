@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent / "chainsignal"
 
 
@@ -96,29 +98,24 @@ def test_a_causal_only_flag_given_to_the_encoder_kind_is_refused_in_one_line(tmp
     assert lr.returncode == 0 and '"learning_rate": 0.0007' in lr.stdout and '"base_model": "minilm"' in lr.stdout
 
 
-def test_encoder_lora_layers_on_the_cli_is_shown_and_refused_for_the_causal_kind(tmp_path):
-    """--encoder-lora-layers (train and walk-forward) names its default; given to the causal kind it is one line, exit 2,
-    for either command, before anything is read or trained; the batch size help names both kinds' defaults."""
+@pytest.mark.parametrize("option, default, wrong, error", [
+    ("--encoder-lora-layers INTEGER", "[default: 0, from train.encoder_lora_layers]",
+     ("--model-kind", "causal", "--encoder-lora-layers", "2"), "train.encoder_lora_layers applies to the encoder kind only"),
+    ("--precision TEXT", "[default: auto, from train.precision]", ("--model-kind", "encoder", "--precision", "fp16"), "precision"),
+])
+def test_a_training_option_on_the_cli_names_its_default_and_a_wrong_use_is_one_line(tmp_path, option, default, wrong, error):
+    """--encoder-lora-layers and --precision (train and walk-forward) name their defaults; the first given to the causal
+    kind, or a precision outside auto/bf16/fp32, is one line, exit 2, for either command, before anything is read or
+    trained; the batch size help names both kinds' defaults."""
     env = {"CHAINSIGNAL_STORAGE__DATA_DIR": str(tmp_path / "d")}
     for command in ("train", "walk-forward"):
         helptext = " ".join(run(command, "--help").stdout.split())
-        assert "--encoder-lora-layers INTEGER" in helptext and "[default: 0, from train.encoder_lora_layers]" in helptext
-        out = run(command, "--model-kind", "causal", "--encoder-lora-layers", "2", env=env)
+        assert option in helptext and default in helptext
+        out = run(command, *wrong, env=env)
         errors = [line for line in out.stderr.splitlines() if line.startswith("chainsignal: error:")]
         assert out.returncode == 2 and len(errors) == 1, out.stderr[-2000:]
-        assert "train.encoder_lora_layers applies to the encoder kind only" in errors[0] and "Traceback" not in out.stderr
+        assert error in errors[0] and "Traceback" not in out.stderr
     assert "[default: causal 16, encoder 8, from train.batch_size]" in " ".join(run("train", "--help").stdout.split())
-
-
-def test_precision_on_the_cli_is_shown_and_a_wrong_value_is_one_line(tmp_path):
-    """--precision (train and walk-forward) names its default; a value outside auto/bf16/fp32 is one line, exit 2."""
-    env = {"CHAINSIGNAL_STORAGE__DATA_DIR": str(tmp_path / "d")}
-    for command in ("train", "walk-forward"):
-        helptext = " ".join(run(command, "--help").stdout.split())
-        assert "--precision TEXT" in helptext and "[default: auto, from train.precision]" in helptext
-        out = run(command, "--model-kind", "encoder", "--precision", "fp16", env=env)
-        errors = [line for line in out.stderr.splitlines() if line.startswith("chainsignal: error:")]
-        assert out.returncode == 2 and len(errors) == 1 and "precision" in errors[0], out.stderr[-2000:]
 
 
 def test_the_cli_turns_third_party_progress_bars_off():
