@@ -123,6 +123,7 @@ def write_table(rows: list[dict[str, Any]], kind: str, out: Path, command: str) 
         return (all(r.get(k) == getattr(current, k) for k in keys) and tuple(r.get("target_modules", ())) == current.target_modules
                 and r.get("encoder_pooling", "cls") == current.encoder_pooling and r.get("warmup_steps", 2) == current.warmup_steps
                 and r.get("encoder_lora_layers", 0) == getattr(current, "encoder_lora_layers", 0)
+                and r.get("precision", "fp32") == ("bf16" if current.precision == "bf16" else "fp32")
                 and r.get("seed", 42) == current.seed)
 
     for r in rows:

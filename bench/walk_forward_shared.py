@@ -226,6 +226,12 @@ def _pooled_table(run: dict, models: list[str], stats: dict) -> list[str]:
     return lines
 
 
+def _rel(path: str) -> str:
+    """A path under the repository as the reader's relative path (the data folder the run used)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def _what_ran(report: dict) -> list[str]:
     a, man, runs = report["args"], report["dataset"], report["runs"]
     scope = ("no LoRA in this run" if not a["lora"] else "LoRA on every fold" if "baselines" not in runs
@@ -291,7 +297,7 @@ def markdown(report: dict) -> str:
               "Reading it: the pooled macro-F1 scores every fold's test days as one set, so a model that predicts mostly one "
               "class in each fold, a different class in different folds, scores higher pooled than its per-fold mean; MCC, "
               "its interval in the verdict, the per-fold mean and the top-class share are the figures that show it. "
-              "Each fold is a child run of the walk-forward run in MLflow (`var/bench/walk_forward_shared/mlflow.db`).", ""]
+              f"Each fold is a child run of the walk-forward run in MLflow (`{_rel(a['data_dir'])}/mlflow.db`).", ""]
     return "\n".join(lines)
 
 
