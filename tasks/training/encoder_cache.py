@@ -88,13 +88,14 @@ class FrozenPrefix:
             return
         was_training, t0 = self.body.training, time.perf_counter()
         self.body.eval()
-        keep = torch.bfloat16 if self.bf16 else torch.float32  # under bf16 the cache holds half the bytes
+        # under bf16 autocast too the layers pass fp32 states on (LayerNorm's output): kept as they are, the replay
+        # computes what the whole model does, so the saved adapter reloaded scores as the cached evaluation selected it
         with self._swapped(0, self.n_frozen, self.body.embeddings), autocast(self.device, self.bf16):
             for i in range(0, len(new), 32):
                 enc = encode(self.tokenizer, new[i:i + 32], self.max_len, self.device)
                 hidden = self.body(**enc).last_hidden_state
                 for j, n in enumerate(enc["attention_mask"].sum(dim=1).tolist()):
-                    self.store[new[i + j]] = hidden[j, :n].to(keep, copy=True)  # right padding: the real tokens come first
+                    self.store[new[i + j]] = hidden[j, :n].clone()  # right padding: the real tokens come first
         self.body.train(was_training)
         get_logger().info("encoder: embeddings and layers 0-%d ran once for %d texts (%.1fs; %d cached, %.0f MB); "
                           "LoRA trains the layers above", self.n_frozen - 1, len(new), time.perf_counter() - t0,

@@ -116,10 +116,11 @@ def test_top_layer_lora_replays_the_frozen_layers_exactly():
     assert [n for n, _ in model.named_parameters()] == names
 
 
-def test_bf16_precision_autocasts_the_encoder_and_its_cache_and_auto_stays_fp32():
-    """train.precision = bf16 runs the encoder's matmuls in bfloat16 (outputs near fp32's, not equal), its prefix cache
-    holds bf16 states (half the bytes) whose replay gives the whole bf16 model's outputs; auto and fp32 stay fp32 (the
-    encoder's defaults were measured so); the weights stay fp32 either way."""
+def test_bf16_precision_autocasts_the_encoder_and_its_cache_replays_it_exactly():
+    """train.precision = bf16 runs the encoder's matmuls in bfloat16 (outputs near fp32's, not equal); the prefix cache,
+    filled under the same autocast, keeps the fp32 states the layers pass on, so its replay gives the whole bf16 model's
+    outputs exactly (what the reloaded adapter computes); auto and fp32 stay fp32 (the encoder's defaults were measured
+    so); the weights stay fp32 either way."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     cpu = torch.device("cpu")
@@ -129,17 +130,18 @@ def test_bf16_precision_autocasts_the_encoder_and_its_cache_and_auto_stays_fp32(
     tok, model = load_encoder(BUNDLED, 3, cpu, pooling="mean")
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["query", "value"],
                                              layers_to_transform=[4, 5])).eval()
-    texts = ["weekday: Tue\nETH: 1d +3.2%, 3d -1.0%, 7d +4.4%, vol7d 2.1%", "eth up", "gas fees fell to a two-year low"]
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.2)  # an update that changes the outputs (peft starts B at zero)
+    texts = ["weekday: Tue\nETH: 1d +3.2%, 3d -1.0%, 7d +4.4%, vol7d 2.1%", "eth up", "gas fees fell to a two-year low", "x"]
     fp32, bf16 = Runner(model, tok, 256, cpu).logits(texts), Runner(model, tok, 256, cpu, bf16=True).logits(texts)
     assert not np.array_equal(fp32, bf16)
-    np.testing.assert_allclose(bf16, fp32, atol=5e-3)  # measured 1.1e-3 on logits of ~0.2
-    caches = {}
-    for half in (False, True):
-        caches[half] = FrozenPrefix(model, 4, tok, 256, cpu, bf16=half)
-        caches[half].add(texts)
-    assert {h.dtype for h in caches[True].store.values()} == {torch.bfloat16}
-    assert caches[True].nbytes() * 2 == caches[False].nbytes()
-    np.testing.assert_allclose(Runner(model, tok, 256, cpu, caches[True], bf16=True).logits(texts), bf16, atol=5e-3)
+    np.testing.assert_allclose(bf16, fp32, atol=5e-3)  # measured 1.2e-3 on logits up to 0.3
+    prefix = FrozenPrefix(model, 4, tok, 256, cpu, bf16=True)
+    prefix.add(texts)
+    assert {h.dtype for h in prefix.store.values()} == {torch.float32}
+    np.testing.assert_allclose(Runner(model, tok, 256, cpu, prefix, bf16=True).logits(texts), bf16, atol=1e-6)  # measured 0.0
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
@@ -147,7 +149,7 @@ def test_bf16_precision_autocasts_the_encoder_and_its_cache_and_auto_stays_fp32(
 def test_top_layer_encoder_trains_through_the_flow_and_reloads_as_selected(lake_copy, data_dir, precision):
     """The flow parameters reach the run (MLflow params, the adapter's LoRA on the top layers only, the precision it
     trained in), and the saved adapter, reloaded whole, scores validation exactly as the cached evaluation that selected
-    it did: in fp32, and under bf16 autocast (the CPU's fast path: its cache holds bf16 states, the reload recomputes)."""
+    it did: in fp32, and under bf16 autocast (the CPU's fast path)."""
     build_dataset()
     result = train_lora(epochs=2, model_kind="encoder", encoder_lora_layers=2, precision=precision, run_evaluation=False)
     adapter = data_dir / "runs" / result["run_id"] / "adapter"
