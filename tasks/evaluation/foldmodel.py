@@ -17,8 +17,11 @@ def fold_lora(cfg: Any, records: dict[str, list[dict[str, Any]]], prompter: Prom
               out_dir: Path, log_metrics: Callable[[dict[str, float], int], None] | None = None) -> tuple[dict[str, list[str]], Any]:
     """Train a LoRA adapter of ``cfg.model_kind`` on the fold's training records (selected on the fold's validation
     records) and score validation and test (label likelihood for the causal kind, the head for the encoder):
-    (split -> labels, the training result)."""
+    (split -> labels, the training result). Folds run in threads: the lazy transformers names are resolved first, once."""
     from tasks.evaluation.scoring import load_scorer
+    from tasks.training.model import import_hf_names
+
+    import_hf_names()
 
     if cfg.model_kind == "encoder":
         from tasks.training.encoder import train_encoder_adapter

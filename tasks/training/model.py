@@ -7,13 +7,43 @@ Like tasks/training/train.py this module imports neither prefect nor mlflow.
 
 from __future__ import annotations
 
+import importlib
 import resource
+import threading
 from typing import Any
 
 import torch
 
 from tasks.core.logs import get_logger, quiet_peft_wrap
 from tasks.core.settings import TrainSettings
+
+# transformers 5 resolves its names lazily on first use, and that is not thread-safe: two walk-forward folds starting
+# together in threads failed with "cannot import name 'get_linear_schedule_with_warmup' from 'transformers'". These are
+# the names the training and scoring code imports inside its functions; import_hf_names() resolves them once per process,
+# under a lock, before threads use them (tests/training/test_hf_imports.py checks the list against the code).
+HF_NAMES: dict[str, tuple[str, ...]] = {
+    "transformers": ("AutoConfig", "AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoTokenizer",
+                     "BitsAndBytesConfig", "LlamaConfig", "LlamaForCausalLM", "PreTrainedTokenizerFast",
+                     "get_linear_schedule_with_warmup"),
+    "transformers.modeling_outputs": ("CausalLMOutputWithPast",),
+    "peft": ("LoraConfig", "PeftModel", "TaskType", "get_peft_model", "prepare_model_for_kbit_training"),
+}
+_HF_LOCK = threading.Lock()
+_hf_resolved = False
+
+
+def import_hf_names() -> None:
+    """Resolve every name of :data:`HF_NAMES` once in this process (threads that start training together call it
+    first; later calls return at once)."""
+    global _hf_resolved
+    with _HF_LOCK:
+        if _hf_resolved:
+            return
+        for module, names in HF_NAMES.items():
+            loaded = importlib.import_module(module)
+            for name in names:
+                getattr(loaded, name)
+        _hf_resolved = True
 
 
 # ----------------------------------------------------------------------------- where it runs
