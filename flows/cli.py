@@ -47,6 +47,13 @@ def _knob(name: str, help: str = "") -> Any:
     return typer.Option(help=f"{help} [default: {text}, from train.{name}]".lstrip(), show_default=False, metavar=metavar)
 
 
+# training options that train and walk-forward share
+ModelKind = Annotated[str | None, _knob("model_kind", "causal (LM + LoRA) or encoder (MiniLM + LoRA + head).")]
+EncoderLoraLayers = Annotated[int | None, _knob("encoder_lora_layers", "Encoder kind: LoRA on the top N layers, the layers "
+                                                "below run once per text (faster on CPU); 0 = all.")]
+Precision = Annotated[str | None, _knob("precision", "auto (causal bf16 where supported, encoder fp32), bf16 (the encoder: "
+                                        "bfloat16 autocast, faster on a CPU with AVX512-BF16) or fp32.")]
+
 EXIT_RESUMABLE = 3  # stopped early or a day left open: rerun later, it resumes (0 done, 2 user error, 1 bug)
 EXIT_LAKE_PROBLEMS = 4  # `status --verify` found a problem in the lake
 _OPEN_STATUSES = {"not_final": "not final on the node yet", "incomplete": "missing an asset",
@@ -206,11 +213,9 @@ def train(
     micro_batch_size: Annotated[int | None, _knob("micro_batch_size", "Examples per forward pass (causal kind).")] = None,
     cutoff_len: Annotated[int | None, _knob("cutoff_len", "Tokens per example; longer prompts are cut.")] = None,
     seed: Annotated[int | None, _knob("seed", "Seed of every random choice.")] = None,
-    model_kind: Annotated[str | None, _knob("model_kind", "causal (LM + LoRA) or encoder (MiniLM + LoRA + head).")] = None,
-    encoder_lora_layers: Annotated[int | None, _knob("encoder_lora_layers", "Encoder kind: LoRA on the top N layers, "
-                                                     "the layers below run once per text (faster on CPU); 0 = all.")] = None,
-    precision: Annotated[str | None, _knob("precision", "auto (causal bf16 where supported, encoder fp32), bf16 "
-                                           "(the encoder: bfloat16 autocast, faster on a CPU with AVX512-BF16) or fp32.")] = None,
+    model_kind: ModelKind = None,
+    encoder_lora_layers: EncoderLoraLayers = None,
+    precision: Precision = None,
     evaluate: Annotated[bool, typer.Option(help="Run the evaluate flow on the new run.")] = True,
 ) -> None:
     """Train LoRA adapters (train-lora flow), log them to MLflow, then evaluate."""
@@ -240,11 +245,9 @@ def walk_forward_cmd(
     first_test_day: Day = None,
     epochs: Annotated[float | None, _knob("epochs", "Passes over each fold's training days.")] = None,
     lora: Annotated[bool, typer.Option(help="Train LoRA per fold; --no-lora scores the baselines only (fast).")] = True,
-    model_kind: Annotated[str | None, _knob("model_kind", "causal (LM + LoRA) or encoder (MiniLM + LoRA + head).")] = None,
-    encoder_lora_layers: Annotated[int | None, _knob("encoder_lora_layers", "Encoder kind: LoRA on the top N layers, "
-                                                     "the layers below run once per text (faster on CPU); 0 = all.")] = None,
-    precision: Annotated[str | None, _knob("precision", "auto (causal bf16 where supported, encoder fp32), bf16 "
-                                           "(the encoder: bfloat16 autocast, faster on a CPU with AVX512-BF16) or fp32.")] = None,
+    model_kind: ModelKind = None,
+    encoder_lora_layers: EncoderLoraLayers = None,
+    precision: Precision = None,
     concurrency: Annotated[int, typer.Option(
         metavar="INTEGER", help="Folds at once (threads; the Dask cluster at services.dask_scheduler_address when set).")] = 1,
 ) -> None:
