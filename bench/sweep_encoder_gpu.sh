@@ -20,10 +20,7 @@ TASK=${TASK:?TASK=direction or TASK=sentiment}
 OUT=${OUT:-/tmp/sweep-out}
 SET=${SET:-pooling}
 PARTS=${PARTS:-4}
-python -c "import pydantic_settings" 2> /dev/null || python -m pip install --no-deps -q var/gpu/wheels/*.whl > /dev/null 2>&1 || true
-[ -f /tmp/m32/config.json ] || python -c "import torch; from transformers import AutoModel, AutoTokenizer as T; d = 'var/gpu/minilm-fp16'; \
-AutoModel.from_pretrained(d, dtype=torch.float32).save_pretrained('/tmp/m32'); T.from_pretrained(d).save_pretrained('/tmp/m32')" > /dev/null 2>&1
-export HF_HUB_OFFLINE=1
+source bench/gpu_setup.sh
 CONFIGS=(
   '"learning_rate": 2e-4, "encoder_pooling": "cls"' '"learning_rate": 5e-4, "encoder_pooling": "cls"'
   '"learning_rate": 1e-3, "encoder_pooling": "cls"' '"learning_rate": 2e-3, "encoder_pooling": "cls"'

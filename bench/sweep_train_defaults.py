@@ -100,15 +100,16 @@ def run_one(kind: str, overrides: dict[str, Any], dataset: Path, work: Path) -> 
             "device": result.device,
             "validation_macro_f1": round(macro_f1([r["output"] for r in val], preds), 4),
             "validation_shares": shares, "collapsed": max(shares.values()) >= 0.9, "train_seconds": round(seconds, 1),
-            "rows_train": len(train), "rows_validation": len(val), "task": manifest.task, "dataset": manifest.fingerprint}
+            "rows_train": len(train), "rows_validation": len(val), "task": manifest.task, "dataset": manifest.fingerprint,
+            "host": _host()}
 
 
 def write_table(rows: list[dict[str, Any]], kind: str, out: Path, command: str) -> None:
     from tasks.core.settings import TrainSettings
     lines = [f"# Training defaults sweep: {kind} kind, {rows[0]['task']} task", "",
              f"Commands (each row is one run of one of them): `{command}`", "",
-             f"Written on: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}, "
-             f"torch threads {_threads()}; {time.strftime('%Y-%m-%d')}. Each row's device column says where it ran.", "",
+             f"Ran on: {'; '.join(dict.fromkeys(r.get('host', 'not recorded in its rows') for r in rows))}. Written "
+             f"{time.strftime('%Y-%m-%d')}; each row's device column says where it trained.", "",
              f"Dataset: task `{rows[0]['task']}`, version `{rows[0]['dataset']}`, {rows[0]['rows_train']} training and "
              f"{rows[0]['rows_validation']} validation rows (the product's chronological split). Each run keeps its best "
              "validation evaluation (train.select_by) with early stopping (train.early_stopping_patience) and class "
@@ -182,10 +183,13 @@ def _by_configuration(rows: list[dict[str, Any]], kind: str) -> list[str]:
     return lines
 
 
-def _threads() -> int:
+def _host() -> str:
+    """Where a row ran, recorded with it (a merge writes its table elsewhere)."""
     import torch
 
-    return torch.get_num_threads()
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores{gpu}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")
 
 
 def main() -> None:

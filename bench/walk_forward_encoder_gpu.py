@@ -18,6 +18,9 @@ three steps, because the GPU image has torch, transformers and peft but no polar
     # device, var/gpu carried (see bench/sweep_encoder_gpu.sh for the wheels and the fp16 MiniLM):
     python bench/walk_forward_encoder_gpu.py train --work var/gpu/wf --base-model /tmp/m32 --part k/8 --out-dir /tmp/wfo
     .venv/bin/python bench/walk_forward_encoder_gpu.py report --work var/gpu/wf --preds <the device's files>
+    .venv/bin/python bench/walk_forward_encoder_gpu.py compare --runs defaults=<folder> bf16=<folder> ... --alone ...
+
+bench/walk_forward_encoder_gpu.sh runs step 2 on the device (8 processes, one archive back).
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ def train(args: argparse.Namespace) -> None:
     k, n = (int(x) for x in args.part.split("/"))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     prompter = Prompter.load()
-    for path in sorted(args.work.glob("fold-*.json"))[k::n]:
+    paths = sorted(args.work.glob("fold-*.json"))
+    if args.folds:
+        paths = [args.work / f"fold-{i:02d}.json" for i in args.folds]
+    for path in paths[k::n]:
         fold = json.loads(path.read_text())
         cfg = TrainSettings(model_kind="encoder", **args.config, **({"base_model": args.base_model} if args.base_model else {}))
         with tempfile.TemporaryDirectory() as tmp:
@@ -95,33 +101,42 @@ def train(args: argparse.Namespace) -> None:
                "steps": result.steps, "selected_step": result.selected_step, "selection_score": result.selection_score,
                "train_rows": len(fold["records"]["train"]), "learning_rate": cfg.learning_rate,
                "pooling": cfg.encoder_pooling, "epochs": cfg.epochs, "seed": cfg.seed, "batch_size": cfg.batch_size,
-               "encoder_lora_layers": cfg.encoder_lora_layers}
+               "encoder_lora_layers": cfg.encoder_lora_layers,
+               "precision": cfg.precision}
         (args.out_dir / f"preds-{path.stem}.json").write_text(json.dumps(out))
         print(json.dumps({k: v for k, v in out.items() if k != "lora"}), flush=True)
 
 
-SETTINGS = ("learning_rate", "pooling", "epochs", "seed", "batch_size", "encoder_lora_layers")  # recorded per fold
+SETTINGS = ("learning_rate", "pooling", "epochs", "seed", "batch_size", "encoder_lora_layers", "precision")  # recorded per fold
 
 
-def report(args: argparse.Namespace) -> None:
+def load_results(work: Path, pred_files: list[Path]) -> tuple[dict[str, Any], list[Any], list[dict[str, Any]]]:
+    """The prepared folds with one run's predictions as ``FoldResult``s: (dataset meta, results, the device's records)."""
     from tasks.evaluation.folds import Fold
-    from tasks.evaluation.metrics import bootstrap_mcc, score
-    from tasks.evaluation.walkforward import FoldResult, plot_fold_f1, pooled, pooled_metrics, pooled_verdict
+    from tasks.evaluation.walkforward import FoldResult
 
-    meta = json.loads((args.work / "dataset.json").read_text())
-    preds = {json.loads(p.read_text())["fold"]: json.loads(p.read_text()) for p in args.preds}
+    meta = json.loads((work / "dataset.json").read_text())
+    preds = {rec["fold"]: rec for rec in (json.loads(p.read_text()) for p in pred_files)}
     missing = [i for i in range(meta["folds"]) if i not in preds]
     if missing:
         raise SystemExit(f"no predictions for folds {missing}")
     results, trained = [], []
     for i in range(meta["folds"]):
-        f = json.loads((args.work / f"fold-{i:02d}.json").read_text())
+        f = json.loads((work / f"fold-{i:02d}.json").read_text())
         d = f["fold"]
         fold = Fold(d["fold"], (date.fromisoformat(d["train_start"]), date.fromisoformat(d["train_end"])),
                     (date.fromisoformat(d["validation_start"]), date.fromisoformat(d["validation_end"])),
                     (date.fromisoformat(d["test_start"]), date.fromisoformat(d["test_end"])))
         results.append(FoldResult(fold, f["thresholds"], f["rows"], f["truth"], {**f["baselines"], "lora": preds[i]["lora"]}))
         trained.append(preds[i])
+    return meta, results, trained
+
+
+def report(args: argparse.Namespace) -> None:
+    from tasks.evaluation.metrics import bootstrap_mcc, score
+    from tasks.evaluation.walkforward import plot_fold_f1, pooled, pooled_metrics, pooled_verdict
+
+    meta, results, trained = load_results(args.work, args.preds)
     metrics = pooled_metrics(results)
     verdict = pooled_verdict(results, meta["seed"]).text
     _, mcc_lo, mcc_hi = bootstrap_mcc(*pooled(results, "lora", "test"), seed=meta["seed"])
@@ -141,14 +156,73 @@ def report(args: argparse.Namespace) -> None:
     print(verdict)
 
 
+def compare(args: argparse.Namespace) -> None:
+    """Several device runs of the same folds side by side: pooled test macro-F1, MCC and its CI, LoRA minus the
+    logistic baseline with its paired CI, the product's verdict word, and the run's seconds."""
+    from tasks.evaluation.metrics import bootstrap_f1_difference, bootstrap_mcc
+    from tasks.evaluation.walkforward import pooled, pooled_metrics, pooled_verdict
+
+    rows = []
+    for spec in args.runs:
+        name, _, folder = spec.partition("=")
+        meta, results, trained = load_results(args.work, sorted(Path(folder).glob("preds-*.json")))
+        metrics = pooled_metrics(results)
+        truth, lora = pooled(results, "lora", "test")
+        _, mlo, mhi = bootstrap_mcc(truth, lora, seed=meta["seed"])
+        diff, dlo, dhi = bootstrap_f1_difference(truth, lora, pooled(results, "logistic", "test")[1], seed=meta["seed"])
+        settings = {k: trained[0][k] for k in SETTINGS if k in trained[0]}
+        rows.append({"run": name, "settings": settings, "lora_f1": round(metrics["pooled_lora_test_macro_f1"], 4),
+                     "logistic_f1": round(metrics["pooled_logistic_test_macro_f1"], 4),
+                     "lora_mcc": round(metrics["pooled_lora_test_mcc"], 4), "lora_mcc_ci95": [round(mlo, 4), round(mhi, 4)],
+                     "minus_logistic": round(diff, 4), "minus_logistic_ci95": [round(dlo, 4), round(dhi, 4)],
+                     "verdict": pooled_verdict(results, meta["seed"]).text.split(" on ")[0],
+                     "fold_seconds": [min(t["seconds"] for t in trained), max(t["seconds"] for t in trained)],
+                     "seconds_sum": round(sum(t["seconds"] for t in trained), 1)})
+    f1s = [r["lora_f1"] for r in rows if r["settings"].get("encoder_lora_layers", 0) == 0
+           and r["settings"].get("precision", "auto") == "auto" and r["settings"].get("batch_size") == 8]
+    out = {"command": "python bench/walk_forward_encoder_gpu.py compare --runs " + " ".join(args.runs),
+           "dataset": meta["fingerprint"], "runs": rows, "defaults_f1_mean": round(sum(f1s) / len(f1s), 4) if f1s else None}
+    lines = ["# The encoder's walk-forward on the GPU: seeds, precision and LoRA layers side by side", "",
+             f"Command: `.venv/bin/python bench/walk_forward_encoder_gpu.py compare --runs {' '.join(args.runs)}` over the "
+             f"device's predictions of the same 23 folds (dataset `{meta['fingerprint']}`, 2,005 pooled test days; "
+             "bench/walk_forward_encoder_gpu.sh ran each, 8 processes sharing one H200).", "",
+             "| run | settings over the defaults | LoRA macro-F1 | logistic | LoRA - logistic [95% CI] | LoRA MCC [95% CI] | "
+             "verdict | s a fold | s in all |", "|---|---|---:|---:|---|---|---|---|---:|"]
+    for r in rows:
+        extra = {k: v for k, v in r["settings"].items() if k in ("seed", "batch_size", "encoder_lora_layers", "precision")}
+        lines.append(f"| {r['run']} | {extra} | {r['lora_f1']:.3f} | {r['logistic_f1']:.3f} | {r['minus_logistic']:+.3f} "
+                     f"[{r['minus_logistic_ci95'][0]:+.3f}, {r['minus_logistic_ci95'][1]:+.3f}] | {r['lora_mcc']:+.3f} "
+                     f"[{r['lora_mcc_ci95'][0]:+.3f}, {r['lora_mcc_ci95'][1]:+.3f}] | {r['verdict']} | "
+                     f"{r['fold_seconds'][0]:.0f}-{r['fold_seconds'][1]:.0f} | {r['seconds_sum']:.0f} |")
+    if f1s:
+        lines += ["", f"The defaults (batch 8, every layer, fp32) over {len(f1s)} seed(s): mean pooled macro-F1 "
+                  f"{out['defaults_f1_mean']:.3f} (range {min(f1s):.3f}-{max(f1s):.3f})."]
+    if args.alone:
+        alone = []
+        for spec in args.alone:
+            name, _, folder = spec.partition("=")
+            rec = json.loads(next(Path(folder).glob("preds-*.json")).read_text())
+            alone.append({"run": name, **{k: v for k, v in rec.items() if k != "lora"}})
+        out["alone"] = alone
+        lines += ["", f"One fold alone on the GPU (fold {alone[0]['fold']}, {alone[0]['train_rows']:,} training days, one process, "
+                  "training with its per-evaluation selection and the scoring of validation and test):", "",
+                  "| run | LoRA layers | precision | s | steps | kept step | validation macro-F1 |", "|---|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {a['run']} | {a['encoder_lora_layers'] or 'all'} | {a['precision']} | {a['seconds']:.1f} | {a['steps']} | "
+                  f"{a['selected_step']} | {a['selection_score']:.3f} |" for a in alone]
+    args.out.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[4:]))
+
+
 def markdown(out: dict[str, Any], models: list[str], plot: str) -> str:
     p = out["pooled"]
     config = f" --config '{json.dumps(out['config'])}'" if out.get("config") else ""
     secs = [f["lora_seconds"] for f in out["folds"]]
     lines = ["# Walk-forward of the encoder kind on the shared prices (2019-01 .. 2024-06 test days)", "",
              f"Commands: `.venv/bin/python bench/walk_forward_encoder_gpu.py prepare --work var/gpu/wf` here; on the device "
-             f"(`{out['device']}`, one H200), {out['processes']} processes side by side: `python bench/walk_forward_encoder_gpu.py "
-             f"train --work var/gpu/wf --base-model /tmp/m32 --part k/{out['processes']}{config}`; then `report` here. Dataset "
+             f"(`{out['device']}`, one H200), {out['processes']} processes side by side (bench/walk_forward_encoder_gpu.sh): "
+             f"`python bench/walk_forward_encoder_gpu.py train --work var/gpu/wf --base-model /tmp/m32 --part k/{out['processes']}"
+             f"{config}`; then `report` here. Dataset "
              f"`{out['dataset']}`; encoder settings {out['settings']}.", "",
              f"**Verdict (the product's rule, pooled test days):** {out['verdict']}", "",
              "| model | pooled test macro-F1 | pooled test MCC |", "|---|---:|---:|"]
@@ -181,14 +255,20 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--part", default="0/1", help="k/n: every n-th fold from the k-th")
     t.add_argument("--out-dir", type=Path, required=True)
     t.add_argument("--config", type=json.loads, default={}, help="train settings over the kind's defaults (JSON)")
+    t.add_argument("--folds", type=int, nargs="*", default=[], help="only these folds (default: all; --part splits them)")
     r = sub.add_parser("report", help="pool the folds, the verdict, the table and the plot (here)")
     r.add_argument("--work", type=Path, default=ROOT / "var" / "gpu" / "wf")
     r.add_argument("--preds", type=Path, nargs="+", required=True)
     r.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "walk_forward_encoder")
     r.add_argument("--processes", type=int, default=8, help="how many train processes shared the GPU (for the report)")
     r.add_argument("--config", type=json.loads, default={}, help="the train settings the device was given (JSON; for the report)")
+    c = sub.add_parser("compare", help="several runs' pooled figures side by side (here)")
+    c.add_argument("--work", type=Path, default=ROOT / "var" / "gpu" / "wf")
+    c.add_argument("--runs", nargs="+", required=True, help="name=folder of a run's preds-*.json files")
+    c.add_argument("--alone", nargs="*", default=[], help="name=folder of a one-fold run timed alone on the device")
+    c.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "walk_forward_encoder_runs")
     args = ap.parse_args(argv)
-    {"prepare": prepare, "train": train, "report": report}[args.step](args)
+    {"prepare": prepare, "train": train, "report": report, "compare": compare}[args.step](args)
 
 
 if __name__ == "__main__":
