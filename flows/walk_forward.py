@@ -86,13 +86,11 @@ def _fold_work(fold, features, settings, manifest, ws, tracker, child: str, lora
 
 
 @task(name="walk-forward-fold", cache_policy=NO_CACHE)
-def walk_forward_fold(fold: Fold, dataset: str, parent_id: str, lora: bool, epochs: float | None,
-                      model_kind: str | None = None, encoder_lora_layers: int | None = None,
-                      precision: str | None = None) -> tuple[FoldResult, str]:
+def walk_forward_fold(fold: Fold, dataset: str, parent_id: str, lora: bool, train: dict[str, Any]) -> tuple[FoldResult, str]:
     """One fold where the task runner runs it (a thread here or a Dask worker): settings, the dataset version and
-    the tracker are resolved there, so only plain values cross; it logs to its own child run by id."""
-    settings = settings_for(train=dict(epochs=epochs, model_kind=model_kind, encoder_lora_layers=encoder_lora_layers,
-                                       precision=precision))
+    the tracker are resolved there from the flow's train overrides, so only plain values cross; it logs to its own
+    child run by id."""
+    settings = settings_for(train=train)
     ws = workspace(settings)
     version = ws.dataset_version(settings.dataset.name, dataset)
     tracker = MlflowTracker.from_settings(settings, ws.mlflow_artifacts_dir())
@@ -116,8 +114,8 @@ def walk_forward(dataset: str | None = None, step_days: int = 10, validation_day
                  model_kind: str | None = None, encoder_lora_layers: int | None = None, precision: str | None = None,
                  concurrency: int = 1) -> dict[str, Any]:
     t0 = started()
-    settings = settings_for(train=dict(epochs=epochs, model_kind=model_kind, encoder_lora_layers=encoder_lora_layers,
-                                       precision=precision))
+    train = dict(epochs=epochs, model_kind=model_kind, encoder_lora_layers=encoder_lora_layers, precision=precision)
+    settings = settings_for(train=train)  # each fold resolves the same overrides where it runs
     ws = workspace(settings)
     version = ws.dataset_version(settings.dataset.name, dataset)
     manifest = version.manifest
@@ -144,9 +142,7 @@ def walk_forward(dataset: str | None = None, step_days: int = 10, validation_day
                             "concurrency": concurrency, **settings.flat_params()})
         with runner:  # every fold submitted at once; results read back in fold order
             futures = [runner.submit(walk_forward_fold, {"fold": f, "dataset": manifest.fingerprint, "parent_id": parent_id,
-                                                         "lora": lora, "epochs": epochs, "model_kind": model_kind,
-                                                         "encoder_lora_layers": encoder_lora_layers,
-                                                         "precision": precision})
+                                                         "lora": lora, "train": train})
                        for f in folds]
             runs = [fut.result() for fut in futures]
         results = [r for r, _ in runs]

@@ -104,6 +104,11 @@ class Runner:
     prefix: FrozenPrefix | None = None
     bf16: bool = False
 
+    @property
+    def precision(self) -> str:
+        """What the adapter's record and the logs call this runner's arithmetic."""
+        return "bf16" if self.bf16 else "fp32"
+
     def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's outputs and the attention mask for one batch of ``texts``."""
         with autocast(self.device, self.bf16):
@@ -164,7 +169,7 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
     sched = get_linear_schedule_with_warmup(opt, min(cfg.warmup_steps, total_steps - 1), total_steps)
     selection = _selection(cfg, run, val_records, kind, steps_per_epoch, total_steps)
     log.info("encoder train: %d examples, up to %d steps of %d, device %s (%s), trainable %d / %d params (%.2f%%), "
-             "lr %.1e, selection %s", len(texts), total_steps, cfg.batch_size, device, "bf16" if run.bf16 else "fp32",
+             "lr %.1e, selection %s", len(texts), total_steps, cfg.batch_size, device, run.precision,
              trainable, total, 100 * trainable / total, cfg.learning_rate, selection.metric if selection.active else "last step")
     gen = random.Random(cfg.seed)
     model.train()
@@ -213,7 +218,7 @@ def train_encoder_adapter(cfg: TrainSettings, train_records: Sequence[dict[str, 
                          peak_memory_mb=peak_memory_mb(device), seconds=time.perf_counter() - t0, device=str(device),
                          **selection.summary())
     _save(model, run.tokenizer, out_dir, {"base_model": cfg.base_model, "model_kind": "encoder", "head": kind,
-                                          "pooling": cfg.encoder_pooling, "precision": "bf16" if run.bf16 else "fp32",
+                                          "pooling": cfg.encoder_pooling, "precision": run.precision,
                                           **result.as_dict()})
     return result
 
