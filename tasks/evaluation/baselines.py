@@ -71,7 +71,8 @@ def split_baselines(features: pl.DataFrame, manifest: DatasetManifest, split: st
     them, and which of them are ceilings, not baselines."""
     if task == "direction":
         preds, probs = baseline_forecasts(features, manifest.numeric_features, split, seed)
-        preds["sentiment_rule"] = sentiment_rule(features, split, majority)
+        if features["sentiment_mean"].is_not_null().any():  # without posts it would be the majority class again
+            preds["sentiment_rule"] = sentiment_rule(features, split, majority)
         return preds, probs, ()
     # sentiment: the per-post VADER label is the labeller itself -> a ceiling, not a baseline
     sub = features.filter(pl.col("split") == split)

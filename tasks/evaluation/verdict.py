@@ -11,7 +11,8 @@ On one split, LoRA is compared with every baseline by a paired bootstrap of the 
 - **does not beat** otherwise.
 
 The text always names the strongest baseline on the split and every baseline LoRA is significantly
-worse than, and says which split it is about. A baseline that collapses is reported as such.
+worse than, and says which split it is about. A baseline that collapses is reported as such, except those that
+predict one class by construction (``CONSTANT_BASELINES``: the majority class), which would be named on every run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Literal
 COLLAPSE_SHARE = 0.8  # one class in at least this share of the predictions
 PRESENT_SHARE = 0.1  # a class this common in the truth ...
 NEVER_SHARE = 0.01  # ... predicted less often than this
+CONSTANT_BASELINES = frozenset({"majority"})  # one class by construction: never reported as collapsed
 
 Outcome = Literal["beats", "does not beat", "no skill"]
 
@@ -83,7 +85,8 @@ def decide(split: str, comparisons: dict[str, Comparison], chosen: str, *, lora_
     """The rule above, on ``split``; ``ceilings`` (e.g. the labeller itself) are reported, never compared."""
     strongest = max(comparisons, key=lambda b: comparisons[b].baseline_f1)
     worse_than = tuple(b for b, c in comparisons.items() if c.high < 0)
-    collapsed = tuple(b for b in comparisons if collapse(baseline_shares.get(b, {}), true_share))
+    collapsed = tuple(b for b in comparisons
+                      if b not in CONSTANT_BASELINES and collapse(baseline_shares.get(b, {}), true_share))
     lora_collapse = collapse(lora_share, true_share)
     mcc_lo, mcc_hi = mcc_interval
     c = comparisons[chosen]

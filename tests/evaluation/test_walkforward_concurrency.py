@@ -53,3 +53,30 @@ def test_folds_in_parallel_threads_and_on_dask_score_as_one_at_a_time(prices_onl
 
     with pytest.raises(InputError, match="concurrency must be at least 1"):
         walk_forward(**FOLD, concurrency=0)
+
+
+def test_without_posts_there_is_no_sentiment_rule_and_the_majority_is_not_called_collapsed(prices_only_dataset):
+    """A prices-only lake has no post to score: its 'sentiment rule' would be the majority class again, named as a
+    collapsed baseline on every run. It is left out there, and kept where any day has posts."""
+    import polars as pl
+
+    from tasks.core.storage import Workspace
+    from tasks.evaluation.baselines import split_baselines
+    from tasks.evaluation.verdict import Comparison, decide
+
+    settings = load_settings()
+    version = Workspace.from_settings(settings).dataset_version(settings.dataset.name, prices_only_dataset["fingerprint"])
+    features = pl.read_parquet(version.features_path)
+    assert features["sentiment_mean"].is_null().all()
+    preds, _, _ = split_baselines(features, version.manifest, "test", task="direction", seed=0, majority="NEUTRAL")
+    assert set(preds) == {"majority", "persistence", "logistic"}
+    one_day = features.with_columns(pl.when(pl.col("date") == pl.col("date").max()).then(0.5)
+                                    .otherwise(None).alias("sentiment_mean"))
+    preds, _, _ = split_baselines(one_day, version.manifest, "test", task="direction", seed=0, majority="NEUTRAL")
+    assert "sentiment_rule" in preds
+
+    shares = {"majority": {"NEUTRAL": 1.0}, "logistic": {"NEGATIVE": 0.3, "NEUTRAL": 0.4, "POSITIVE": 0.3}}
+    v = decide("test", {b: Comparison(b, 0.4, 0.3, -0.05, 0.1) for b in shares}, "logistic",
+               lora_share={"NEGATIVE": 0.3, "NEUTRAL": 0.4, "POSITIVE": 0.3}, true_share=shares["logistic"],
+               mcc_interval=(0.02, 0.2), baseline_shares=shares, n=30)
+    assert v.collapsed_baselines == () and "collapsed" not in v.text
