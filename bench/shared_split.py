@@ -8,6 +8,11 @@ to quote are walk-forward's (bench/walk_forward_shared.py).
 
     .venv/bin/python bench/shared_split.py                      # ~25 min on 2 busy CPU cores (the encoder most of it)
     .venv/bin/python bench/shared_split.py --kinds causal       # the tiny causal model only: ~3 min
+    .venv/bin/python bench/shared_split.py --kinds encoder --data-dir var/bench/ss_enc --reevaluate
+                                            # the evaluate step again on the run the results file names (after a
+                                            # change to the verdict or the metrics; no training)
+
+Each run in the results keeps its own command, commit and time; a run of a kind not run now is kept from the file.
 """
 
 from __future__ import annotations
@@ -45,16 +50,29 @@ def summarize(kind: str, trained: dict[str, Any]) -> dict[str, Any]:
             "baselines": ev.get("baselines"), "seconds": trained["seconds"]}
 
 
+def provenance() -> dict[str, str]:
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {"command": "python bench/shared_split.py " + " ".join(sys.argv[1:]), "git": git,
+            "finished_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{os.cpu_count()} CPU cores, torch on 1 thread"}
+
+
 def markdown(result: dict[str, Any]) -> str:
     ds = result["dataset"]
     lines = ["# The shared prices on one chronological split (the issue's train to 2022, validation 2023, test 2024-01..06)", "",
-             f"Command: `{result['command']}` (finished {result['finished_utc']}, git {result['git']}, {result['machine']})", "",
              f"Dataset `{ds['fingerprint']}` (direction, ETH, prices only): rows {ds['rows']}, splits {ds['splits']}, "
              f"label counts {ds['label_counts']}.", ""]
     for run in result["runs"]:
+        how = run.get("trained") or {k: result[k] for k in ("command", "git", "finished_utc", "machine") if k in result}
         lines += [f"## {run['kind']} kind (defaults)", "",
-                  f"Steps {run['steps']}, weights kept from step {run['selected_step']} "
-                  f"(validation macro-F1 {run['selection_score']}), {run['seconds']} s.", "",
+                  f"Trained by `{how.get('command')}` (finished {how.get('finished_utc')}, git {how.get('git')}, "
+                  f"{how.get('machine')}): steps {run['steps']}, weights kept from step {run['selected_step']} "
+                  f"(validation macro-F1 {run['selection_score']}), {run['seconds']} s.", ""]
+        if run.get("reevaluated"):
+            r = run["reevaluated"]
+            lines += [f"Evaluated again by `{r['command']}` (`chainsignal evaluate --run-id {run['run_id']}`, finished "
+                      f"{r['finished_utc']}, git {r['git']}): the verdict and figures below are that evaluation's.", ""]
+        lines += [
                   f"**Verdict:** {run['verdict']}", "",
                   "| figure | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(run["test"].items())]
@@ -67,18 +85,33 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=ROOT / "var" / "bench" / "shared_split")
     ap.add_argument("--kinds", nargs="+", default=["causal", "encoder"], choices=["causal", "encoder"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "shared_split")
+    ap.add_argument("--reevaluate", action="store_true",
+                    help="run only the evaluate step again on each kind's run named in --out's JSON (in --data-dir)")
     args = ap.parse_args()
     env = env_for(args.data_dir)
-    chainsignal(["ingest", "--start", "2018-01-01", "--end", "2024-06-30", "--only", "prices"], env)
-    dataset = chainsignal(["build-dataset"], env)
-    runs = []
+    old_path = args.out.with_suffix(".json")
+    old = json.loads(old_path.read_text()) if old_path.exists() else {"runs": []}
+    before = {r["kind"]: {**r, "trained": r.get("trained") or {k: old[k] for k in ("command", "git", "finished_utc", "machine")
+                                                                    if k in old}} for r in old["runs"]}
+    if args.reevaluate:
+        missing = [k for k in args.kinds if k not in before]
+        if missing:
+            raise SystemExit(f"--reevaluate: {old_path} has no {', '.join(missing)} run to evaluate again")
+        dataset = old["dataset"]
+    else:
+        chainsignal(["ingest", "--start", "2018-01-01", "--end", "2024-06-30", "--only", "prices"], env)
+        dataset = chainsignal(["build-dataset"], env)
     for kind in args.kinds:
-        runs.append(summarize(kind, chainsignal(["train", "--model-kind", kind], env)))
-        print(json.dumps(runs[-1]["verdict"]), flush=True)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    result = {"command": "python bench/shared_split.py " + " ".join(sys.argv[1:]),
-              "finished_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git": git,
-              "machine": f"{os.cpu_count()} CPU cores, torch on 1 thread", "dataset": dataset, "runs": runs}
+        if args.reevaluate:
+            prev = before[kind]
+            ev = chainsignal(["evaluate", "--run-id", prev["run_id"]], env)
+            run = {**summarize(kind, {**prev, "evaluation": ev}), "trained": prev["trained"], "reevaluated": provenance()}
+        else:
+            run = {**summarize(kind, chainsignal(["train", "--model-kind", kind], env)), "trained": provenance()}
+        before[kind] = run
+        print(json.dumps(run["verdict"]), flush=True)
+    runs = [before[k] for k in ("causal", "encoder") if k in before]
+    result = {"dataset": dataset, "runs": runs}
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
 
