@@ -47,7 +47,7 @@ from tasks.evaluation.report import (
 )
 from tasks.evaluation.scoring import load_scorer, parse_number
 from tasks.evaluation.signal import in_label_order, reliability, signal_scores
-from tasks.evaluation.verdict import Comparison, Verdict, decide
+from tasks.evaluation.verdict import CONSTANT_BASELINES, Comparison, Verdict, decide
 from tasks.training.fastpath.attention import sdpa_without_cudnn
 
 
@@ -200,8 +200,9 @@ def _evaluate_classes(scorer, prompter, features, manifest, version, seed, plots
     signal = _test_signal(run, features, task, cost_bp, seed)
     metrics.update(signal_metrics(signal["lora"]))
     table = class_table(results, run.ceilings, signal)
+    warned = ("lora", *(b for b in baselines if b not in CONSTANT_BASELINES))  # the majority is one class by design
     warnings = [w for w in (collapse_warning(f"{name} ({sp})", results[name][sp], run.truth[sp], unit)
-                            for name in ("lora", *baselines) for sp in SPLITS) if w]
+                            for name in warned for sp in SPLITS) if w]
     plots = _class_plots(run, features, table, task, cost_bp, plots_dir)
     lora_probs = {sp: run.probs[sp]["lora"].round(4).tolist() for sp in SPLITS}
     report = class_evaluation(results, metrics=metrics, table=table, plots=plots, warnings=warnings, verdict=verdict,

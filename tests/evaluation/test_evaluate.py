@@ -121,6 +121,7 @@ def test_evaluate_logs_the_signal_metrics_and_the_user_sees_them_with_their_mean
     for name in ("macro-F1", "MCC", "IC", "log-loss skill", "Brier skill"):
         assert any(line.startswith(f"| {name} |") and MEANINGS[name] in line for line in report.splitlines()), name
     assert "paying 25 bp per unit of position moved" in report and run.data.tags["verdict"] in report
+    assert "majority (test)" not in report and "majority (validation)" not in report  # one class by design, not a warning
     table = json.loads((work / "evaluation" / "comparison.json").read_text())
     rows = dict(zip(table["data"] and [r[table["columns"].index("model")] for r in table["data"]], table["data"], strict=True))
     ic = table["columns"].index("test_ic")
