@@ -297,22 +297,30 @@ def backfill(start: Day, end: Day, rpc_url: Annotated[str | None, typer.Option(m
 @app.command()
 def status(verify: Annotated[bool, typer.Option(
         "--verify", help="Also read back every committed file and the stored block chain; exit 4 on any problem.")] = False,
+        node: Annotated[bool, typer.Option(
+            "--node", help="With --verify: also ask the node (rpc.url) whether it still serves the stored chain.")] = False,
+        rpc_url: Annotated[str | None, typer.Option(metavar="TEXT", help="Override rpc.url for --node.")] = None,
 ) -> None:
     """Lake coverage per dataset and day, gaps, recorded failures, and the signals' track record.
 
     With --verify, every manifest is read, every file it lists opened and its rows counted, and the
     stored blocks checked as one chain (unique, contiguous, parent hashes); each problem is one line
-    naming the dataset, the day, the file and the command that repairs it. Exit codes: 0 no problem,
-    4 problems found, 2 a bad setting."""
+    naming the dataset, the day, the file and the command that repairs it. With --node as well, the
+    node is asked for the newest stored block (a few more when it disagrees, to name the first day it
+    does): a lake filled from another history (a deep reorg, a restarted dev chain) is found. Exit
+    codes: 0 no problem, 4 problems found, 2 a bad setting or an unreachable node."""
     import polars as pl
 
-    from flows.common import workspace
+    from flows.common import settings_for, workspace
+    from tasks.chain.identity import recorded_chain
+    from tasks.clients.rpc import HttpJsonRpc
     from tasks.core.errors import NotFoundError
-    from tasks.core.settings import load_settings
     from tasks.evaluation.predict import track_record
     from tasks.ops.status import lake_coverage, verify_lake
 
-    s = load_settings()
+    if node and not verify:
+        raise typer.BadParameter("--node checks the stored chain against the node: give it with --verify", param_hint="--node")
+    s = settings_for(rpc={"url": rpc_url} if rpc_url else None)
     ws = workspace(s)
     typer.echo(f"lake: {ws.lake.root}")
     for row in lake_coverage(ws.lake):
@@ -334,7 +342,8 @@ def status(verify: Annotated[bool, typer.Option(
             acc = "" if r["rolling_accuracy"] is None else f"  rolling accuracy {r['rolling_accuracy']:.2f}"
             typer.echo(f"  {r['date']} -> {r['target_date']}: {r['label']:<8} realized {r['realized'] or 'pending'}{acc}")
     if verify:
-        checked = verify_lake(ws.lake)
+        rpc = HttpJsonRpc.from_settings(s.rpc, ws.credit_ledger(s.rpc.chain)) if node else None
+        checked = verify_lake(ws.lake, rpc, recorded_chain(ws.lake) if node else None)
         problems = checked.problems
         typer.echo(f"verify: {len(problems)} problem(s)" + ("" if problems else ": every committed file opens and adds up"))
         for problem in problems:

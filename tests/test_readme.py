@@ -159,6 +159,9 @@ REGISTRY: dict[str, list[tuple[str, list[str] | None]]] = {
     "make deploy": [("make:deploy", [".venv/bin/chainsignal setup"]), (ORCHESTRATION, ["setup"])],
     "make down": [("make:down", [".venv/bin/chainsignal down"]), (ORCHESTRATION, ["down"])],
     "prefect deployment run train-lora/train-lora -p epochs=1 --watch": [(ORCHESTRATION, None)],
+    "chainsignal status --verify --node": [
+        ("tests/chain/test_chain_identity.py::test_status_verify_node_names_the_first_day_the_node_no_longer_serves",
+         ["--verify", "--node"])],
 }
 
 

@@ -1,5 +1,6 @@
 """What `chainsignal status` shows: lake coverage per dataset, gaps, recorded failures, the track record;
-and what `chainsignal status --verify` checks: every manifest, every file it lists, the block chain."""
+what `chainsignal status --verify` checks: every manifest, every file it lists, the block chain; and with
+``--node``, whether the node still serves the stored chain."""
 
 from __future__ import annotations
 
@@ -49,10 +50,11 @@ class Problem:
     day: date
     where: str  # the file (or the day's manifest)
     what: str
+    last: date | None = None  # the problem runs from day to here (the repair covers them all)
 
     def line(self) -> str:
         repair = _REPAIR.get(self.dataset)
-        fix = (f"; repair: chainsignal {repair} --start {self.day} --end {self.day} --overwrite" if repair
+        fix = (f"; repair: chainsignal {repair} --start {self.day} --end {self.last or self.day} --overwrite" if repair
                else "; repair: rebuild it with the command that wrote it")
         return f"{self.dataset} {self.day}: {self.where}: {self.what}{fix}"
 
@@ -133,14 +135,63 @@ def _check_blocks(blocks: pl.DataFrame) -> list[Problem]:
     return found
 
 
+def check_against_node(blocks: pl.DataFrame, rpc, held=None) -> tuple[list[Problem], str]:
+    """Whether the node behind ``rpc`` serves the stored blocks: (problems, one line on what was asked).
+
+    The stored blocks were checked as one hash chain (:func:`_check_blocks`), so a stored block whose hash
+    the node has at the same height vouches for every stored block linked below it. So the node is asked
+    for the last block of the newest day, and only when it disagrees, bisecting over the days' last blocks,
+    for the first day it disagrees on: a few calls for years of days. ``held``: the chain identity the lake
+    recorded (tasks.chain.identity), compared with the node's first."""
+    if blocks.is_empty():
+        return [], "node: no stored block to compare"
+    tips = (blocks.with_columns(pl.col("block_timestamp").dt.date().alias("day")).sort("block_number")
+            .group_by("day", maintain_order=True).agg(pl.col("block_number").last(), pl.col("block_hash").last()))
+    days, numbers, hashes = tips["day"].to_list(), tips["block_number"].to_list(), tips["block_hash"].to_list()
+    if held is not None:
+        genesis, chain_id = rpc.batch([("eth_getBlockByNumber", ["0x0", False]), ("eth_chainId", [])])
+        node = ((genesis or {}).get("hash", "").lower(), int(chain_id, 16) if chain_id else None)
+        if node != (held.genesis_hash, held.chain_id):
+            return [Problem("blocks", days[0], "the stored chain", f"the lake holds {held.describe()}, {rpc.url} serves "
+                            f"chain id {node[1]} (genesis {node[0] or None}): another chain", days[-1])], f"node: {rpc.url}"
+    asked: dict[int, str | None] = {}
+
+    def node_hash(i: int) -> str | None:
+        if i not in asked:
+            (block,) = rpc.batch([("eth_getBlockByNumber", [hex(numbers[i]), False])])
+            asked[i] = (block or {}).get("hash", "").lower() or None
+        return asked[i]
+
+    def agrees(i: int) -> bool:
+        return node_hash(i) == str(hashes[i]).lower()
+
+    newest = len(days) - 1
+    if agrees(newest):
+        return [], (f"node: {rpc.url} serves the stored chain (its block {numbers[newest]} is the lake's, "
+                    f"{days[newest]}; the blocks below are linked to it)")
+    lo, hi = 0, newest  # the first disagreeing day is in [lo, hi]: days before lo agree, hi disagrees
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if agrees(mid):
+            lo = mid + 1
+        else:
+            hi = mid
+    node = node_hash(hi)
+    theirs = f"{node} there" if node else "no such block there (a shorter chain)"
+    what = (f"block {numbers[hi]} is {hashes[hi]} in the lake but {theirs}: {rpc.url} serves another history from "
+            f"{days[hi]} on (a reorg deeper than rpc.finality_blocks, or another chain with the same genesis)")
+    return [Problem("blocks", days[hi], "the stored chain", what, days[-1])], f"node: {rpc.url}, {len(asked)} block(s) asked"
+
+
 @dataclass(frozen=True)
 class Verification:
     problems: list[Problem]
     notes: list[str]  # what could not be checked, and how to make it checkable
 
 
-def verify_lake(lake) -> Verification:
-    """Every committed day of every dataset read back; chain days also checked as one chain."""
+def verify_lake(lake, rpc=None, held=None) -> Verification:
+    """Every committed day of every dataset read back; chain days also checked as one chain, and with
+    ``rpc`` against the node (:func:`check_against_node`; ``held``: the lake's recorded chain identity)."""
     problems: list[Problem] = []
     notes: list[str] = []
     for dataset in SCHEMAS:
@@ -154,6 +205,11 @@ def verify_lake(lake) -> Verification:
                 frames.append(frame)
         if dataset == "blocks" and frames:
             problems += _check_blocks(pl.concat(frames))
+        if dataset == "blocks" and rpc is not None:
+            found, said = check_against_node(pl.concat(frames) if frames else pl.DataFrame(schema=SCHEMAS["blocks"]),
+                                             rpc, held)
+            problems += found
+            notes.append(said)
         if old_days:
             later, first, last = _ADDED_LATER[dataset], old_days[0], old_days[-1]
             notes.append(f"{dataset}: {len(old_days)} day(s) between {first} and {last} were written before {later} "

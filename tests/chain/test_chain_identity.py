@@ -224,6 +224,47 @@ def test_a_reorg_deeper_than_finality_at_the_resume_point_reingests_the_day(tmp_
     assert "block 49 in the lake" in caplog.text and resumed["chain_breaks"] == f"{D1} at block 49"
 
 
+def test_status_verify_node_names_the_first_day_the_node_no_longer_serves(tmp_path, monkeypatch):
+    """A lake that checks out on its own (every file opens, every parent link holds) but holds a history the node no
+    longer serves (a reorg deeper than finality from D1 on; the same for a restarted dev chain): `status --verify`
+    alone passes; with `--node` it names D1, the first day the node disagrees on, and repairs D1..D2. Against the
+    node that serves the lake: exit 0. An unreachable node: one line, exit 2."""
+    from tests.ops.test_ops_status import status
+
+    d2, d3 = D1 + timedelta(days=1), D1 + timedelta(days=2)
+    node = start_anvil(day_start_ts(D0) - 3600, accounts=2)
+    data = tmp_path / "data"
+    try:
+        mine_day(node.url, D0, 30, salt=0)  # blocks 1..30
+        snapshot = rpc_call(node.url, "evm_snapshot", [])
+        mine_day(node.url, D1, 30, salt=0)  # 31..60
+        mine_day(node.url, d2, 30, salt=0)  # 61..90
+        mine_day(node.url, d3, 70, salt=-1)  # deeper than finality_blocks
+        use(monkeypatch, data)
+        assert ingest_chain(D0, d2, rpc_url=node.url)["partitions_done"] == 3
+        same = status(data, "--verify", "--node", "--rpc-url", node.url)
+        assert same.returncode == 0, same.stdout[-3000:] + same.stderr[-2000:]
+        assert f"serves the stored chain (its block 90 is the lake's, {d2}" in same.stdout
+        rpc_call(node.url, "evm_revert", [snapshot])  # D1 on replaced
+        for day, blocks, salt in ((D1, 30, 1), (d2, 30, 1), (d3, 70, -1)):
+            mine_day(node.url, day, blocks, salt=salt)
+        alone = status(data, "--verify")
+        assert alone.returncode == 0  # on its own the lake is one consistent chain
+        out = status(data, "--verify", "--node", "--rpc-url", node.url)
+        held_60 = frames(data)["blocks"].filter(pl.col("block_number") == 60)["block_hash"][0]
+        node_60 = rpc_call(node.url, "eth_getBlockByNumber", [hex(60), False])["hash"]
+    finally:
+        node.stop()
+    assert out.returncode == 4, out.stdout[-3000:] + out.stderr[-2000:]
+    (line,) = [ln.strip() for ln in out.stdout.splitlines() if ln.strip().startswith(f"blocks {D1}:")]
+    assert line.startswith(f"blocks {D1}: the stored chain: block 60 is {held_60} in the lake but {node_60} there")
+    assert f"from {D1} on" in line and line.endswith(f"repair: chainsignal ingest --only chain --start {D1} --end {d2} --overwrite")
+    gone = status(data, "--verify", "--node", "--rpc-url", node.url)  # the node is stopped now
+    errors = [ln for ln in gone.stderr.splitlines() if ln.startswith("chainsignal: error:")]
+    assert gone.returncode == 2 and len(errors) == 1 and "cannot connect" in errors[0], gone.stderr[-2000:]
+    assert status(data, "--node").returncode == 2  # --node checks what --verify reads: refused alone
+
+
 def test_a_commit_checks_the_plans_files_hold_each_block_once(chain_a, tmp_path, monkeypatch):
     """The last check before a day's manifests: the plan's files, read back, hold the day's range
     once (here a chunk file is replaced by a copy of its neighbour's blocks: one line, no manifest)."""
