@@ -312,7 +312,6 @@ def status(verify: Annotated[bool, typer.Option(
     import polars as pl
 
     from flows.common import settings_for, workspace
-    from tasks.chain.identity import recorded_chain
     from tasks.clients.rpc import HttpJsonRpc
     from tasks.core.errors import NotFoundError
     from tasks.evaluation.predict import track_record
@@ -343,7 +342,7 @@ def status(verify: Annotated[bool, typer.Option(
             typer.echo(f"  {r['date']} -> {r['target_date']}: {r['label']:<8} realized {r['realized'] or 'pending'}{acc}")
     if verify:
         rpc = HttpJsonRpc.from_settings(s.rpc, ws.credit_ledger(s.rpc.chain)) if node else None
-        checked = verify_lake(ws.lake, rpc, recorded_chain(ws.lake) if node else None)
+        checked = verify_lake(ws.lake, rpc)
         problems = checked.problems
         typer.echo(f"verify: {len(problems)} problem(s)" + ("" if problems else ": every committed file opens and adds up"))
         for problem in problems:

@@ -10,6 +10,8 @@ from typing import Any
 
 import polars as pl
 
+from tasks.chain.blockrange import BlockClock
+from tasks.chain.identity import ChainIdentity, recorded_chain
 from tasks.core.schemas import SCHEMAS
 
 # which command rebuilds a dataset's day
@@ -135,25 +137,24 @@ def _check_blocks(blocks: pl.DataFrame) -> list[Problem]:
     return found
 
 
-def check_against_node(blocks: pl.DataFrame, rpc, held=None) -> tuple[list[Problem], str]:
+def check_against_node(blocks: pl.DataFrame, rpc, held: ChainIdentity | None) -> tuple[list[Problem], str]:
     """Whether the node behind ``rpc`` serves the stored blocks: (problems, one line on what was asked).
 
-    The stored blocks were checked as one hash chain (:func:`_check_blocks`), so a stored block whose hash
-    the node has at the same height vouches for every stored block linked below it. So the node is asked
-    for the last block of the newest day, and only when it disagrees, bisecting over the days' last blocks,
-    for the first day it disagrees on: a few calls for years of days. ``held``: the chain identity the lake
-    recorded (tasks.chain.identity), compared with the node's first."""
+    First the chain identity the lake recorded (``held``, tasks.chain.identity) against the node's. Then: the
+    stored blocks were checked as one hash chain (:func:`_check_blocks`), so a stored block whose hash the node
+    has at the same height vouches for every stored block linked below it. So the node is asked for the last
+    block of the newest day, and only when it disagrees, bisecting over the days' last blocks, for the first
+    day it disagrees on: a few calls for years of days."""
     if blocks.is_empty():
         return [], "node: no stored block to compare"
     tips = (blocks.with_columns(pl.col("block_timestamp").dt.date().alias("day")).sort("block_number")
             .group_by("day", maintain_order=True).agg(pl.col("block_number").last(), pl.col("block_hash").last()))
     days, numbers, hashes = tips["day"].to_list(), tips["block_number"].to_list(), tips["block_hash"].to_list()
     if held is not None:
-        genesis, chain_id = rpc.batch([("eth_getBlockByNumber", ["0x0", False]), ("eth_chainId", [])])
-        node = ((genesis or {}).get("hash", "").lower(), int(chain_id, 16) if chain_id else None)
-        if node != (held.genesis_hash, held.chain_id):
+        node = BlockClock(rpc).identity()
+        if node != held:
             return [Problem("blocks", days[0], "the stored chain", f"the lake holds {held.describe()}, {rpc.url} serves "
-                            f"chain id {node[1]} (genesis {node[0] or None}): another chain", days[-1])], f"node: {rpc.url}"
+                            f"{node.describe()}: another chain", days[-1])], f"node: {rpc.url}"
     asked: dict[int, str | None] = {}
 
     def node_hash(i: int) -> str | None:
@@ -189,9 +190,9 @@ class Verification:
     notes: list[str]  # what could not be checked, and how to make it checkable
 
 
-def verify_lake(lake, rpc=None, held=None) -> Verification:
+def verify_lake(lake, rpc=None) -> Verification:
     """Every committed day of every dataset read back; chain days also checked as one chain, and with
-    ``rpc`` against the node (:func:`check_against_node`; ``held``: the lake's recorded chain identity)."""
+    ``rpc`` against the node (:func:`check_against_node`)."""
     problems: list[Problem] = []
     notes: list[str] = []
     for dataset in SCHEMAS:
@@ -203,13 +204,13 @@ def verify_lake(lake, rpc=None, held=None) -> Verification:
                 old_days.append(day)
             if dataset == "blocks" and frame is not None:
                 frames.append(frame)
-        if dataset == "blocks" and frames:
-            problems += _check_blocks(pl.concat(frames))
-        if dataset == "blocks" and rpc is not None:
-            found, said = check_against_node(pl.concat(frames) if frames else pl.DataFrame(schema=SCHEMAS["blocks"]),
-                                             rpc, held)
-            problems += found
-            notes.append(said)
+        if dataset == "blocks":
+            blocks = pl.concat(frames) if frames else pl.DataFrame(schema=SCHEMAS["blocks"])
+            problems += _check_blocks(blocks)
+            if rpc is not None:
+                found, said = check_against_node(blocks, rpc, recorded_chain(lake))
+                problems += found
+                notes.append(said)
         if old_days:
             later, first, last = _ADDED_LATER[dataset], old_days[0], old_days[-1]
             notes.append(f"{dataset}: {len(old_days)} day(s) between {first} and {last} were written before {later} "

@@ -228,7 +228,8 @@ def test_status_verify_node_names_the_first_day_the_node_no_longer_serves(tmp_pa
     """A lake that checks out on its own (every file opens, every parent link holds) but holds a history the node no
     longer serves (a reorg deeper than finality from D1 on; the same for a restarted dev chain): `status --verify`
     alone passes; with `--node` it names D1, the first day the node disagrees on, and repairs D1..D2. Against the
-    node that serves the lake: exit 0. An unreachable node: one line, exit 2."""
+    node that serves the lake: exit 0. A node of another network: its chain named, exit 4. An unreachable node: one
+    line, exit 2."""
     from tests.ops.test_ops_status import status
 
     d2, d3 = D1 + timedelta(days=1), D1 + timedelta(days=2)
@@ -259,6 +260,15 @@ def test_status_verify_node_names_the_first_day_the_node_no_longer_serves(tmp_pa
     (line,) = [ln.strip() for ln in out.stdout.splitlines() if ln.strip().startswith(f"blocks {D1}:")]
     assert line.startswith(f"blocks {D1}: the stored chain: block 60 is {held_60} in the lake but {node_60} there")
     assert f"from {D1} on" in line and line.endswith(f"repair: chainsignal ingest --only chain --start {D1} --end {d2} --overwrite")
+    other = start_anvil(day_start_ts(D0) - 3600, accounts=2, chain_id=1337)  # another network altogether
+    try:
+        elsewhere = status(data, "--verify", "--node", "--rpc-url", other.url)
+    finally:
+        other.stop()
+    assert elsewhere.returncode == 4, elsewhere.stdout[-3000:] + elsewhere.stderr[-2000:]
+    (line,) = [ln.strip() for ln in elsewhere.stdout.splitlines() if ln.strip().startswith(f"blocks {D0}:")]
+    assert "the lake holds chain id 31337" in line and f"{other.url} serves chain id 1337" in line
+    assert line.endswith(f"--start {D0} --end {d2} --overwrite")
     gone = status(data, "--verify", "--node", "--rpc-url", node.url)  # the node is stopped now
     errors = [ln for ln in gone.stderr.splitlines() if ln.startswith("chainsignal: error:")]
     assert gone.returncode == 2 and len(errors) == 1 and "cannot connect" in errors[0], gone.stderr[-2000:]
