@@ -63,18 +63,16 @@ def markdown(result: dict[str, Any]) -> str:
              f"Dataset `{ds['fingerprint']}` (direction, ETH, prices only): rows {ds['rows']}, splits {ds['splits']}, "
              f"label counts {ds['label_counts']}.", ""]
     for run in result["runs"]:
-        how = run.get("trained") or {k: result[k] for k in ("command", "git", "finished_utc", "machine") if k in result}
+        how = run["trained"]
         lines += [f"## {run['kind']} kind (defaults)", "",
-                  f"Trained by `{how.get('command')}` (finished {how.get('finished_utc')}, git {how.get('git')}, "
-                  f"{how.get('machine')}): steps {run['steps']}, weights kept from step {run['selected_step']} "
+                  f"Trained by `{how['command']}` (finished {how['finished_utc']}, git {how['git']}, "
+                  f"{how['machine']}): steps {run['steps']}, weights kept from step {run['selected_step']} "
                   f"(validation macro-F1 {run['selection_score']}), {run['seconds']} s.", ""]
         if run.get("reevaluated"):
             r = run["reevaluated"]
             lines += [f"Evaluated again by `{r['command']}` (`chainsignal evaluate --run-id {run['run_id']}`, finished "
                       f"{r['finished_utc']}, git {r['git']}): the verdict and figures below are that evaluation's.", ""]
-        lines += [
-                  f"**Verdict:** {run['verdict']}", "",
-                  "| figure | value |", "|---|---:|"]
+        lines += [f"**Verdict:** {run['verdict']}", "", "| figure | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(run["test"].items())]
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -91,8 +89,7 @@ def main() -> None:
     env = env_for(args.data_dir)
     old_path = args.out.with_suffix(".json")
     old = json.loads(old_path.read_text()) if old_path.exists() else {"runs": []}
-    before = {r["kind"]: {**r, "trained": r.get("trained") or {k: old[k] for k in ("command", "git", "finished_utc", "machine")
-                                                                    if k in old}} for r in old["runs"]}
+    before = {r["kind"]: r for r in old["runs"]}  # each run keeps its own provenance
     if args.reevaluate:
         missing = [k for k in args.kinds if k not in before]
         if missing:
